@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""PyTorch/transformers baseline: CLIP image-encoder throughput on CPU, f32.
+
+Times ``CLIPModel.get_image_features`` on random [N,3,H,W] inputs under
+``torch.no_grad()``; one warmup batch is run first and excluded. Prints one
+JSON line:
+
+  {"framework":"pytorch","torch":...,"transformers":...,"images_per_s":...,
+   "batch_size":32,"n_images":64,...}
+
+Usage:
+
+  /work/venv/bin/python scripts/bench_clip_torch.py --model-dir /tmp/clip-b32 \
+      --batch-size 32 --n-images 64 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+import transformers
+from transformers import CLIPModel
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--n-images", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+    try:
+        model = CLIPModel.from_pretrained(args.model_dir, dtype=torch.float32)
+    except TypeError:  # transformers < 4.56 spells it torch_dtype
+        model = CLIPModel.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+    model = model.to(torch.float32).eval()
+    size = model.config.vision_config.image_size
+
+    g = torch.Generator().manual_seed(args.seed)
+    images = torch.randn((args.n_images, 3, size, size), generator=g, dtype=torch.float32)
+    batches = list(torch.split(images, args.batch_size))
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        out = model.get_image_features(pixel_values=x)
+        if not isinstance(out, torch.Tensor):  # newer transformers: ModelOutput
+            out = out.pooler_output
+        return out
+
+    with torch.no_grad():
+        warm = encode(batches[0])  # warmup, excluded
+        t0 = time.perf_counter()
+        n = 0
+        for b in batches:
+            out = encode(b)
+            n += out.shape[0]
+        elapsed = time.perf_counter() - t0
+
+    result = {
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "images_per_s": round(n / elapsed, 3),
+        "batch_size": args.batch_size,
+        "n_images": n,
+        "threads": args.threads,
+        "seconds": round(elapsed, 3),
+        "embed_dim": int(warm.shape[-1]),
+        "image_size": size,
+        "dtype": "f32",
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Write a full-size, randomly initialised CLIP model in Hugging Face layout.
+
+Only used by benchmarks (no real weights can be downloaded here). The output
+has the same config/tensor names/shapes as openai/clip-vit-base-patch32:
+
+  <out>/config.json        full CLIPConfig
+  <out>/model.safetensors  f32 weights (~600 MB) -- do NOT commit
+
+Usage:
+
+  /work/venv/bin/python scripts/make_random_clip.py --out /tmp/clip-b32 [--preset vit-b-32] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+import transformers
+from transformers import CLIPConfig, CLIPModel
+
+PRESETS = {
+    # openai/clip-vit-base-patch32
+    "vit-b-32": dict(
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            projection_dim=512,
+        ),
+        vision_config=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+            num_channels=3,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=512,
+        ),
+        projection_dim=512,
+        logit_scale_init_value=2.6592,
+    ),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--preset", default="vit-b-32", choices=sorted(PRESETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-verify", action="store_true", help="skip the reload check")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    config = CLIPConfig(**PRESETS[args.preset])
+    torch.manual_seed(args.seed)
+    model = CLIPModel(config).to(torch.float32).eval()
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    # full config, not a diff against class defaults
+    model.config.to_json_file(os.path.join(args.out, "config.json"), use_diff=False)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"wrote {args.preset} ({n_params / 1e6:.1f}M params, f32) to {args.out} "
+        f"in {time.time() - t0:.1f}s [torch {torch.__version__}, transformers {transformers.__version__}]"
+    )
+
+    if not args.no_verify:
+        reloaded = CLIPModel.from_pretrained(args.out).eval()
+        sd0, sd1 = model.state_dict(), reloaded.state_dict()
+        assert sd0.keys() == sd1.keys(), set(sd0) ^ set(sd1)
+        for k in sd0:
+            assert torch.equal(sd0[k], sd1[k]), k
+        print("reload via CLIPModel.from_pretrained: OK (all tensors identical)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

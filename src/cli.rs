@@ -1,0 +1,25 @@
+//! Command-line interface (clap). Nothing else lives here.
+
+use crate::experiments::{check::CheckArgs, clip::ClipArgs};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "equirun",
+    version,
+    about = "Model-agnostic group equivariance: wrap pretrained models (CLIP, ...) with equitune, \
+             equizero, multi-equitune and multi-equizero, run the papers' experiments, write JSON per seed.",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// CLIP zero-shot classification under rot90/flip corruptions with equivariant wrappers.
+    Clip(ClipArgs),
+    /// Measure each wrapper's invariance error over every group element (built-in tiny CLIP by default).
+    Check(CheckArgs),
+}

@@ -1,0 +1,316 @@
+//! Model-agnostic equivariance wrappers, written once for any model and any group action.
+//!
+//! A model is anything implementing [`BatchModel`] (a closure works): a batch of inputs
+//! `[B, ...]` to a batch of outputs `[B, ...]` in the space where copies are averaged
+//! (class probabilities for CLIP, log-probabilities for seq2seq). A [`Symmetry`] supplies the
+//! group, its action on inputs and outputs and, for the multi-* methods, the canonicalisers.
+//!
+//! | method | output | passes per input |
+//! |---|---|---|
+//! | vanilla | M(x) | 1 |
+//! | equitune | (1/|G|) Σ_g ρ(g)⁻¹ M(g·x) | |G| |
+//! | equizero | ρ(g*)⁻¹ M(g*·x), g* = argmin_g ℓ(ρ(g)⁻¹ M(g·x)) | |G| |
+//! | multi-equitune | (1/N) Σᵢ S_{G₋ᵢ}( (1/|Gᵢ|) Σ_{g∈Gᵢ} ρ(g)⁻¹ M(g·c₋ᵢ(x)) ) | Σ|Gᵢ| |
+//! | multi-equizero | as multi-equitune with equizero inside each branch | Σ|Gᵢ| |
+//!
+//! All transformed copies a set of methods needs are batched into a single forward call.
+
+pub mod symmetries;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+pub use symmetries::{ImageOutput, ImageSymmetry, TokenSymmetry};
+
+/// A group acting on a model's inputs and outputs.
+pub trait Symmetry {
+    fn order(&self) -> usize;
+    /// Index of `g⁻¹`.
+    fn inv(&self, g: usize) -> usize;
+    fn element_name(&self, g: usize) -> String;
+    fn n_factors(&self) -> usize;
+    /// Elements of factor `i` (as indices into the whole group).
+    fn factor_elements(&self, i: usize) -> Vec<usize>;
+    /// Elements of the product of all factors but `i`.
+    fn complement_elements(&self, i: usize) -> Vec<usize>;
+    /// Whether elements of different factors commute.
+    fn factors_commute(&self) -> bool;
+    /// `g·x` on a batch of inputs.
+    fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor>;
+    /// `ρ_Y(g) y` on a batch of outputs (identity for invariant tasks).
+    fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor>;
+    /// Whether ρ_Y is trivial.
+    fn invariant_output(&self) -> bool;
+    /// `c₋ᵢ(x)`: invariant to every factor but `i`, compatible with factor `i` (methods.md §1.6).
+    fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor>;
+}
+
+/// A model from an input batch to an output batch.
+pub trait BatchModel {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl<F: Fn(&Tensor) -> Result<Tensor>> BatchModel for F {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self(x)
+    }
+}
+
+/// The wrappers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Vanilla,
+    Equitune,
+    Equizero,
+    MultiEquitune,
+    MultiEquizero,
+}
+
+impl Method {
+    pub const ALL: [Method; 5] =
+        [Method::Vanilla, Method::Equitune, Method::Equizero, Method::MultiEquitune, Method::MultiEquizero];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Vanilla => "vanilla",
+            Method::Equitune => "equitune",
+            Method::Equizero => "equizero",
+            Method::MultiEquitune => "multi-equitune",
+            Method::MultiEquizero => "multi-equizero",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Method> {
+        let t = s.trim().to_ascii_lowercase().replace('_', "-");
+        Method::ALL.iter().copied().find(|m| m.name() == t).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown method '{s}': valid methods are {}",
+                Method::ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    /// Parses a comma-separated list, keeping order and dropping duplicates.
+    pub fn parse_list(s: &str) -> Result<Vec<Method>> {
+        let mut out = Vec::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let m = Method::parse(part)?;
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            bail!("no method given: use one or more of vanilla, equitune, equizero, multi-equitune, multi-equizero");
+        }
+        Ok(out)
+    }
+
+    /// The transformed copies this method evaluates.
+    pub fn copies(&self, sym: &dyn Symmetry) -> Vec<CopySpec> {
+        match self {
+            Method::Vanilla => vec![CopySpec { source: Source::Raw, g: 0 }],
+            Method::Equitune | Method::Equizero => {
+                (0..sym.order()).map(|g| CopySpec { source: Source::Raw, g }).collect()
+            }
+            Method::MultiEquitune | Method::MultiEquizero => (0..sym.n_factors())
+                .flat_map(|i| {
+                    let src = if sym.n_factors() == 1 { Source::Raw } else { Source::CanonExcept(i) };
+                    sym.factor_elements(i).into_iter().map(move |g| CopySpec { source: src, g })
+                })
+                .collect(),
+        }
+    }
+
+    /// Model forward passes per input.
+    pub fn passes(&self, sym: &dyn Symmetry) -> usize {
+        self.copies(sym).len()
+    }
+}
+
+/// Which input a copy is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Raw,
+    CanonExcept(usize),
+}
+
+/// One transformed copy: `g · source(x)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CopySpec {
+    pub source: Source,
+    pub g: usize,
+}
+
+/// How equizero turns the per-copy outputs into one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZeroSelect {
+    /// Pick the copy with the lowest proxy loss, keep its whole output (canonical).
+    #[default]
+    WholeCopy,
+    /// The official CLIP code: the element-wise max over copies (top-5 may mix copies).
+    Elementwise,
+}
+
+/// Proxy loss for equizero: `[B, ...]` outputs of one copy → `[B]` losses (lower is better).
+pub type Proxy<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
+/// Evaluates several methods on one input batch with a single model forward call over the
+/// union of the copies they need. Returns one output batch per method, in order.
+pub struct Evaluator<'a> {
+    pub sym: &'a dyn Symmetry,
+    pub proxy: Proxy<'a>,
+    pub select: ZeroSelect,
+}
+
+/// Negative max over the last axis, averaged over any middle axes: the CLIP / SCAN `top1` proxy.
+pub fn neg_max_confidence(y: &Tensor) -> Result<Tensor> {
+    let m = y.max(D::Minus1)?.neg()?;
+    let b = m.dim(0)?;
+    Ok(m.reshape((b, ()))?.mean(1)?)
+}
+
+impl<'a> Evaluator<'a> {
+    /// Returns the per-method outputs and the number of distinct copies evaluated per input.
+    pub fn run(&self, methods: &[Method], model: &dyn BatchModel, x: &Tensor) -> Result<(Vec<Tensor>, usize)> {
+        let sym = self.sym;
+        for m in methods {
+            if matches!(m, Method::MultiEquitune | Method::MultiEquizero)
+                && sym.n_factors() > 1
+                && !sym.invariant_output()
+                && !sym.factors_commute()
+            {
+                bail!(
+                    "{} with an equivariant output needs commuting factors (the output symmetriser); \
+                     this group's factors do not commute",
+                    m.name()
+                );
+            }
+        }
+        let mut union: Vec<CopySpec> = Vec::new();
+        for m in methods {
+            for c in m.copies(sym) {
+                if !union.contains(&c) {
+                    union.push(c);
+                }
+            }
+        }
+        // Build the inputs: canonicalise once per factor, then act.
+        let mut canon: Vec<Option<Tensor>> = vec![None; sym.n_factors()];
+        let mut inputs = Vec::with_capacity(union.len());
+        for c in &union {
+            let base = match c.source {
+                Source::Raw => x.clone(),
+                Source::CanonExcept(i) => {
+                    if canon[i].is_none() {
+                        canon[i] = Some(sym.canonicalize_except(i, x)?);
+                    }
+                    canon[i].clone().unwrap()
+                }
+            };
+            inputs.push(sym.act_input(c.g, &base)?);
+        }
+        let b = x.dim(0)?;
+        let batch = Tensor::cat(&inputs, 0)?;
+        let y = model.forward(&batch)?;
+        if y.dim(0)? != b * union.len() {
+            bail!(
+                "model returned {} outputs for {} inputs (shape {:?}); a BatchModel must keep the batch axis",
+                y.dim(0)?,
+                b * union.len(),
+                y.dims()
+            );
+        }
+        // Un-transform each copy: u = ρ_Y(g)⁻¹ y_g.
+        let mut untransformed = Vec::with_capacity(union.len());
+        for (k, c) in union.iter().enumerate() {
+            let yk = y.narrow(0, k * b, b)?;
+            untransformed.push(sym.act_output(sym.inv(c.g), &yk)?);
+        }
+        let get = |c: &CopySpec| -> Tensor { untransformed[union.iter().position(|u| u == c).unwrap()].clone() };
+        let mut outs = Vec::with_capacity(methods.len());
+        for m in methods {
+            let out = match m {
+                Method::Vanilla => get(&CopySpec { source: Source::Raw, g: 0 }),
+                Method::Equitune => mean_of(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?,
+                Method::Equizero => self.select(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?,
+                Method::MultiEquitune | Method::MultiEquizero => {
+                    let mut branches = Vec::with_capacity(sym.n_factors());
+                    let copies = m.copies(sym);
+                    let mut start = 0;
+                    for i in 0..sym.n_factors() {
+                        let n = sym.factor_elements(i).len();
+                        let ys: Vec<Tensor> = copies[start..start + n].iter().map(get).collect();
+                        start += n;
+                        let branch = if *m == Method::MultiEquitune { mean_of(&ys)? } else { self.select(&ys)? };
+                        branches.push(self.symmetrize_except(i, &branch)?);
+                    }
+                    mean_of(&branches)?
+                }
+            };
+            outs.push(out);
+        }
+        Ok((outs, union.len()))
+    }
+
+    /// S_{G₋ᵢ}(y) = mean over h in the other factors of ρ_Y(h) y (identity if invariant).
+    fn symmetrize_except(&self, i: usize, y: &Tensor) -> Result<Tensor> {
+        if self.sym.invariant_output() || self.sym.n_factors() == 1 {
+            return Ok(y.clone());
+        }
+        let ys = self
+            .sym
+            .complement_elements(i)
+            .into_iter()
+            .map(|h| self.sym.act_output(h, y))
+            .collect::<Result<Vec<_>>>()?;
+        mean_of(&ys)
+    }
+
+    fn select(&self, ys: &[Tensor]) -> Result<Tensor> {
+        let stacked = Tensor::stack(ys, 0)?; // [K, B, ...]
+        match self.select {
+            ZeroSelect::Elementwise => Ok(stacked.max(0)?),
+            ZeroSelect::WholeCopy => {
+                let losses = ys.iter().map(|y| (self.proxy)(y)).collect::<Result<Vec<_>>>()?;
+                let losses = Tensor::stack(&losses, 0)?.to_dtype(DType::F32)?; // [K, B]
+                let best = argmin_first(&losses)?;
+                let b = ys[0].dim(0)?;
+                let rows = (0..b)
+                    .map(|j| Ok(stacked.get(best[j])?.narrow(0, j, 1)?))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&rows, 0)?)
+            }
+        }
+    }
+}
+
+/// Column-wise argmin over axis 0 of a `[K, B]` tensor; ties go to the first (lowest) index.
+fn argmin_first(losses: &Tensor) -> Result<Vec<usize>> {
+    let v = losses.to_vec2::<f32>()?;
+    let b = v[0].len();
+    Ok((0..b)
+        .map(|j| {
+            let mut best = 0;
+            for k in 1..v.len() {
+                if v[k][j] < v[best][j] {
+                    best = k;
+                }
+            }
+            best
+        })
+        .collect())
+}
+
+/// Mean of equally shaped tensors.
+pub fn mean_of(ys: &[Tensor]) -> Result<Tensor> {
+    if ys.is_empty() {
+        bail!("mean of no tensors");
+    }
+    if ys.len() == 1 {
+        return Ok(ys[0].clone());
+    }
+    Ok((Tensor::stack(ys, 0)?.sum(0)? / ys.len() as f64)?)
+}

@@ -1,0 +1,185 @@
+//! Concrete [`Symmetry`] implementations: images (D4 subgroups on NCHW) and token swaps.
+
+use super::Symmetry;
+use crate::groups::image::{random_pattern, D4};
+use crate::groups::perm::{orbit_min_map, TokenPerm};
+use crate::groups::FiniteGroup;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How an image group acts on a model's outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageOutput {
+    /// Classification: outputs are invariant.
+    Invariant,
+    /// Dense prediction: outputs `[B, C, H, W]` transform like the input.
+    Image,
+}
+
+/// A subgroup of D4 acting on NCHW images, with deterministic canonicalisers for multi-*.
+pub struct ImageSymmetry {
+    pub group: FiniteGroup<D4>,
+    pub output: ImageOutput,
+    /// Seed of the canonicalisation patterns (fixed per run: exact invariance, reproducible).
+    pub canon_seed: u64,
+    patterns: Mutex<HashMap<(usize, Vec<usize>), Tensor>>,
+}
+
+impl ImageSymmetry {
+    pub fn new(group: FiniteGroup<D4>, output: ImageOutput, canon_seed: u64) -> Self {
+        Self { group, output, canon_seed, patterns: Mutex::new(HashMap::new()) }
+    }
+
+    /// W_i = mean over g ∈ G_i of g·W₀: a pattern fixed by factor i, so that choosing the
+    /// complement element that maximises ⟨W_i, h·x⟩ is invariant to the other factors and
+    /// compatible with factor i (methods.md §1.6, "When the factors do not commute").
+    fn pattern(&self, i: usize, chw: &[usize], x: &Tensor) -> Result<Tensor> {
+        let key = (i, chw.to_vec());
+        let mut cache = self.patterns.lock().unwrap();
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let w0 = random_pattern(self.canon_seed, chw[0], chw[1], chw[2], x.device())?;
+        let copies = self
+            .group
+            .factor_elements(i)
+            .into_iter()
+            .map(|g| self.group.element(g).apply(&w0))
+            .collect::<Result<Vec<_>>>()?;
+        let w = super::mean_of(&copies)?.to_dtype(x.dtype())?;
+        cache.insert(key, w.clone());
+        Ok(w)
+    }
+}
+
+impl Symmetry for ImageSymmetry {
+    fn order(&self) -> usize {
+        self.group.order()
+    }
+    fn inv(&self, g: usize) -> usize {
+        self.group.inv(g)
+    }
+    fn element_name(&self, g: usize) -> String {
+        self.group.element_name(g)
+    }
+    fn n_factors(&self) -> usize {
+        self.group.n_factors()
+    }
+    fn factor_elements(&self, i: usize) -> Vec<usize> {
+        self.group.factor_elements(i)
+    }
+    fn complement_elements(&self, i: usize) -> Vec<usize> {
+        self.group.complement_elements(i)
+    }
+    fn factors_commute(&self) -> bool {
+        self.group.factors_commute()
+    }
+    fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
+        self.group.element(g).apply(x)
+    }
+    fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor> {
+        match self.output {
+            ImageOutput::Invariant => Ok(y.clone()),
+            ImageOutput::Image => self.group.element(g).apply(y),
+        }
+    }
+    fn invariant_output(&self) -> bool {
+        self.output == ImageOutput::Invariant
+    }
+    fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        if dims.len() != 4 {
+            bail!("image canonicaliser expects NCHW input, got shape {:?}", dims);
+        }
+        let w = self.pattern(i, &dims[1..], x)?;
+        let hs = self.group.complement_elements(i);
+        let cands = hs.iter().map(|&h| self.group.element(h).apply(x)).collect::<Result<Vec<_>>>()?;
+        let scores = cands
+            .iter()
+            .map(|c| Ok(c.broadcast_mul(&w)?.flatten_from(1)?.sum(1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let scores = Tensor::stack(&scores, 0)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let b = dims[0];
+        let rows = (0..b)
+            .map(|j| {
+                let mut best = 0;
+                for k in 1..hs.len() {
+                    if scores[k][j] > scores[best][j] {
+                        best = k;
+                    }
+                }
+                Ok(cands[best].narrow(0, j, 1)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+}
+
+/// A group of token permutations acting on input ids and on output scores (last axis).
+pub struct TokenSymmetry {
+    pub group: FiniteGroup<TokenPerm>,
+    /// Whether outputs are invariant (e.g. a classifier on token input).
+    pub invariant: bool,
+    collapse: Vec<Vec<u32>>,
+}
+
+impl TokenSymmetry {
+    pub fn new(group: FiniteGroup<TokenPerm>, invariant: bool) -> Self {
+        let n_in = group.element(0).input.len();
+        let collapse = (0..group.n_factors())
+            .map(|i| {
+                let els: Vec<&TokenPerm> =
+                    group.complement_elements(i).into_iter().map(|g| group.element(g)).collect();
+                orbit_min_map(&els, n_in)
+            })
+            .collect();
+        Self { group, invariant, collapse }
+    }
+    /// The collapse map of branch `i` over input token ids.
+    pub fn collapse_map(&self, i: usize) -> &[u32] {
+        &self.collapse[i]
+    }
+}
+
+impl Symmetry for TokenSymmetry {
+    fn order(&self) -> usize {
+        self.group.order()
+    }
+    fn inv(&self, g: usize) -> usize {
+        self.group.inv(g)
+    }
+    fn element_name(&self, g: usize) -> String {
+        self.group.element_name(g)
+    }
+    fn n_factors(&self) -> usize {
+        self.group.n_factors()
+    }
+    fn factor_elements(&self, i: usize) -> Vec<usize> {
+        self.group.factor_elements(i)
+    }
+    fn complement_elements(&self, i: usize) -> Vec<usize> {
+        self.group.complement_elements(i)
+    }
+    fn factors_commute(&self) -> bool {
+        self.group.factors_commute()
+    }
+    fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
+        self.group.element(g).apply_ids(x)
+    }
+    fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor> {
+        if self.invariant {
+            return Ok(y.clone());
+        }
+        self.group.element(g).apply_output(y)
+    }
+    fn invariant_output(&self) -> bool {
+        self.invariant
+    }
+    fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        let table = Tensor::new(self.collapse[i].as_slice(), x.device())?;
+        let shape = x.dims().to_vec();
+        Ok(table.index_select(&x.flatten_all()?, 0)?.reshape(shape)?)
+    }
+}

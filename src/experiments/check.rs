@@ -1,0 +1,152 @@
+//! `equirun check`: measures how far each wrapper is from exact invariance, over every group
+//! element and a batch of random inputs, and reports the forward passes per input.
+
+use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
+use crate::groups::image::image_group;
+use crate::hub::ModelSource;
+use crate::models::clip::{tiny_clip, zero_shot_probs, Clip, REQUIRED_FILES};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct CheckArgs {
+    /// Symmetry group (rot90, flip, hflip, vflip, rot180, rot90xflip, ...).
+    #[arg(long, default_value = "rot90xflip")]
+    pub group: String,
+    /// Methods, comma-separated, or `all`.
+    #[arg(long, default_value = "all")]
+    pub method: String,
+    /// Check a real CLIP (hub id) instead of the built-in tiny random CLIP.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Check a local CLIP snapshot instead of the built-in tiny random CLIP.
+    #[arg(long)]
+    pub model_dir: Option<std::path::PathBuf>,
+    /// Random inputs per check.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Number of random classes in the classifier head.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Softmax scale on cosine similarities.
+    #[arg(long, default_value_t = 1.0)]
+    pub logit_scale: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Error above which a method counts as not invariant (exit code 1 if an equivariant method fails).
+    #[arg(long, default_value_t = 1e-5)]
+    pub tolerance: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Result of a check for one method.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct MethodCheck {
+    pub max_error: f64,
+    pub forward_passes: usize,
+    pub invariant: bool,
+}
+
+pub struct CheckReport {
+    pub value: serde_json::Value,
+    pub all_ok: bool,
+}
+
+fn random_tensor(seed: u64, purpose: &str, shape: &[usize], dev: &Device) -> Result<Tensor> {
+    let mut rng = crate::output::rng_for(seed, purpose);
+    let n: usize = shape.iter().product();
+    let normal = Normal::new(0f32, 1.0).unwrap();
+    let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+    Ok(Tensor::from_vec(v, shape, dev)?)
+}
+
+pub fn run(a: &CheckArgs) -> Result<CheckReport> {
+    let dev = Device::Cpu;
+    let group = image_group(&a.group).context("--group")?;
+    let methods = if a.method.trim() == "all" { Method::ALL.to_vec() } else { Method::parse_list(&a.method)? };
+    let (clip, model_name) = match (&a.model_dir, &a.model) {
+        (None, None) => (tiny_clip(a.seed, &dev)?, "built-in tiny random CLIP".to_string()),
+        _ => {
+            let src = ModelSource {
+                model: a.model.clone().unwrap_or_else(|| "openai/clip-vit-base-patch32".into()),
+                revision: a.revision.clone(),
+                model_dir: a.model_dir.clone(),
+            };
+            let files = src.resolve(REQUIRED_FILES, &[])?;
+            (Clip::load(&files, &dev)?, files.origin.id.clone())
+        }
+    };
+    let s = clip.image_size();
+    let proj = clip.config.vision_config.projection_dim;
+    let w = crate::models::l2_normalize(&random_tensor(a.seed, "check-classes", &[a.classes, proj], &dev)?)?;
+    let x = random_tensor(a.seed, "check-inputs", &[a.batch, 3, s, s], &dev)?;
+    let model = |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, &w, a.logit_scale) };
+    let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, crate::output::derive_seed(a.seed, "canon"));
+    let proxy = crate::equi::neg_max_confidence;
+    let ev = Evaluator { sym: &sym, proxy: &proxy, select: ZeroSelect::WholeCopy };
+    let (base, _) = ev.run(&methods, &model, &x)?;
+    let mut errs = vec![0f64; methods.len()];
+    for g in 0..sym.order() {
+        let gx = sym.act_input(g, &x)?;
+        let (outs, _) = ev.run(&methods, &model, &gx)?;
+        for (mi, (o, b)) in outs.iter().zip(&base).enumerate() {
+            let expected = sym.act_output(g, b)?;
+            let e = (o - expected)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+            errs[mi] = errs[mi].max(e);
+        }
+    }
+    let mut ms = serde_json::Map::new();
+    let mut all_ok = true;
+    for (mi, m) in methods.iter().enumerate() {
+        let ok = errs[mi] <= a.tolerance;
+        if *m != Method::Vanilla && !ok {
+            all_ok = false;
+        }
+        ms.insert(
+            m.name().into(),
+            serde_json::to_value(MethodCheck { max_error: errs[mi], forward_passes: m.passes(&sym), invariant: ok })?,
+        );
+    }
+    let value = json!({
+        "group": a.group,
+        "elements": sym.order(),
+        "factors": group.info().factors,
+        "model": model_name,
+        "batch": a.batch,
+        "tolerance": a.tolerance,
+        "methods": ms,
+    });
+    Ok(CheckReport { value, all_ok })
+}
+
+/// Human-readable table of a check report.
+pub fn format_table(v: &serde_json::Value) -> String {
+    let mut s = format!(
+        "group {} ({} elements) on {}, {} random inputs\n",
+        v["group"].as_str().unwrap_or(""),
+        v["elements"].as_u64().unwrap_or(0),
+        v["model"].as_str().unwrap_or(""),
+        v["batch"].as_u64().unwrap_or(0)
+    );
+    for f in v["factors"].as_array().into_iter().flatten() {
+        s += &format!("  factor {}: {}\n", f["name"].as_str().unwrap_or(""), f["action"].as_str().unwrap_or(""));
+    }
+    s += &format!("{:<16} {:>12} {:>8}  {}\n", "method", "max error", "passes", "invariant");
+    for (name, m) in v["methods"].as_object().into_iter().flatten() {
+        s += &format!(
+            "{:<16} {:>12.3e} {:>8}  {}\n",
+            name,
+            m["max_error"].as_f64().unwrap_or(f64::NAN),
+            m["forward_passes"].as_u64().unwrap_or(0),
+            if m["invariant"].as_bool().unwrap_or(false) { "yes" } else { "no" }
+        );
+    }
+    s
+}

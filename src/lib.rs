@@ -1,0 +1,11 @@
+//! equirun: model-agnostic group equivariance (equitune, equizero, multi-equitune,
+//! multi-equizero) for pretrained models, with experiment runners that write JSON per seed.
+
+pub mod cli;
+pub mod data;
+pub mod equi;
+pub mod experiments;
+pub mod groups;
+pub mod hub;
+pub mod models;
+pub mod output;

@@ -1,0 +1,12 @@
+//! Models behind small traits the wrappers use.
+
+pub mod clip;
+
+use anyhow::Result;
+use candle_core::{Tensor, D};
+
+/// L2-normalise the last axis.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    Ok(x.broadcast_div(&n)?)
+}
