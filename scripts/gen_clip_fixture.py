@@ -224,11 +224,9 @@ def main() -> int:
     save_file(
         ref,
         os.path.join(out, "reference.safetensors"),
-        metadata={
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "logit_scale": str(LOGIT_SCALE),
-        },
+        # a single metadata key: safetensors writes a multi-key metadata map in
+        # random order, which would make regeneration not byte-identical.
+        metadata={"generated_by": f"torch {torch.__version__}, transformers {transformers.__version__}"},
     )
     for k, v in ref.items():
         print(f"  reference {k}: {list(v.shape)} {v.dtype}")
