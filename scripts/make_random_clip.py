@@ -6,10 +6,15 @@ has the same config/tensor names/shapes as openai/clip-vit-base-patch32:
 
   <out>/config.json        full CLIPConfig
   <out>/model.safetensors  f32 weights (~600 MB) -- do NOT commit
+  <out>/tokenizer.json     the real OpenAI CLIP BPE tokenizer (+ vocab.json, merges.txt,
+                           tokenizer_config.json), built offline by make_clip_tokenizer.py
+
+so <out> is a complete snapshot for `equirun clip --model-dir <out>`.
 
 Usage:
 
   /work/venv/bin/python scripts/make_random_clip.py --out /tmp/clip-b32 [--preset vit-b-32] [--seed 0]
+      [--bpe PATH/bpe_simple_vocab_16e6.txt.gz] [--no-tokenizer] [--no-verify]
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import torch
 
 import transformers
 from transformers import CLIPConfig, CLIPModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_clip_tokenizer import write_clip_tokenizer  # noqa: E402
 
 PRESETS = {
     # openai/clip-vit-base-patch32
@@ -65,6 +73,8 @@ def main() -> int:
     ap.add_argument("--preset", default="vit-b-32", choices=sorted(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-verify", action="store_true", help="skip the reload check")
+    ap.add_argument("--bpe", default=None, help="path to bpe_simple_vocab_16e6.txt.gz (default: see make_clip_tokenizer.py)")
+    ap.add_argument("--no-tokenizer", action="store_true", help="do not write tokenizer.json")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -88,6 +98,12 @@ def main() -> int:
         for k in sd0:
             assert torch.equal(sd0[k], sd1[k]), k
         print("reload via CLIPModel.from_pretrained: OK (all tensors identical)")
+
+    if not args.no_tokenizer:
+        # vocab size / special ids must agree with the text config
+        tc = model.config.text_config
+        assert tc.vocab_size == 49408 and tc.eos_token_id == 49407, (tc.vocab_size, tc.eos_token_id)
+        write_clip_tokenizer(args.out, args.bpe)
     return 0
 
 

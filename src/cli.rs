@@ -1,6 +1,6 @@
 //! Command-line interface (clap). Nothing else lives here.
 
-use crate::experiments::{check::CheckArgs, clip::ClipArgs};
+use crate::experiments::{check::CheckArgs, clip::ClipArgs, scan::ScanCommand};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// CLIP zero-shot classification under rot90/flip corruptions with equivariant wrappers.
     Clip(ClipArgs),
+    /// SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant wrappers.
+    #[command(subcommand)]
+    Scan(ScanCommand),
     /// Measure each wrapper's invariance error over every group element (built-in tiny CLIP by default).
     Check(CheckArgs),
 }

@@ -8,6 +8,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             experiments::clip::run(&a)?;
             Ok(0)
         }
+        Command::Scan(c) => {
+            use experiments::scan::{self, ScanCommand};
+            match c {
+                ScanCommand::Generate(a) => scan::generate(&a)?,
+                ScanCommand::Pretrain(a) => {
+                    scan::pretrain(&a)?;
+                }
+                ScanCommand::Finetune(a) => {
+                    scan::finetune(&a)?;
+                }
+                ScanCommand::Quick(a) => scan::quick(&a)?,
+            }
+            Ok(0)
+        }
         Command::Check(a) => {
             let r = experiments::check::run(&a)?;
             if a.json {

@@ -116,7 +116,7 @@ fn token_swaps_all_methods_equivariant() {
     ];
     let group = FiniteGroup::product("verb,direction-rl,direction-ud", factors).unwrap();
     assert_eq!(group.order(), 8);
-    let sym = TokenSymmetry::new(group, false);
+    let sym = TokenSymmetry::new(group, false, None);
     let emb = randn(8, &[n_in, 16]);
     let mix = randn(9, &[16, n_out]);
     // position-mixing: output at t depends on tokens t and t+1 (non-equivariant weights)

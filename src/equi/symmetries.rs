@@ -118,28 +118,54 @@ impl Symmetry for ImageSymmetry {
 }
 
 /// A group of token permutations acting on input ids and on output scores (last axis).
+///
+/// With `input_cols = Some(k)` an input row packs `k` input-vocabulary ids followed by
+/// output-vocabulary ids (a seq2seq target used for teacher forcing): the first part is acted
+/// on by the input permutation, the rest by the output permutation.
 pub struct TokenSymmetry {
     pub group: FiniteGroup<TokenPerm>,
     /// Whether outputs are invariant (e.g. a classifier on token input).
     pub invariant: bool,
-    collapse: Vec<Vec<u32>>,
+    pub input_cols: Option<usize>,
+    collapse_in: Vec<Vec<u32>>,
+    collapse_out: Vec<Vec<u32>>,
 }
 
 impl TokenSymmetry {
-    pub fn new(group: FiniteGroup<TokenPerm>, invariant: bool) -> Self {
+    pub fn new(group: FiniteGroup<TokenPerm>, invariant: bool, input_cols: Option<usize>) -> Self {
         let n_in = group.element(0).input.len();
-        let collapse = (0..group.n_factors())
-            .map(|i| {
-                let els: Vec<&TokenPerm> =
-                    group.complement_elements(i).into_iter().map(|g| group.element(g)).collect();
-                orbit_min_map(&els, n_in)
-            })
-            .collect();
-        Self { group, invariant, collapse }
+        let n_out = group.element(0).output.len();
+        let mut collapse_in = Vec::new();
+        let mut collapse_out = Vec::new();
+        for i in 0..group.n_factors() {
+            let els: Vec<&TokenPerm> = group.complement_elements(i).into_iter().map(|g| group.element(g)).collect();
+            collapse_in.push(orbit_min_map(&els, n_in));
+            let outs: Vec<TokenPerm> =
+                els.iter().map(|p| TokenPerm { input: p.output.clone(), output: vec![] }).collect();
+            let refs: Vec<&TokenPerm> = outs.iter().collect();
+            collapse_out.push(orbit_min_map(&refs, n_out));
+        }
+        Self { group, invariant, input_cols, collapse_in, collapse_out }
     }
     /// The collapse map of branch `i` over input token ids.
     pub fn collapse_map(&self, i: usize) -> &[u32] {
-        &self.collapse[i]
+        &self.collapse_in[i]
+    }
+    fn map_packed(&self, x: &Tensor, in_table: &[u32], out_table: &[u32]) -> Result<Tensor> {
+        let lookup = |t: &Tensor, table: &[u32]| -> Result<Tensor> {
+            let tab = Tensor::new(table, t.device())?;
+            let shape = t.dims().to_vec();
+            Ok(tab.index_select(&t.flatten_all()?, 0)?.reshape(shape)?)
+        };
+        match self.input_cols {
+            None => lookup(x, in_table),
+            Some(k) => {
+                let cols = x.dim(1)?;
+                let a = lookup(&x.narrow(1, 0, k)?.contiguous()?, in_table)?;
+                let b = lookup(&x.narrow(1, k, cols - k)?.contiguous()?, out_table)?;
+                Ok(Tensor::cat(&[a, b], 1)?)
+            }
+        }
     }
 }
 
@@ -166,7 +192,8 @@ impl Symmetry for TokenSymmetry {
         self.group.factors_commute()
     }
     fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
-        self.group.element(g).apply_ids(x)
+        let e = self.group.element(g);
+        self.map_packed(x, &e.input, &e.output)
     }
     fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor> {
         if self.invariant {
@@ -178,8 +205,6 @@ impl Symmetry for TokenSymmetry {
         self.invariant
     }
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
-        let table = Tensor::new(self.collapse[i].as_slice(), x.device())?;
-        let shape = x.dims().to_vec();
-        Ok(table.index_select(&x.flatten_all()?, 0)?.reshape(shape)?)
+        self.map_packed(x, &self.collapse_in[i], &self.collapse_out[i])
     }
 }

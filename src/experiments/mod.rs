@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod clip;
+pub mod scan;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 
 pub mod image;
 pub mod perm;
+pub mod scan;
 
 use anyhow::{bail, Result};
 use serde::Serialize;

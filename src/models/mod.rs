@@ -1,6 +1,7 @@
 //! Models behind small traits the wrappers use.
 
 pub mod clip;
+pub mod seq2seq;
 
 use anyhow::Result;
 use candle_core::{Tensor, D};
