@@ -276,10 +276,14 @@ impl<'a> Evaluator<'a> {
             ZeroSelect::WholeCopy => {
                 let losses = ys.iter().map(|y| (self.proxy)(y)).collect::<Result<Vec<_>>>()?;
                 let losses = Tensor::stack(&losses, 0)?.to_dtype(DType::F32)?; // [K, B]
-                let best = argmin_first(&losses)?;
-                let b = ys[0].dim(0)?;
-                let rows = (0..b)
-                    .map(|j| Ok(stacked.get(best[j])?.narrow(0, j, 1)?))
+                let best = argmin_sets(&losses)?;
+                let rows = best
+                    .iter()
+                    .enumerate()
+                    .map(|(j, ks)| {
+                        let picked = ks.iter().map(|&k| Ok(stacked.get(k)?.narrow(0, j, 1)?)).collect::<Result<Vec<_>>>()?;
+                        mean_of(&picked)
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::cat(&rows, 0)?)
             }
@@ -287,19 +291,21 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-/// Column-wise argmin over axis 0 of a `[K, B]` tensor; ties go to the first (lowest) index.
-fn argmin_first(losses: &Tensor) -> Result<Vec<usize>> {
+/// Relative tolerance under which two proxy losses count as tied.
+pub const ZERO_TIE_TOL: f32 = 1e-6;
+
+/// Column-wise arg-min sets over axis 0 of a `[K, B]` tensor. Copies whose loss ties with the
+/// minimum (within [`ZERO_TIE_TOL`]) are all kept and averaged by the caller: a tie-break by
+/// position would depend on the order of the copies, which a group element permutes, and
+/// would break equivariance (e.g. SCAN inputs without the swapped words give tied copies).
+fn argmin_sets(losses: &Tensor) -> Result<Vec<Vec<usize>>> {
     let v = losses.to_vec2::<f32>()?;
     let b = v[0].len();
     Ok((0..b)
         .map(|j| {
-            let mut best = 0;
-            for k in 1..v.len() {
-                if v[k][j] < v[best][j] {
-                    best = k;
-                }
-            }
-            best
+            let min = (0..v.len()).map(|k| v[k][j]).fold(f32::INFINITY, f32::min);
+            let tol = ZERO_TIE_TOL * min.abs().max(1.0);
+            (0..v.len()).filter(|&k| v[k][j] <= min + tol).collect()
         })
         .collect())
 }
