@@ -32,7 +32,7 @@ fn seq2seq_wrappers_equivariant_for_every_element() {
         let (_vm, model) = Seq2Seq::init(&cfg, 3, &Device::Cpu).unwrap();
         // both greedy decoding and teacher forcing (targets transform with the output action)
         for teacher in [vec![], vec![true]] {
-            let mode = RunMode { teacher: &teacher, train: false, rng: None };
+            let mode = RunMode { teacher: &teacher, train: false, rng: None, tape: None };
             let f = |z: &Tensor| -> anyhow::Result<Tensor> { model.forward(z, data.in_cols, &mode) };
             let proxy = top1_proxy;
             let ev = Evaluator { sym: &sym, proxy: &proxy, select: ZeroSelect::WholeCopy };
@@ -64,7 +64,7 @@ fn batched_equals_batch_of_one() {
     let pairs: Vec<(&[u32], &[u32])> = data.tests[0].1.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
     assert!(pairs.iter().map(|p| p.0.len()).collect::<std::collections::HashSet<_>>().len() > 1, "need ragged lengths");
     for teacher in [vec![false], vec![true]] {
-        let mode = RunMode { teacher: &teacher, train: false, rng: None };
+        let mode = RunMode { teacher: &teacher, train: false, rng: None, tape: None };
         let all = model.forward(&pack(&pairs, data.in_cols, &Device::Cpu).unwrap(), data.in_cols, &mode).unwrap();
         for (i, p) in pairs.iter().enumerate() {
             let one = model.forward(&pack(&[*p], data.in_cols, &Device::Cpu).unwrap(), data.in_cols, &mode).unwrap();
@@ -80,8 +80,11 @@ fn tiny_model_overfits_20_examples() {
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = data.tests[1].1.iter().take(20).cloned().collect();
     assert_eq!(pairs.len(), 20);
     let cfg = Seq2SeqConfig::official(CellKind::Gru, data.in_vocab.len(), data.out_vocab.len());
-    let acc = overfit(&cfg, &pairs, data.in_cols, 400, 1e-2, 0).unwrap();
-    assert_eq!(acc, 100.0, "training accuracy after 400 steps: {acc}%");
+    // an untrained model decodes none of them
+    let (acc0, _) = overfit(&cfg, &pairs, data.in_cols, 0, 1e-2, 0).unwrap();
+    assert!(acc0 < 10.0, "untrained accuracy {acc0}%");
+    let (acc, steps) = overfit(&cfg, &pairs, data.in_cols, 1500, 1e-2, 0).unwrap();
+    assert_eq!(acc, 100.0, "training accuracy after {steps} steps: {acc}%");
 }
 
 #[test]

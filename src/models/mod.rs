@@ -1,7 +1,9 @@
 //! Models behind small traits the wrappers use.
 
 pub mod clip;
+pub mod fused;
 pub mod seq2seq;
+pub mod tape;
 
 use anyhow::Result;
 use candle_core::{Tensor, D};

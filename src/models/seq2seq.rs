@@ -13,15 +13,19 @@
 //! Lengths are recovered from the first EOS.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, IndexOp, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use super::tape::Tape;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 pub const SOS: u32 = 0;
 pub const EOS: u32 = 1;
 pub const MAX_LEN: usize = 50;
+/// Batches up to this size use the weight-gradient tape in training.
+pub const TAPE_MAX_ROWS: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -193,28 +197,17 @@ pub fn split_vars(varmap: &VarMap) -> (Vec<Var>, Vec<Var>) {
     (enc, dec)
 }
 
-/// One recurrent step. `xw` = x·W_ihᵀ + b_ih (precomputed), `w_hh_t` = W_hhᵀ.
-fn cell_step(kind: CellKind, xw: &Tensor, w_hh_t: &Tensor, b_hh: &Tensor, h: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
-    let hw = h.matmul(w_hh_t)?.broadcast_add(b_hh)?;
+/// One recurrent step. `xw` = x·W_ihᵀ + b_ih, `hw` = h·W_hhᵀ + b_hh. GRU and LSTM
+/// cells are fused custom ops (see `fused.rs`).
+fn cell_step(kind: CellKind, xw: &Tensor, hw: Tensor, h: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
     let hs = h.dim(1)?;
     Ok(match kind {
         CellKind::Rnn => ((xw + hw)?.tanh()?, None),
-        CellKind::Gru => {
-            let r = candle_nn::ops::sigmoid(&(xw.narrow(1, 0, hs)? + hw.narrow(1, 0, hs)?)?)?;
-            let z = candle_nn::ops::sigmoid(&(xw.narrow(1, hs, hs)? + hw.narrow(1, hs, hs)?)?)?;
-            let n = (xw.narrow(1, 2 * hs, hs)? + (r * hw.narrow(1, 2 * hs, hs)?)?)?.tanh()?;
-            let hn = (&n + (z * (h - &n)?)?)?;
-            (hn, None)
-        }
+        CellKind::Gru => (xw.contiguous()?.apply_op3(&hw.contiguous()?, &h.contiguous()?, super::fused::GruCell)?, None),
         CellKind::Lstm => {
-            let g = (xw + hw)?;
-            let i = candle_nn::ops::sigmoid(&g.narrow(1, 0, hs)?)?;
-            let f = candle_nn::ops::sigmoid(&g.narrow(1, hs, hs)?)?;
-            let gg = g.narrow(1, 2 * hs, hs)?.tanh()?;
-            let o = candle_nn::ops::sigmoid(&g.narrow(1, 3 * hs, hs)?)?;
-            let c2 = ((f * c.expect("lstm cell state"))? + (i * gg)?)?;
-            let h2 = (o * c2.tanh()?)?;
-            (h2, Some(c2))
+            let g = (xw + hw)?.contiguous()?;
+            let hc = g.apply_op2(&c.expect("lstm cell state").contiguous()?, super::fused::LstmCell)?;
+            (hc.narrow(1, 0, hs)?, Some(hc.narrow(1, hs, hs)?))
         }
     })
 }
@@ -235,6 +228,24 @@ pub struct RunMode<'a> {
     /// Training mode: decoder-embedding dropout on (masks from `rng`).
     pub train: bool,
     pub rng: Option<&'a RefCell<rand_chacha::ChaCha8Rng>>,
+    /// Training: weight gradients of the recurrent loop accumulate on this tape.
+    pub tape: Option<&'a Arc<Tape>>,
+}
+
+impl RunMode<'_> {
+    /// Evaluation mode: greedy decoding, no dropout, no tape.
+    pub fn eval() -> RunMode<'static> {
+        RunMode { teacher: &[], train: false, rng: None, tape: None }
+    }
+    /// `x · wᵀ` (`w_t` = `wᵀ`), through the tape when training with small batches (where
+    /// per-step weight-gradient allocations dominate; larger batches amortise them and gain
+    /// from the blocked GEMM).
+    fn lin(&self, x: &Tensor, w: &Tensor, w_t: &Tensor) -> Result<Tensor> {
+        Ok(match self.tape {
+            Some(t) if x.dim(0)? <= TAPE_MAX_ROWS => t.linear(x, w)?,
+            _ => x.matmul(w_t)?,
+        })
+    }
 }
 
 fn first_eos_len(row: &[u32]) -> usize {
@@ -258,8 +269,9 @@ impl Seq2Seq {
         let lstm = self.cfg.cell == CellKind::Lstm;
 
         // ---- encoder
-        let ids = packed.narrow(1, 0, t_in)?.contiguous()?;
-        let emb = self.enc_emb.index_select(&ids.flatten_all()?, 0)?; // [N*T, e]
+        // time-major: row t*N + b, so each step's slice is a contiguous block
+        let ids = packed.narrow(1, 0, t_in)?.t()?.contiguous()?;
+        let emb = self.enc_emb.index_select(&ids.flatten_all()?, 0)?; // [T*N, e]
         let ragged = in_len.iter().any(|&l| l != t_in);
         let masks: Vec<Option<Tensor>> = (0..t_in)
             .map(|t| {
@@ -271,15 +283,16 @@ impl Seq2Seq {
             })
             .collect::<Result<_>>()?;
         let run_dir = |p: &RnnParams, reverse: bool| -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
-            let xw = emb.matmul(&p.w_ih.t()?)?.broadcast_add(&p.b_ih)?.reshape((n, t_in, ()))?;
+            let xw = emb.matmul(&p.w_ih.t()?)?.broadcast_add(&p.b_ih)?; // [T*N, G*e]
             let w_hh_t = p.w_hh.t()?;
             let mut hs = Tensor::zeros((n, e), DType::F32, &dev)?;
             let mut cs = if lstm { Some(Tensor::zeros((n, e), DType::F32, &dev)?) } else { None };
             let mut outs = vec![None; t_in];
             let order: Vec<usize> = if reverse { (0..t_in).rev().collect() } else { (0..t_in).collect() };
             for t in order {
-                let x = xw.i((.., t))?;
-                let (h2, c2) = cell_step(self.cfg.cell, &x, &w_hh_t, &p.b_hh, &hs, cs.as_ref())?;
+                let x = xw.narrow(0, t * n, n)?;
+                let hw = mode.lin(&hs, &p.w_hh, &w_hh_t)?.broadcast_add(&p.b_hh)?;
+                let (h2, c2) = cell_step(self.cfg.cell, &x, hw, &hs, cs.as_ref())?;
                 hs = masked(masks[t].as_ref(), h2, &hs)?;
                 if let (Some(c2), Some(c)) = (c2, cs.as_ref()) {
                     cs = Some(masked(masks[t].as_ref(), c2, c)?);
@@ -336,12 +349,13 @@ impl Seq2Seq {
             }
             let attn = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = attn.matmul(&enc_out)?.squeeze(1)?; // [N, h]
-            let comb = Tensor::cat(&[x, ctx], 1)?.matmul(&comb_w_t)?.broadcast_add(&self.comb_b)?.relu()?;
-            let xw = comb.matmul(&rnn_w_ih_t)?.broadcast_add(&self.dec_rnn.b_ih)?;
-            let (h2, c2) = cell_step(self.cfg.cell, &xw, &rnn_w_hh_t, &self.dec_rnn.b_hh, &hd, cd.as_ref())?;
+            let comb = mode.lin(&Tensor::cat(&[x, ctx], 1)?, &self.comb_w, &comb_w_t)?.broadcast_add(&self.comb_b)?.relu()?;
+            let xw = mode.lin(&comb, &self.dec_rnn.w_ih, &rnn_w_ih_t)?.broadcast_add(&self.dec_rnn.b_ih)?;
+            let hw = mode.lin(&hd, &self.dec_rnn.w_hh, &rnn_w_hh_t)?.broadcast_add(&self.dec_rnn.b_hh)?;
+            let (h2, c2) = cell_step(self.cfg.cell, &xw, hw, &hd, cd.as_ref())?;
             hd = h2;
             cd = c2;
-            let logp = candle_nn::ops::log_softmax(&hd.matmul(&out_w_t)?.broadcast_add(&self.out_b)?, D::Minus1)?;
+            let logp = candle_nn::ops::log_softmax(&mode.lin(&hd, &self.out_w, &out_w_t)?.broadcast_add(&self.out_b)?, D::Minus1)?;
             let pred: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
             let alive_t = if alive.iter().all(|&a| a) {
                 logp
