@@ -23,6 +23,21 @@ pub enum Command {
     /// SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant wrappers.
     #[command(subcommand)]
     Scan(ScanCommand),
+    /// Fetch datasets (needs internet).
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Measure each wrapper's invariance error over every group element (built-in tiny CLIP by default).
     Check(CheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Download the official SCAN files (brendenlake/SCAN, pinned commit) into --out.
+    Scan {
+        #[arg(long, default_value = "data/scan")]
+        out: std::path::PathBuf,
+        /// Raw-file URL prefix of the repository.
+        #[arg(long, default_value = "https://raw.githubusercontent.com/brendenlake/SCAN")]
+        base_url: String,
+    },
 }

@@ -22,6 +22,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Data(equirun::cli::DataCommand::Scan { out, base_url }) => {
+            for (f, n) in equirun::data::download::download_scan(&out, &base_url)? {
+                println!("{}\t{n}", out.join(f).display());
+            }
+            Ok(0)
+        }
         Command::Check(a) => {
             let r = experiments::check::run(&a)?;
             if a.json {

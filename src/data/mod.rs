@@ -1,5 +1,6 @@
 //! Datasets and preprocessing.
 
+pub mod download;
 pub mod images;
 pub mod preprocess;
 pub mod prompts;

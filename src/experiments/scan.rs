@@ -383,16 +383,20 @@ fn train_loop(varmap: &VarMap, model: &Seq2Seq, w: &Wrapped, train: &[(Vec<u32>,
     let mut opt = Adam::new(vec![enc, dec], spec.lr, spec.wd, spec.opts.clip_norm)?;
     std::fs::create_dir_all(spec.ckpt_dir)?;
     let best_path = spec.ckpt_dir.join("best.safetensors");
-    let state_path = spec.ckpt_dir.join("state.safetensors");
+    // state.json names the state file it belongs to; both are written atomically, the
+    // tensors first, so a kill at any point leaves a consistent pair
     let meta_path = spec.ckpt_dir.join("state.json");
     let mut rng = output::rng_for(spec.seed, &format!("{}-sampling", spec.label));
     let drop_rng = RefCell::new(output::rng_for(spec.seed, &format!("{}-dropout", spec.label)));
     let mut out = TrainOutcome { best_val: -1.0, best_iter: 0, curve: Vec::new(), train_seconds: 0.0, examples: 0, resumed_from: 0 };
     let mut start_iter = 0;
     // resume
-    if state_path.is_file() && meta_path.is_file() {
-        let meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
-        let st = candle_core::safetensors::load(&state_path, dev)?;
+    if meta_path.is_file() {
+        let meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)
+            .with_context(|| format!("reading {}", meta_path.display()))?;
+        let state_path = spec.ckpt_dir.join(meta["state_file"].as_str().unwrap_or("state.safetensors"));
+        let st = candle_core::safetensors::load(&state_path, dev)
+            .with_context(|| format!("reading resume state {}", state_path.display()))?;
         {
             let data = varmap.data().lock().unwrap();
             for (name, var) in data.iter() {
@@ -460,13 +464,22 @@ fn train_loop(varmap: &VarMap, model: &Seq2Seq, w: &Wrapped, train: &[(Vec<u32>,
             loss_acc = 0.0;
             loss_n = 0;
             validate(it, &mut out, l)?;
-            save_state(varmap, &opt, &state_path)?;
+            let state_file = format!("state-{it}.safetensors");
+            save_state(varmap, &opt, &spec.ckpt_dir.join(&state_file))?;
+            let previous: Option<String> = std::fs::read_to_string(&meta_path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|m| m["state_file"].as_str().map(String::from));
             let meta = json!({
+                "state_file": state_file,
                 "iteration": it, "adam_step": opt.step, "rng_pos": rng.get_word_pos().to_string(),
                 "drop_rng_pos": drop_rng.borrow().get_word_pos().to_string(),
                 "best_val": out.best_val, "best_iter": out.best_iter, "curve": out.curve,
             });
             output::write_json_atomic(&meta_path, &meta)?;
+            if let Some(prev) = previous.filter(|p| *p != state_file) {
+                let _ = std::fs::remove_file(spec.ckpt_dir.join(prev));
+            }
             // validation time is not training time
             t_train = Instant::now();
         }
