@@ -56,16 +56,21 @@ pub fn offline() -> bool {
     )
 }
 
+/// A cache folder: `$direct`, else `$parent/<sub>`, else `~/.cache/<home_sub>`.
+pub fn env_cache_dir(direct: &str, parent: &str, sub: &str, home_sub: &str) -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|s| !s.is_empty()).map(PathBuf::from);
+    if let Some(p) = var(direct) {
+        return p;
+    }
+    if let Some(p) = var(parent) {
+        return p.join(sub);
+    }
+    var("HOME").unwrap_or_else(|| PathBuf::from(".")).join(".cache").join(home_sub)
+}
+
 /// The HF hub cache folder, honouring `HF_HUB_CACHE` and `HF_HOME`.
 pub fn hf_cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|s| !s.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("HF_HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(p).join("hub");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("huggingface").join("hub")
+    env_cache_dir("HF_HUB_CACHE", "HF_HOME", "hub", "huggingface/hub")
 }
 
 impl ModelSource {

@@ -310,7 +310,9 @@ fn argmin_sets(losses: &Tensor) -> Result<Vec<Vec<usize>>> {
         .collect())
 }
 
-/// Mean of equally shaped tensors.
+/// Mean of equally shaped tensors, accumulated in f64: the sum of a few f32 values is then
+/// (practically always) exact, so the result does not depend on the order of the copies — a
+/// group element permutes that order, and sampling from logits needs bit-exact equivariance.
 pub fn mean_of(ys: &[Tensor]) -> Result<Tensor> {
     if ys.is_empty() {
         bail!("mean of no tensors");
@@ -318,5 +320,7 @@ pub fn mean_of(ys: &[Tensor]) -> Result<Tensor> {
     if ys.len() == 1 {
         return Ok(ys[0].clone());
     }
-    Ok((Tensor::stack(ys, 0)?.sum(0)? / ys.len() as f64)?)
+    let dt = ys[0].dtype();
+    let s = Tensor::stack(ys, 0)?.to_dtype(DType::F64)?.sum(0)?;
+    Ok((s / ys.len() as f64)?.to_dtype(dt)?)
 }

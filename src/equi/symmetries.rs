@@ -9,6 +9,33 @@ use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// The [`Symmetry`] methods that only read `self.group`.
+macro_rules! delegate_group {
+    () => {
+        fn order(&self) -> usize {
+            self.group.order()
+        }
+        fn inv(&self, g: usize) -> usize {
+            self.group.inv(g)
+        }
+        fn element_name(&self, g: usize) -> String {
+            self.group.element_name(g)
+        }
+        fn n_factors(&self) -> usize {
+            self.group.n_factors()
+        }
+        fn factor_elements(&self, i: usize) -> Vec<usize> {
+            self.group.factor_elements(i)
+        }
+        fn complement_elements(&self, i: usize) -> Vec<usize> {
+            self.group.complement_elements(i)
+        }
+        fn factors_commute(&self) -> bool {
+            self.group.factors_commute()
+        }
+    };
+}
+
 /// How an image group acts on a model's outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageOutput {
@@ -55,27 +82,7 @@ impl ImageSymmetry {
 }
 
 impl Symmetry for ImageSymmetry {
-    fn order(&self) -> usize {
-        self.group.order()
-    }
-    fn inv(&self, g: usize) -> usize {
-        self.group.inv(g)
-    }
-    fn element_name(&self, g: usize) -> String {
-        self.group.element_name(g)
-    }
-    fn n_factors(&self) -> usize {
-        self.group.n_factors()
-    }
-    fn factor_elements(&self, i: usize) -> Vec<usize> {
-        self.group.factor_elements(i)
-    }
-    fn complement_elements(&self, i: usize) -> Vec<usize> {
-        self.group.complement_elements(i)
-    }
-    fn factors_commute(&self) -> bool {
-        self.group.factors_commute()
-    }
+    delegate_group!();
     fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
         self.group.element(g).apply(x)
     }
@@ -147,6 +154,14 @@ impl TokenSymmetry {
         }
         Self { group, invariant, input_cols, collapse_in, collapse_out }
     }
+    /// Replaces the canonicalisers (one map per factor, applied to input ids and, for packed
+    /// rows, to output ids): e.g. "first word of the set" instead of the orbit minimum. Each map
+    /// must be invariant to the other factors and commute with its own factor.
+    pub fn with_collapse(mut self, maps: Vec<Vec<u32>>) -> Self {
+        self.collapse_out = maps.clone();
+        self.collapse_in = maps;
+        self
+    }
     /// The collapse map of branch `i` over input token ids.
     pub fn collapse_map(&self, i: usize) -> &[u32] {
         &self.collapse_in[i]
@@ -170,27 +185,7 @@ impl TokenSymmetry {
 }
 
 impl Symmetry for TokenSymmetry {
-    fn order(&self) -> usize {
-        self.group.order()
-    }
-    fn inv(&self, g: usize) -> usize {
-        self.group.inv(g)
-    }
-    fn element_name(&self, g: usize) -> String {
-        self.group.element_name(g)
-    }
-    fn n_factors(&self) -> usize {
-        self.group.n_factors()
-    }
-    fn factor_elements(&self, i: usize) -> Vec<usize> {
-        self.group.factor_elements(i)
-    }
-    fn complement_elements(&self, i: usize) -> Vec<usize> {
-        self.group.complement_elements(i)
-    }
-    fn factors_commute(&self) -> bool {
-        self.group.factors_commute()
-    }
+    delegate_group!();
     fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
         let e = self.group.element(g);
         self.map_packed(x, &e.input, &e.output)

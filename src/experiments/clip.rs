@@ -99,14 +99,7 @@ fn plan(a: &ClipArgs) -> Result<Plan> {
 
 /// Root of equirun's own cache: `$EQUIRUN_CACHE`, else `$XDG_CACHE_HOME/equirun`, else `~/.cache/equirun`.
 pub fn cache_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("EQUIRUN_CACHE").filter(|s| !s.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|s| !s.is_empty()) {
-        return PathBuf::from(p).join("equirun");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("equirun")
+    crate::hub::env_cache_dir("EQUIRUN_CACHE", "XDG_CACHE_HOME", "equirun", "equirun")
 }
 
 /// Content fingerprint of the text tower: config.json + the text projection weights.

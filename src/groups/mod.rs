@@ -7,6 +7,7 @@
 //! trait.
 
 pub mod image;
+pub mod fairness;
 pub mod perm;
 pub mod scan;
 

@@ -20,13 +20,7 @@ struct TapedLinear {
     slot: usize,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("taped linear needs contiguous inputs"),
-    }
-}
+use super::fused::slice;
 
 /// Dot product with 8 independent accumulators (vectorises).
 #[inline]
