@@ -1,6 +1,6 @@
 //! Command-line interface (clap). Nothing else lives here.
 
-use crate::experiments::{check::CheckArgs, clip::ClipArgs, scan::ScanCommand};
+use crate::experiments::{check::CheckArgs, clip::ClipArgs, fairness::FairnessArgs, scan::ScanCommand};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// CLIP zero-shot classification under rot90/flip corruptions with equivariant wrappers.
     Clip(ClipArgs),
+    /// Equivariant text generation over demographic word swaps (GPT-2, GGUF LMs), with the
+    /// swap-consistency check.
+    #[command(name = "gpt2-fairness")]
+    Gpt2Fairness(FairnessArgs),
     /// SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant wrappers.
     #[command(subcommand)]
     Scan(ScanCommand),

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod clip;
+pub mod fairness;
 pub mod scan;
 
 use serde::{Deserialize, Serialize};

