@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
-use equirun::models::gguf::{find_smollm2, load_gguf, GgufLm};
+use equirun::models::gguf::{find_smollm2, load_gguf, load_gguf_with, GgufCompute, GgufLm};
 use equirun::models::gpt2_tokenizer::{gpt2_merges_lines, gpt2_tokenizer, GPT2_EOT};
 use equirun::models::lm::CausalLm;
 use tokenizers::Tokenizer;
@@ -103,7 +103,12 @@ fn gpt2_tokenizer_matches_tiktoken_on_edge_cases() -> Result<()> {
 #[test]
 fn gpt2_tokenizer_spec_ids() -> Result<()> {
     // fairness.md §1.4.
+    let t0 = Instant::now();
     let tok = gpt2_tokenizer()?;
+    println!(
+        "gpt2_tokenizer() built in {:.3}s (or cached)",
+        t0.elapsed().as_secs_f64()
+    );
     let want: &[(&str, u32)] = &[
         (" man", 582),
         (" woman", 2415),
@@ -174,7 +179,13 @@ fn gpt2_merges_equal_shipped_vocab_bpe() -> Result<()> {
 
 // ---------------------------------------------------------------- GGUF / SmolLM2
 
+const MODES: [GgufCompute; 2] = [GgufCompute::DequantizedF32, GgufCompute::Quantized];
+
 fn smollm2() -> Option<(GgufLm, Tokenizer)> {
+    smollm2_with(None)
+}
+
+fn smollm2_with(compute: Option<GgufCompute>) -> Option<(GgufLm, Tokenizer)> {
     let path = match find_smollm2() {
         Ok(p) => p,
         Err(e) => {
@@ -183,7 +194,11 @@ fn smollm2() -> Option<(GgufLm, Tokenizer)> {
         }
     };
     let t = Instant::now();
-    let out = load_gguf(&path, &Device::Cpu).expect("load_gguf");
+    let out = match compute {
+        None => load_gguf(&path, &Device::Cpu),
+        Some(c) => load_gguf_with(&path, &Device::Cpu, c),
+    }
+    .expect("load_gguf");
     println!(
         "loaded {} in {:.2}s: {}",
         path.display(),
@@ -220,7 +235,16 @@ fn smollm2_tokenizer_from_gguf() -> Result<()> {
     assert_eq!(tok.get_vocab_size(true), 49152);
     assert_eq!(lm.vocab_size(), 49152);
     for w in [
-        " man", " woman", " Black", " White", " gay", " straight", " he", " she", " his", " her",
+        " man",
+        " woman",
+        " Black",
+        " White",
+        " gay",
+        " straight",
+        " he",
+        " she",
+        " his",
+        " her",
     ] {
         let ids = enc(&tok, w);
         println!("  {w:?} -> {ids:?}");
@@ -253,42 +277,65 @@ fn smollm2_tokenizer_from_gguf() -> Result<()> {
 
 #[test]
 fn smollm2_greedy_generation() -> Result<()> {
-    let Some((mut lm, tok)) = smollm2() else {
-        return Ok(());
-    };
-    let prompt = "The capital of France is";
-    let ids = enc(&tok, prompt);
-    lm.reset(1)?;
-    let mut logits = lm.step(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?)?;
-    assert_eq!(logits.dims(), &[1, lm.vocab_size()]);
-    let mut out = Vec::new();
-    for _ in 0..10 {
-        let next = argmax_rows(&logits)?[0];
-        out.push(next);
-        logits = lm.step(&Tensor::new(&[[next]], &Device::Cpu)?)?;
+    let mut outs = Vec::new();
+    let mut lasts = Vec::new();
+    for mode in MODES {
+        let Some((mut lm, tok)) = smollm2_with(Some(mode)) else {
+            return Ok(());
+        };
+        let prompt = "The capital of France is";
+        let ids = enc(&tok, prompt);
+        lm.reset(1)?;
+        let mut logits = lm.step(&Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?)?;
+        assert_eq!(logits.dims(), &[1, lm.vocab_size()]);
+        let first = logits.clone();
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            let next = argmax_rows(&logits)?[0];
+            out.push(next);
+            logits = lm.step(&Tensor::new(&[[next]], &Device::Cpu)?)?;
+        }
+        assert_eq!(lm.cached_len(), ids.len() + 10);
+        let text = dec(&tok, &out);
+        println!("greedy ({mode:?}): {prompt:?} + {text:?}  ids {out:?}");
+        assert!(
+            text.contains("Paris"),
+            "greedy continuation should name Paris: {text:?}"
+        );
+        outs.push(out);
+        lasts.push(first);
     }
-    assert_eq!(lm.cached_len(), ids.len() + 10);
-    let text = dec(&tok, &out);
-    println!("greedy: {prompt:?} + {text:?}  ids {out:?}");
-    assert!(
-        text.contains("Paris"),
-        "greedy continuation should name Paris: {text:?}"
+    let d = max_abs_diff(&lasts[0], &lasts[1])?;
+    let scale = lasts[0].abs()?.max_all()?.to_scalar::<f32>()?;
+    println!(
+        "prompt logits f32-dequantized vs quantized matmuls: max |Δ| {d:.4} (max |logit| {scale:.2}); same greedy ids: {}",
+        outs[0] == outs[1]
     );
     Ok(())
 }
 
 #[test]
 fn smollm2_batch_rows_and_incremental_prefill_agree() -> Result<()> {
-    let Some((mut lm, tok)) = smollm2() else {
-        return Ok(());
-    };
+    for mode in MODES {
+        let Some((lm, tok)) = smollm2_with(Some(mode)) else {
+            return Ok(());
+        };
+        println!("-- {mode:?}");
+        check_batch_and_prefill(lm, &tok)?;
+    }
+    Ok(())
+}
+
+fn check_batch_and_prefill(mut lm: GgufLm, tok: &Tokenizer) -> Result<()> {
     let dev = Device::Cpu;
-    let ids = enc(&tok, "The woman worked as a nurse at the local hospital and");
+    let ids = enc(tok, "The woman worked as a nurse at the local hospital and");
     let t = ids.len();
 
     // (a) A batch of 2 identical rows: identical logits, at prefill and at a decode step.
     lm.reset(2)?;
-    let two = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?.repeat((2, 1))?;
+    let two = Tensor::new(ids.as_slice(), &dev)?
+        .unsqueeze(0)?
+        .repeat((2, 1))?;
     let l = lm.step(&two)?;
     assert_eq!(l.dims(), &[2, lm.vocab_size()]);
     let d_prefill = max_abs_diff(&l.get(0)?, &l.get(1)?)?;
@@ -301,7 +348,10 @@ fn smollm2_batch_rows_and_incremental_prefill_agree() -> Result<()> {
     // (b) Rows of a batch are independent: row 1 of a [different, same] batch equals batch 1.
     lm.reset(1)?;
     let single = lm.step(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?)?;
-    let other = enc(&tok, "The man worked as a mechanic at the local garage and a");
+    let other = enc(
+        tok,
+        "The man worked as a mechanic at the local garage and a",
+    );
     let other = &other[..t.min(other.len())];
     if other.len() == t {
         lm.reset(2)?;
@@ -314,8 +364,15 @@ fn smollm2_batch_rows_and_incremental_prefill_agree() -> Result<()> {
         )?;
         let lm_mixed = lm.step(&mixed)?;
         let d_mixed = max_abs_diff(&lm_mixed.get(1)?, &single.get(0)?)?;
-        println!("row independence (batch [other, same] vs batch 1): max |Δ| {d_mixed:e}");
+        let d_rows = max_abs_diff(&lm_mixed.get(0)?, &lm_mixed.get(1)?)?;
+        println!(
+            "row independence (batch [other, same] vs batch 1): max |Δ| {d_mixed:e}; the two different rows differ by {d_rows:.3}"
+        );
         assert!(d_mixed <= 1e-3);
+        assert!(
+            d_rows > 1e-1,
+            "different prompts should give different logits"
+        );
     }
 
     // (c) Whole prompt at once vs token by token (reset in between must clear the cache).
@@ -346,31 +403,35 @@ fn smollm2_batch_rows_and_incremental_prefill_agree() -> Result<()> {
 
 #[test]
 fn smollm2_throughput() -> Result<()> {
-    let Some((mut lm, tok)) = smollm2() else {
-        return Ok(());
-    };
-    let dev = Device::Cpu;
-    let prompt = enc(&tok, "The man had a job as");
-    let steps = 24;
-    for n in [1usize, 8] {
-        lm.reset(n)?;
-        let p = Tensor::new(prompt.as_slice(), &dev)?.unsqueeze(0)?.repeat((n, 1))?;
-        let t0 = Instant::now();
-        let mut logits = lm.step(&p)?;
-        let prefill = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for _ in 0..steps {
-            let next = argmax_rows(&logits)?;
-            let next = Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?;
-            logits = lm.step(&next)?;
+    for mode in MODES {
+        let Some((mut lm, tok)) = smollm2_with(Some(mode)) else {
+            return Ok(());
+        };
+        let dev = Device::Cpu;
+        let prompt = enc(&tok, "The man had a job as");
+        let steps = 16;
+        for n in [1usize, 8] {
+            lm.reset(n)?;
+            let p = Tensor::new(prompt.as_slice(), &dev)?
+                .unsqueeze(0)?
+                .repeat((n, 1))?;
+            let t0 = Instant::now();
+            let mut logits = lm.step(&p)?;
+            let prefill = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            for _ in 0..steps {
+                let next = argmax_rows(&logits)?;
+                let next = Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?;
+                logits = lm.step(&next)?;
+            }
+            let dt = t1.elapsed().as_secs_f64();
+            println!(
+                "SmolLM2 Q4_1 CPU {mode:?} batch {n}: prefill {} tokens x {n} rows in {prefill:.3}s; decode {:.1} tokens/s ({:.2} steps/s, {steps} steps)",
+                prompt.len(),
+                (n * steps) as f64 / dt,
+                steps as f64 / dt
+            );
         }
-        let dt = t1.elapsed().as_secs_f64();
-        println!(
-            "SmolLM2 Q4_1 CPU batch {n}: prefill {} tokens x {n} rows in {prefill:.3}s; decode {:.1} tokens/s ({:.1} steps/s, {steps} steps)",
-            prompt.len(),
-            (n * steps) as f64 / dt,
-            steps as f64 / dt
-        );
     }
     Ok(())
 }

