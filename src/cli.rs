@@ -27,6 +27,22 @@ pub enum Command {
     /// SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant wrappers.
     #[command(subcommand)]
     Scan(ScanCommand),
+    /// Greedy-generation throughput of a causal LM with its KV cache (GPT-2 snapshot or GGUF).
+    #[command(name = "bench-lm")]
+    BenchLm {
+        /// GPT-2 snapshot folder (config.json, model.safetensors).
+        #[arg(long)]
+        model_dir: Option<std::path::PathBuf>,
+        /// A llama GGUF file instead.
+        #[arg(long)]
+        gguf: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        prompt_len: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+    },
     /// Fetch datasets (needs internet).
     #[command(subcommand)]
     Data(DataCommand),

@@ -54,3 +54,34 @@ impl crate::equi::BatchModel for Incremental<'_> {
         Ok(logits)
     }
 }
+
+/// Greedy generation throughput with the KV cache: `batch` random prompts of `prompt_len`
+/// tokens, `new_tokens` steps (prefill included), one warm-up, best and median of 3 runs.
+pub fn bench_greedy(lm: &mut dyn CausalLm, batch: usize, prompt_len: usize, new_tokens: usize, seed: u64) -> Result<serde_json::Value> {
+    use rand::Rng;
+    let dev = candle_core::Device::Cpu;
+    let v = lm.vocab_size() as u32;
+    let mut rng = crate::output::rng_for(seed, "bench-lm");
+    let prompt: Vec<u32> = (0..batch * prompt_len).map(|_| rng.random_range(0..v - 1)).collect();
+    let prompt = Tensor::from_vec(prompt, (batch, prompt_len), &dev)?;
+    let mut run = |n_new: usize| -> Result<f64> {
+        let t0 = std::time::Instant::now();
+        lm.reset(batch)?;
+        let mut logits = lm.step(&prompt)?;
+        for _ in 1..n_new {
+            let next = logits.argmax(1)?.unsqueeze(1)?.contiguous()?;
+            logits = lm.step(&next)?;
+        }
+        let _ = logits.argmax(1)?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    run(4.min(new_tokens))?;
+    let mut times: Vec<f64> = (0..3).map(|_| run(new_tokens)).collect::<Result<_>>()?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    let tokens = (batch * new_tokens) as f64;
+    Ok(serde_json::json!({
+        "framework": "equirun-candle", "task": "greedy_generate", "model": lm.describe(),
+        "tokens_per_s": tokens / times[0], "tokens_per_s_median": tokens / times[1],
+        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "seconds": times,
+    }))
+}
