@@ -1,6 +1,8 @@
 //! Command-line interface (clap). Nothing else lives here.
 
-use crate::experiments::{check::CheckArgs, clip::ClipArgs, fairness::FairnessArgs, scan::ScanCommand};
+use crate::experiments::{
+    check::CheckArgs, clip::ClipArgs, fairness::FairnessArgs, scan::ScanCommand,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -48,6 +50,11 @@ pub enum Command {
     Data(DataCommand),
     /// Measure each wrapper's invariance error over every group element (built-in tiny CLIP by default).
     Check(CheckArgs),
+    /// Run a TOML grid of equirun commands × seeds locally (--jobs, resumable), or write it as a
+    /// Slurm job array / a run list (--emit).
+    Sweep(crate::experiments::sweep::SweepArgs),
+    /// Aggregate per-seed result JSONs into mean ± std tables (Markdown, CSV) and plots (SVG, PNG).
+    Report(crate::experiments::report::ReportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,7 +64,10 @@ pub enum DataCommand {
         #[arg(long, default_value = "data/scan")]
         out: std::path::PathBuf,
         /// Raw-file URL prefix of the repository.
-        #[arg(long, default_value = "https://raw.githubusercontent.com/brendenlake/SCAN")]
+        #[arg(
+            long,
+            default_value = "https://raw.githubusercontent.com/brendenlake/SCAN"
+        )]
         base_url: String,
     },
 }

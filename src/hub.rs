@@ -44,28 +44,41 @@ pub struct ResolvedModel {
 
 impl ResolvedModel {
     pub fn file(&self, name: &str) -> Result<&Path> {
-        self.files.get(name).map(|p| p.as_path()).ok_or_else(|| anyhow!("file {name} was not resolved"))
+        self.files
+            .get(name)
+            .map(|p| p.as_path())
+            .ok_or_else(|| anyhow!("file {name} was not resolved"))
     }
 }
 
 /// `HF_HUB_OFFLINE` set to 1/true/yes/on.
 pub fn offline() -> bool {
     matches!(
-        std::env::var("HF_HUB_OFFLINE").unwrap_or_default().to_ascii_lowercase().as_str(),
+        std::env::var("HF_HUB_OFFLINE")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str(),
         "1" | "true" | "yes" | "on"
     )
 }
 
 /// A cache folder: `$direct`, else `$parent/<sub>`, else `~/.cache/<home_sub>`.
 pub fn env_cache_dir(direct: &str, parent: &str, sub: &str, home_sub: &str) -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(p) = var(direct) {
         return p;
     }
     if let Some(p) = var(parent) {
         return p.join(sub);
     }
-    var("HOME").unwrap_or_else(|| PathBuf::from(".")).join(".cache").join(home_sub)
+    var("HOME")
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache")
+        .join(home_sub)
 }
 
 /// The HF hub cache folder, honouring `HF_HUB_CACHE` and `HF_HOME`.
@@ -119,7 +132,12 @@ fn resolve_local(dir: &Path, required: &[&str], optional: &[&str]) -> Result<Res
     })
 }
 
-fn resolve_hub(model: &str, revision: &str, required: &[&str], optional: &[&str]) -> Result<ResolvedModel> {
+fn resolve_hub(
+    model: &str,
+    revision: &str,
+    required: &[&str],
+    optional: &[&str],
+) -> Result<ResolvedModel> {
     if model.trim().is_empty() || model.split('/').count() > 2 {
         bail!("invalid hub model id '{model}': expected 'org/name' (or pass --model-dir PATH)");
     }
@@ -130,7 +148,11 @@ fn resolve_hub(model: &str, revision: &str, required: &[&str], optional: &[&str]
     let repo_folder = cache_dir.join(repo.folder_name());
     let mut files = BTreeMap::new();
     let mut api_repo = None;
-    for (f, is_required) in required.iter().map(|f| (f, true)).chain(optional.iter().map(|f| (f, false))) {
+    for (f, is_required) in required
+        .iter()
+        .map(|f| (f, true))
+        .chain(optional.iter().map(|f| (f, false)))
+    {
         if let Some(p) = cache_repo.get(f) {
             files.insert(f.to_string(), p);
             continue;
@@ -170,7 +192,10 @@ fn resolve_hub(model: &str, revision: &str, required: &[&str], optional: &[&str]
     let commit = std::fs::read_to_string(repo_folder.join("refs").join(revision))
         .ok()
         .map(|s| s.trim().to_string())
-        .or_else(|| (revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit())).then(|| revision.to_string()));
+        .or_else(|| {
+            (revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| revision.to_string())
+        });
     Ok(ResolvedModel {
         files,
         origin: ModelOrigin {
@@ -185,7 +210,13 @@ fn resolve_hub(model: &str, revision: &str, required: &[&str], optional: &[&str]
 
 /// Writes `files` into an HF-cache layout (`models--org--name/{refs/<rev>, snapshots/<commit>/}`)
 /// under `cache_dir`: how tests and offline users place a snapshot where `--model` finds it.
-pub fn install_into_cache(cache_dir: &Path, model: &str, revision: &str, commit: &str, files: &[(&str, &Path)]) -> Result<PathBuf> {
+pub fn install_into_cache(
+    cache_dir: &Path,
+    model: &str,
+    revision: &str,
+    commit: &str,
+    files: &[(&str, &Path)],
+) -> Result<PathBuf> {
     let repo = Repo::with_revision(model.to_string(), RepoType::Model, revision.to_string());
     let root = cache_dir.join(repo.folder_name());
     let snap = root.join("snapshots").join(commit);
@@ -193,7 +224,8 @@ pub fn install_into_cache(cache_dir: &Path, model: &str, revision: &str, commit:
     std::fs::create_dir_all(root.join("refs"))?;
     std::fs::write(root.join("refs").join(revision), commit)?;
     for (name, src) in files {
-        std::fs::copy(src, snap.join(name)).with_context(|| format!("copying {}", src.display()))?;
+        std::fs::copy(src, snap.join(name))
+            .with_context(|| format!("copying {}", src.display()))?;
     }
     Ok(snap)
 }

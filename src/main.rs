@@ -32,20 +32,38 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             experiments::fairness::run(&a)?;
             Ok(0)
         }
-        Command::BenchLm { model_dir, gguf, batch, prompt_len, new_tokens } => {
+        Command::BenchLm {
+            model_dir,
+            gguf,
+            batch,
+            prompt_len,
+            new_tokens,
+        } => {
             let dev = candle_core::Device::Cpu;
             let mut lm: Box<dyn equirun::models::lm::CausalLm> = match (model_dir, gguf) {
                 (_, Some(g)) => Box::new(equirun::models::gguf::load_gguf(&g, &dev)?.0),
                 (Some(d), None) => {
-                    let src = equirun::hub::ModelSource { model: String::new(), revision: "main".into(), model_dir: Some(d) };
-                    Box::new(equirun::models::gpt2::load_gpt2(&src.resolve(equirun::models::gpt2::REQUIRED_FILES, &[])?, &dev)?)
+                    let src = equirun::hub::ModelSource {
+                        model: String::new(),
+                        revision: "main".into(),
+                        model_dir: Some(d),
+                    };
+                    Box::new(equirun::models::gpt2::load_gpt2(
+                        &src.resolve(equirun::models::gpt2::REQUIRED_FILES, &[])?,
+                        &dev,
+                    )?)
                 }
-                (None, None) => anyhow::bail!("bench-lm needs --model-dir (GPT-2 snapshot) or --gguf FILE"),
+                (None, None) => {
+                    anyhow::bail!("bench-lm needs --model-dir (GPT-2 snapshot) or --gguf FILE")
+                }
             };
-            let r = equirun::models::lm::bench_greedy(lm.as_mut(), batch, prompt_len, new_tokens, 0)?;
+            let r =
+                equirun::models::lm::bench_greedy(lm.as_mut(), batch, prompt_len, new_tokens, 0)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }
+        Command::Sweep(a) => experiments::sweep::run(&a),
+        Command::Report(a) => experiments::report::run(&a),
         Command::Check(a) => {
             let r = experiments::check::run(&a)?;
             if a.json {

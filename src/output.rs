@@ -29,7 +29,9 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn result_path(out: &Path, experiment: &str, run_name: &str, seed: u64) -> PathBuf {
-    out.join(experiment).join(run_name).join(format!("seed-{seed}.json"))
+    out.join(experiment)
+        .join(run_name)
+        .join(format!("seed-{seed}.json"))
 }
 
 /// What is already on disk for a run.
@@ -44,12 +46,17 @@ pub fn check_existing(path: &Path, config: &Value) -> Result<Existing> {
     if !path.exists() {
         return Ok(Existing::Missing);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(_) => return Ok(Existing::DifferentConfig),
     };
-    Ok(if v.get("config") == Some(config) { Existing::SameConfig } else { Existing::DifferentConfig })
+    Ok(if v.get("config") == Some(config) {
+        Existing::SameConfig
+    } else {
+        Existing::DifferentConfig
+    })
 }
 
 /// Decides whether to run: `Ok(false)` = skip (done), error = a different run holds the path.
@@ -80,7 +87,8 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     text.push('\n');
     tmp.write_all(text.as_bytes())?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -91,7 +99,8 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -131,15 +140,22 @@ pub fn parse_seeds(s: &str) -> Result<Vec<u64>> {
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once('-') {
             let (a, b): (u64, u64) = (
-                a.trim().parse().with_context(|| format!("bad seed range '{part}'"))?,
-                b.trim().parse().with_context(|| format!("bad seed range '{part}'"))?,
+                a.trim()
+                    .parse()
+                    .with_context(|| format!("bad seed range '{part}'"))?,
+                b.trim()
+                    .parse()
+                    .with_context(|| format!("bad seed range '{part}'"))?,
             );
             if b < a {
                 bail!("bad seed range '{part}': end before start");
             }
             out.extend(a..=b);
         } else {
-            out.push(part.parse().with_context(|| format!("bad seed '{part}': expected e.g. 0,1,2 or 0-4"))?);
+            out.push(
+                part.parse()
+                    .with_context(|| format!("bad seed '{part}': expected e.g. 0,1,2 or 0-4"))?,
+            );
         }
     }
     if out.is_empty() {

@@ -21,16 +21,32 @@ impl Env {
         let snap = root.path().join("snapshot");
         // vocabulary: every word of the CIFAR templates and CIFAR-10 class names
         let mut words: Vec<String> = Vec::new();
-        let text = equirun::data::prompts::cifar_templates().join(" ") + " " + &equirun::data::prompts::cifar10_classes().join(" ");
-        for w in text.replace("{}", " ").split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        let text = equirun::data::prompts::cifar_templates().join(" ")
+            + " "
+            + &equirun::data::prompts::cifar10_classes().join(" ");
+        for w in text
+            .replace("{}", " ")
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
             words.push(w.to_lowercase());
         }
         words.push(".".into());
         let refs: Vec<&str> = words.iter().map(String::as_str).collect();
         write_tiny_snapshot(&snap, 3, &refs).unwrap();
-        let files: Vec<(&str, PathBuf)> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| (*f, snap.join(f))).collect();
+        let files: Vec<(&str, PathBuf)> = ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .map(|f| (*f, snap.join(f)))
+            .collect();
         let files: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();
-        install_into_cache(&root.path().join("hf").join("hub"), MODEL, "main", COMMIT, &files).unwrap();
+        install_into_cache(
+            &root.path().join("hf").join("hub"),
+            MODEL,
+            "main",
+            COMMIT,
+            &files,
+        )
+        .unwrap();
         // 12 CIFAR-10 records: label byte + 3072 pixel bytes (R, G, B planes)
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let mut bytes = Vec::new();
@@ -61,8 +77,15 @@ impl Env {
         let data = self.p("data");
         let out = self.p("results");
         let mut args = vec![
-            "clip", "--dataset", "cifar10", "--data-dir", data.to_str().unwrap(),
-            "--out", out.to_str().unwrap(), "--batch-size", "5",
+            "clip",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "5",
         ];
         if !extra.contains(&"--model") {
             args.extend_from_slice(&["--model", MODEL]);
@@ -97,14 +120,28 @@ fn read(p: &Path) -> Value {
 }
 
 fn ok(o: &Output) {
-    assert!(o.status.success(), "exit {:?}\nstderr: {}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn clip_end_to_end_through_hf_cache() {
     let env = Env::new();
     let all = "vanilla,equitune,equizero,multi-equitune,multi-equizero";
-    let o = env.clip(&["--group", "rot90", "--method", all, "--seeds", "0,1", "--run-name", "r90"]);
+    let o = env.clip(&[
+        "--group",
+        "rot90",
+        "--method",
+        all,
+        "--seeds",
+        "0,1",
+        "--run-name",
+        "r90",
+    ]);
     ok(&o);
     let s0 = env.p("results/clip/r90/seed-0.json");
     let s1 = env.p("results/clip/r90/seed-1.json");
@@ -122,7 +159,10 @@ fn clip_end_to_end_through_hf_cache() {
     assert_eq!(c["model"]["commit"], COMMIT);
     assert_eq!(c["group"]["name"], "rot90");
     assert_eq!(c["group"]["order"], 4);
-    assert!(c["group"]["factors"][0]["action"].as_str().unwrap().contains("counter-clockwise"));
+    assert!(c["group"]["factors"][0]["action"]
+        .as_str()
+        .unwrap()
+        .contains("counter-clockwise"));
     assert_eq!(c["transform"]["name"], "rot90");
     assert_eq!(c["transform_per_batch"], false);
     assert_eq!(c["dataset"]["name"], "cifar10");
@@ -134,16 +174,28 @@ fn clip_end_to_end_through_hf_cache() {
     assert_eq!(c["logit_scale"]["value"], 1.0);
     assert_eq!(c["methods"].as_array().unwrap().len(), 5);
     let passes = &j["cost"]["forward_passes_per_input"];
-    for (m, p) in [("vanilla", 1), ("equitune", 4), ("equizero", 4), ("multi-equitune", 4), ("multi-equizero", 4)] {
+    for (m, p) in [
+        ("vanilla", 1),
+        ("equitune", 4),
+        ("equizero", 4),
+        ("multi-equitune", 4),
+        ("multi-equizero", 4),
+    ] {
         assert_eq!(passes[m], p, "{m}");
         let mm = &j["metrics"][m];
         assert_eq!(mm["n"], 12);
-        let (c1, c5) = (mm["correct_top1"].as_u64().unwrap(), mm["correct_top5"].as_u64().unwrap());
+        let (c1, c5) = (
+            mm["correct_top1"].as_u64().unwrap(),
+            mm["correct_top5"].as_u64().unwrap(),
+        );
         assert!(c1 <= c5 && c5 <= 12, "{m}: {c1} {c5}");
         assert!((mm["top1"].as_f64().unwrap() - 100.0 * c1 as f64 / 12.0).abs() < 1e-9);
     }
     assert_eq!(j["cost"]["forward_passes_per_input_shared"], 4);
-    assert_eq!(j["cost"]["texts_encoded"], 180, "10 classes x 18 templates encoded once");
+    assert_eq!(
+        j["cost"]["texts_encoded"], 180,
+        "10 classes x 18 templates encoded once"
+    );
     assert_eq!(read(&s1)["cost"]["texts_encoded"], 0);
     // invariant methods do not depend on the corruption drawn: seeds 0 and 1 agree exactly
     let j1 = read(&s1);
@@ -153,13 +205,36 @@ fn clip_end_to_end_through_hf_cache() {
 
     // rerun: skipped, files untouched
     let before = std::fs::read(&s0).unwrap();
-    let o = env.clip(&["--group", "rot90", "--method", all, "--seeds", "0,1", "--run-name", "r90"]);
+    let o = env.clip(&[
+        "--group",
+        "rot90",
+        "--method",
+        all,
+        "--seeds",
+        "0,1",
+        "--run-name",
+        "r90",
+    ]);
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("skip"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("skip"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(std::fs::read(&s0).unwrap(), before);
 
     // --force: recomputed with no text encoding (cache) and bit-identical config and metrics
-    let o = env.clip(&["--group", "rot90", "--method", all, "--seeds", "0", "--run-name", "r90", "--force"]);
+    let o = env.clip(&[
+        "--group",
+        "rot90",
+        "--method",
+        all,
+        "--seeds",
+        "0",
+        "--run-name",
+        "r90",
+        "--force",
+    ]);
     ok(&o);
     let k = read(&s0);
     assert_eq!(k["config"], j["config"]);
@@ -167,7 +242,16 @@ fn clip_end_to_end_through_hf_cache() {
     assert_eq!(k["cost"]["texts_encoded"], 0);
 
     // clean images: equitune's predictions equal those under rot90 corruption
-    let o = env.clip(&["--group", "rot90", "--transform", "none", "--method", "equitune,equizero", "--run-name", "clean"]);
+    let o = env.clip(&[
+        "--group",
+        "rot90",
+        "--transform",
+        "none",
+        "--method",
+        "equitune,equizero",
+        "--run-name",
+        "clean",
+    ]);
     ok(&o);
     let clean = read(&env.p("results/clip/clean/seed-0.json"));
     assert!(clean["config"]["transform"].is_null());
@@ -176,14 +260,42 @@ fn clip_end_to_end_through_hf_cache() {
     }
 
     // D4 with canonicalisation: shared copies 8 + 6; multi-* invariant across seeds too
-    let o = env.clip(&["--group", "rot90xflip", "--method", all, "--seeds", "0", "--run-name", "d4"]);
+    let o = env.clip(&[
+        "--group",
+        "rot90xflip",
+        "--method",
+        all,
+        "--seeds",
+        "0",
+        "--run-name",
+        "d4",
+    ]);
     ok(&o);
     let d4 = read(&env.p("results/clip/d4/seed-0.json"));
     assert_eq!(d4["cost"]["forward_passes_per_input"]["multi-equitune"], 6);
     assert_eq!(d4["cost"]["forward_passes_per_input"]["equitune"], 8);
     assert_eq!(d4["cost"]["forward_passes_per_input_shared"], 14);
-    assert_eq!(d4["config"]["group"]["factors"][1]["action"].as_str().unwrap().split(':').next().unwrap(), "vflip");
-    let o = env.clip(&["--group", "rot90xflip", "--transform", "none", "--method", all, "--seeds", "0", "--run-name", "d4clean"]);
+    assert_eq!(
+        d4["config"]["group"]["factors"][1]["action"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap(),
+        "vflip"
+    );
+    let o = env.clip(&[
+        "--group",
+        "rot90xflip",
+        "--transform",
+        "none",
+        "--method",
+        all,
+        "--seeds",
+        "0",
+        "--run-name",
+        "d4clean",
+    ]);
     ok(&o);
     let d4c = read(&env.p("results/clip/d4clean/seed-0.json"));
     for m in ["equitune", "equizero", "multi-equitune", "multi-equizero"] {
@@ -192,11 +304,22 @@ fn clip_end_to_end_through_hf_cache() {
 
     // the same snapshot through --model-dir
     let snap = env.p("snapshot");
-    let o = env.clip(&["--model-dir", snap.to_str().unwrap(), "--method", "vanilla", "--run-name", "local"]);
+    let o = env.clip(&[
+        "--model-dir",
+        snap.to_str().unwrap(),
+        "--method",
+        "vanilla",
+        "--run-name",
+        "local",
+    ]);
     ok(&o);
     let l = read(&env.p("results/clip/local/seed-0.json"));
     assert_eq!(l["config"]["model"]["kind"], "local");
-    assert!(env.json_files().iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(".tmp")));
+    assert!(env.json_files().iter().all(|p| !p
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with(".tmp")));
 }
 
 fn fails_cleanly(env: &Env, o: &Output, needles: &[&str]) {
@@ -206,26 +329,59 @@ fn fails_cleanly(env: &Env, o: &Output, needles: &[&str]) {
         assert!(err.contains(n), "expected {n:?} in: {err}");
     }
     assert!(!err.contains("panicked"), "{err}");
-    assert!(env.json_files().is_empty(), "no result JSON may be written: {:?}", env.json_files());
+    assert!(
+        env.json_files().is_empty(),
+        "no result JSON may be written: {:?}",
+        env.json_files()
+    );
 }
 
 #[test]
 fn bad_inputs_are_clear_errors() {
     let env = Env::new();
-    fails_cleanly(&env, &env.clip(&["--group", "rot45"]), &["unknown image group 'rot45'", "rot90xflip"]);
-    fails_cleanly(&env, &env.clip(&["--method", "equitune,foo"]), &["unknown method 'foo'", "multi-equitune"]);
-    fails_cleanly(&env, &env.clip(&["--model", "nobody/absent-model"]), &["HF_HUB_OFFLINE", "--model-dir", "config.json", "absent-model"]);
+    fails_cleanly(
+        &env,
+        &env.clip(&["--group", "rot45"]),
+        &["unknown image group 'rot45'", "rot90xflip"],
+    );
+    fails_cleanly(
+        &env,
+        &env.clip(&["--method", "equitune,foo"]),
+        &["unknown method 'foo'", "multi-equitune"],
+    );
+    fails_cleanly(
+        &env,
+        &env.clip(&["--model", "nobody/absent-model"]),
+        &[
+            "HF_HUB_OFFLINE",
+            "--model-dir",
+            "config.json",
+            "absent-model",
+        ],
+    );
     // corrupt weights
     let bad = env.p("bad-snapshot");
     std::fs::create_dir_all(&bad).unwrap();
     for f in ["config.json", "tokenizer.json"] {
         std::fs::copy(env.p("snapshot").join(f), bad.join(f)).unwrap();
     }
-    std::fs::write(bad.join("model.safetensors"), b"this is not a safetensors file").unwrap();
-    fails_cleanly(&env, &env.clip(&["--model-dir", bad.to_str().unwrap()]), &["model.safetensors", "corrupt"]);
+    std::fs::write(
+        bad.join("model.safetensors"),
+        b"this is not a safetensors file",
+    )
+    .unwrap();
+    fails_cleanly(
+        &env,
+        &env.clip(&["--model-dir", bad.to_str().unwrap()]),
+        &["model.safetensors", "corrupt"],
+    );
     // missing file in --model-dir
     std::fs::remove_file(bad.join("tokenizer.json")).unwrap();
-    fails_cleanly(&env, &env.clip(&["--model-dir", bad.to_str().unwrap()]), &["tokenizer.json", "--model-dir"]);
+    fails_cleanly(
+        &env,
+        &env.clip(&["--model-dir", bad.to_str().unwrap()]),
+        &["tokenizer.json", "--model-dir"],
+    );
     // malformed dataset
     let f = env.p("data/cifar-10-batches-bin/test_batch.bin");
     std::fs::write(&f, vec![0u8; 3000]).unwrap();
@@ -245,7 +401,13 @@ fn check_command_json() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["group"], "rot90xflip");
     assert_eq!(v["elements"], 8);
-    for (m, p) in [("vanilla", 1), ("equitune", 8), ("equizero", 8), ("multi-equitune", 6), ("multi-equizero", 6)] {
+    for (m, p) in [
+        ("vanilla", 1),
+        ("equitune", 8),
+        ("equizero", 8),
+        ("multi-equitune", 6),
+        ("multi-equizero", 6),
+    ] {
         assert_eq!(v["methods"][m]["forward_passes"], p);
         let e = v["methods"][m]["max_error"].as_f64().unwrap();
         if m == "vanilla" {

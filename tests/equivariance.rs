@@ -1,7 +1,10 @@
 //! Equivariance of every wrapper, for every group element, on random (non-equivariant) models.
 
 use candle_core::{DType, Device, Module, Tensor};
-use equirun::equi::{neg_max_confidence, Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, TokenSymmetry, ZeroSelect};
+use equirun::equi::{
+    neg_max_confidence, Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, TokenSymmetry,
+    ZeroSelect,
+};
 use equirun::groups::image::image_group;
 use equirun::groups::perm::{cyclic_factor, TokenPerm};
 use equirun::groups::FiniteGroup;
@@ -14,21 +17,47 @@ fn randn(seed: u64, shape: &[usize]) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
     let d = Normal::new(0f32, 1.0).unwrap();
-    Tensor::from_vec((0..n).map(|_| d.sample(&mut rng)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(
+        (0..n).map(|_| d.sample(&mut rng)).collect::<Vec<_>>(),
+        shape,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Max over g of |F(g·x) − ρ(g) F(x)| for each method.
-fn errors(sym: &dyn Symmetry, methods: &[Method], model: &dyn equirun::equi::BatchModel, x: &Tensor, select: ZeroSelect) -> Vec<f32> {
+fn errors(
+    sym: &dyn Symmetry,
+    methods: &[Method],
+    model: &dyn equirun::equi::BatchModel,
+    x: &Tensor,
+    select: ZeroSelect,
+) -> Vec<f32> {
     let proxy = neg_max_confidence;
-    let ev = Evaluator { sym, proxy: &proxy, select };
+    let ev = Evaluator {
+        sym,
+        proxy: &proxy,
+        select,
+    };
     let (base, _) = ev.run(methods, model, x).unwrap();
     let mut errs = vec![0f32; methods.len()];
     for g in 0..sym.order() {
-        let (outs, _) = ev.run(methods, model, &sym.act_input(g, x).unwrap()).unwrap();
+        let (outs, _) = ev
+            .run(methods, model, &sym.act_input(g, x).unwrap())
+            .unwrap();
         for (i, (o, b)) in outs.iter().zip(&base).enumerate() {
             errs[i] = errs[i].max(max_abs(o, &sym.act_output(g, b).unwrap()));
         }
@@ -42,7 +71,9 @@ fn tiny_clip_wrappers_are_invariant_for_every_element() {
     let clip = tiny_clip(7, &dev).unwrap();
     let w = equirun::models::l2_normalize(&randn(1, &[10, 32])).unwrap();
     // a large scale makes the probabilities sharp, so a non-invariant model shows clearly
-    let model = |x: &Tensor| -> anyhow::Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, &w, 20.0) };
+    let model = |x: &Tensor| -> anyhow::Result<Tensor> {
+        zero_shot_probs(&clip.encode_images(x)?, &w, 20.0)
+    };
     let x = randn(2, &[3, 3, 32, 32]);
     for spec in ["rot90", "flip", "rot90xflip"] {
         let sym = ImageSymmetry::new(image_group(spec).unwrap(), ImageOutput::Invariant, 11);
@@ -50,9 +81,16 @@ fn tiny_clip_wrappers_are_invariant_for_every_element() {
             let errs = errors(&sym, &Method::ALL, &model, &x, select);
             for (m, e) in Method::ALL.iter().zip(&errs) {
                 if *m == Method::Vanilla {
-                    assert!(*e > 1e-3, "{spec}: vanilla should NOT be invariant on a random model, error {e}");
+                    assert!(
+                        *e > 1e-3,
+                        "{spec}: vanilla should NOT be invariant on a random model, error {e}"
+                    );
                 } else {
-                    assert!(*e <= 1e-5, "{spec} {select:?}: {} invariance error {e}", m.name());
+                    assert!(
+                        *e <= 1e-5,
+                        "{spec} {select:?}: {} invariance error {e}",
+                        m.name()
+                    );
                 }
             }
         }
@@ -68,15 +106,35 @@ fn forward_pass_counts_are_measured() {
         Ok(x.flatten_from(1)?.sum_keepdim(1)?)
     };
     let x = randn(3, &[5, 3, 8, 8]);
-    let sym = ImageSymmetry::new(image_group("rot90xflip").unwrap(), ImageOutput::Invariant, 0);
+    let sym = ImageSymmetry::new(
+        image_group("rot90xflip").unwrap(),
+        ImageOutput::Invariant,
+        0,
+    );
     let proxy = neg_max_confidence;
-    let ev = Evaluator { sym: &sym, proxy: &proxy, select: ZeroSelect::WholeCopy };
-    for (m, passes) in [(Method::Vanilla, 1), (Method::Equitune, 8), (Method::Equizero, 8), (Method::MultiEquitune, 6), (Method::MultiEquizero, 6)] {
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    for (m, passes) in [
+        (Method::Vanilla, 1),
+        (Method::Equitune, 8),
+        (Method::Equizero, 8),
+        (Method::MultiEquitune, 6),
+        (Method::MultiEquizero, 6),
+    ] {
         calls.borrow_mut().clear();
         assert_eq!(m.passes(&sym), passes);
         let (_, copies) = ev.run(&[m], &model, &x).unwrap();
         assert_eq!(copies, passes);
-        assert_eq!(*calls.borrow(), vec![5 * passes], "{}: one batched call of {} copies", m.name(), passes);
+        assert_eq!(
+            *calls.borrow(),
+            vec![5 * passes],
+            "{}: one batched call of {} copies",
+            m.name(),
+            passes
+        );
     }
     // all five together share copies: 8 raw + 6 canonicalised = 14
     calls.borrow_mut().clear();
@@ -89,17 +147,45 @@ fn forward_pass_counts_are_measured() {
 fn equitune_equivariant_image_output() {
     // a random 3x3 convolution is not rot/flip equivariant; its equitune average is
     let w = randn(5, &[2, 3, 3, 3]);
-    let conv = candle_nn::Conv2d::new(w, None, candle_nn::Conv2dConfig { padding: 1, ..Default::default() });
+    let conv = candle_nn::Conv2d::new(
+        w,
+        None,
+        candle_nn::Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        },
+    );
     let model = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(conv.forward(x)?) };
     let x = randn(6, &[2, 3, 9, 9]);
     let sym = ImageSymmetry::new(image_group("rot90xflip").unwrap(), ImageOutput::Image, 0);
-    let errs = errors(&sym, &[Method::Vanilla, Method::Equitune], &model, &x, ZeroSelect::WholeCopy);
-    assert!(errs[0] > 1e-2, "vanilla conv should not be equivariant: {}", errs[0]);
-    assert!(errs[1] <= 1e-5, "equitune image equivariance error {}", errs[1]);
+    let errs = errors(
+        &sym,
+        &[Method::Vanilla, Method::Equitune],
+        &model,
+        &x,
+        ZeroSelect::WholeCopy,
+    );
+    assert!(
+        errs[0] > 1e-2,
+        "vanilla conv should not be equivariant: {}",
+        errs[0]
+    );
+    assert!(
+        errs[1] <= 1e-5,
+        "equitune image equivariance error {}",
+        errs[1]
+    );
     // multi-* needs commuting factors for equivariant outputs: a clear error, not a wrong answer
     let proxy = neg_max_confidence;
-    let ev = Evaluator { sym: &sym, proxy: &proxy, select: ZeroSelect::WholeCopy };
-    let err = format!("{:#}", ev.run(&[Method::MultiEquitune], &model, &x).unwrap_err());
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let err = format!(
+        "{:#}",
+        ev.run(&[Method::MultiEquitune], &model, &x).unwrap_err()
+    );
     assert!(err.contains("commuting"), "{err}");
 }
 
@@ -108,7 +194,9 @@ fn equitune_equivariant_image_output() {
 #[test]
 fn token_swaps_all_methods_equivariant() {
     let (n_in, n_out) = (9usize, 8usize);
-    let swap = |a: u32, b: u32, oa: u32, ob: u32| TokenPerm::from_cycles(n_in, n_out, &[vec![a, b]], &[vec![oa, ob]]).unwrap();
+    let swap = |a: u32, b: u32, oa: u32, ob: u32| {
+        TokenPerm::from_cycles(n_in, n_out, &[vec![a, b]], &[vec![oa, ob]]).unwrap()
+    };
     let factors = vec![
         cyclic_factor("verb", "jump<->run", swap(2, 3, 2, 3)).unwrap(),
         cyclic_factor("direction-rl", "left<->right", swap(4, 5, 4, 5)).unwrap(),
@@ -122,7 +210,9 @@ fn token_swaps_all_methods_equivariant() {
     // position-mixing: output at t depends on tokens t and t+1 (non-equivariant weights)
     let model = |ids: &Tensor| -> anyhow::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let e = emb.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, 16))?;
+        let e = emb
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, 16))?;
         let shifted = Tensor::cat(&[e.narrow(1, 1, t - 1)?, e.narrow(1, 0, 1)?], 1)?;
         let h = (e + (shifted * 0.5)?)?.tanh()?;
         let logits = h.broadcast_matmul(&mix)?;
@@ -145,7 +235,13 @@ fn token_swaps_all_methods_equivariant() {
 
 #[test]
 fn method_parsing() {
-    assert_eq!(Method::parse_list("equitune,multi_equitune,equitune").unwrap(), vec![Method::Equitune, Method::MultiEquitune]);
+    assert_eq!(
+        Method::parse_list("equitune,multi_equitune,equitune").unwrap(),
+        vec![Method::Equitune, Method::MultiEquitune]
+    );
     let err = format!("{:#}", Method::parse("equifoo").unwrap_err());
-    assert!(err.contains("unknown method 'equifoo'") && err.contains("multi-equizero"), "{err}");
+    assert!(
+        err.contains("unknown method 'equifoo'") && err.contains("multi-equizero"),
+        "{err}"
+    );
 }

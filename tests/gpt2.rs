@@ -13,11 +13,24 @@ fn fixture() -> PathBuf {
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn resolve(dir: &Path) -> anyhow::Result<equirun::hub::ResolvedModel> {
-    let src = ModelSource { model: String::new(), revision: "main".into(), model_dir: Some(dir.to_path_buf()) };
+    let src = ModelSource {
+        model: String::new(),
+        revision: "main".into(),
+        model_dir: Some(dir.to_path_buf()),
+    };
     src.resolve(REQUIRED_FILES, &[])
 }
 
@@ -82,7 +95,7 @@ fn stepped(lm: &mut Gpt2Lm, ids: &Tensor) -> anyhow::Result<Tensor> {
 fn gpt2_kv_cache_matches_full_forward() -> anyhow::Result<()> {
     let (mut lm, r) = load_fixture()?;
     let full_tail = r.logits.narrow(1, 3, 4)?; // positions 3..6
-    // batch of both rows
+                                               // batch of both rows
     let batch = stepped(&mut lm, &r.ids)?;
     let d_batch = max_abs(&batch, &full_tail);
     let d_batch_torch = max_abs(&batch, &r.step_logits);
@@ -97,8 +110,14 @@ fn gpt2_kv_cache_matches_full_forward() -> anyhow::Result<()> {
          single rows vs full {worst_row:.3e}"
     );
     assert!(d_batch <= 1e-4, "batched cached logits differ by {d_batch}");
-    assert!(d_batch_torch <= 1e-4, "batched cached logits differ from torch's cached ones by {d_batch_torch}");
-    assert!(worst_row <= 1e-4, "single-row cached logits differ by {worst_row}");
+    assert!(
+        d_batch_torch <= 1e-4,
+        "batched cached logits differ from torch's cached ones by {d_batch_torch}"
+    );
+    assert!(
+        worst_row <= 1e-4,
+        "single-row cached logits differ by {worst_row}"
+    );
 
     // one token at a time from the start, too
     lm.reset(2)?;
@@ -123,8 +142,12 @@ fn gpt2_loads_through_hub_path() -> anyhow::Result<()> {
     assert_eq!(st["h.1.attn.c_attn.weight"].dims(), &[32, 96]);
     assert_eq!(st["h.1.mlp.c_proj.weight"].dims(), &[128, 32]);
 
-    let files = ModelSource { model: String::new(), revision: "main".into(), model_dir: Some(dir.clone()) }
-        .resolve(&["config.json", "model.safetensors"], &[])?;
+    let files = ModelSource {
+        model: String::new(),
+        revision: "main".into(),
+        model_dir: Some(dir.clone()),
+    }
+    .resolve(&["config.json", "model.safetensors"], &[])?;
     let mut lm = load_gpt2(&files, &Device::Cpu)?;
     assert_eq!(lm.config(), &gpt2::tiny_config());
     assert!(lm.describe().contains("gpt2"), "{}", lm.describe());
@@ -141,7 +164,10 @@ fn gpt2_loads_through_hub_path() -> anyhow::Result<()> {
     assert!(max_abs(&a, &other.forward_full(&ids)?) > 1e-3);
     let dir2 = tmp.path().join("snap2");
     gpt2::write_tiny_snapshot(&dir2, 3)?;
-    assert_eq!(std::fs::read(dir.join("model.safetensors"))?, std::fs::read(dir2.join("model.safetensors"))?);
+    assert_eq!(
+        std::fs::read(dir.join("model.safetensors"))?,
+        std::fs::read(dir2.join("model.safetensors"))?
+    );
     Ok(())
 }
 
@@ -153,14 +179,18 @@ fn gpt2_corrupt_weights_error_names_the_file() -> anyhow::Result<()> {
     let weights = dir.join("model.safetensors");
     // garbage
     std::fs::write(&weights, b"this is not a safetensors file at all")?;
-    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu).err().expect("corrupt weights must fail");
+    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu)
+        .err()
+        .expect("corrupt weights must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains(&weights.display().to_string()), "{msg}");
     // truncated
     gpt2::write_tiny_snapshot(&dir, 1)?;
     let bytes = std::fs::read(&weights)?;
     std::fs::write(&weights, &bytes[..bytes.len() / 2])?;
-    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu).err().expect("truncated weights must fail");
+    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu)
+        .err()
+        .expect("truncated weights must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("model.safetensors"), "{msg}");
     // wrong shapes (config says n_embd 64)
@@ -168,14 +198,18 @@ fn gpt2_corrupt_weights_error_names_the_file() -> anyhow::Result<()> {
     let mut cfg = gpt2::tiny_config_json();
     cfg["n_embd"] = 64.into();
     std::fs::write(dir.join("config.json"), cfg.to_string())?;
-    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu).err().expect("shape mismatch must fail");
+    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu)
+        .err()
+        .expect("shape mismatch must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("model.safetensors"), "{msg}");
     // unsupported activation
     cfg["n_embd"] = 32.into();
     cfg["activation_function"] = "relu".into();
     std::fs::write(dir.join("config.json"), cfg.to_string())?;
-    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu).err().expect("relu must fail");
+    let err = load_gpt2(&resolve(&dir)?, &Device::Cpu)
+        .err()
+        .expect("relu must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("relu") && msg.contains("config.json"), "{msg}");
     // missing file
@@ -188,13 +222,30 @@ fn gpt2_corrupt_weights_error_names_the_file() -> anyhow::Result<()> {
 fn gpt2_context_window_is_a_clear_error() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let mut lm = gpt2::tiny_gpt2(5, &dev)?; // n_positions 64
-    let ids = Tensor::from_vec((0..65u32).map(|i| i % 100).collect::<Vec<_>>(), (1, 65), &dev)?;
-    let msg = format!("{:#}", lm.forward_full(&ids).err().expect("65 > 64 positions must fail"));
+    let ids = Tensor::from_vec(
+        (0..65u32).map(|i| i % 100).collect::<Vec<_>>(),
+        (1, 65),
+        &dev,
+    )?;
+    let msg = format!(
+        "{:#}",
+        lm.forward_full(&ids)
+            .err()
+            .expect("65 > 64 positions must fail")
+    );
     assert!(msg.contains("n_positions 64"), "{msg}");
     lm.reset(1)?;
     lm.step(&ids.narrow(1, 0, 60)?)?;
-    let msg = format!("{:#}", lm.step(&ids.narrow(1, 0, 5)?).err().expect("60 + 5 > 64 must fail"));
-    assert!(msg.contains("n_positions 64") && msg.contains("60 cached"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        lm.step(&ids.narrow(1, 0, 5)?)
+            .err()
+            .expect("60 + 5 > 64 must fail")
+    );
+    assert!(
+        msg.contains("n_positions 64") && msg.contains("60 cached"),
+        "{msg}"
+    );
     // the cache is intact after the refused step and can still be filled up to exactly 64
     assert_eq!(lm.cached_len(), 60);
     lm.step(&ids.narrow(1, 60, 4)?)?;

@@ -18,7 +18,11 @@ fn check_laws<E: GroupElement>(g: &FiniteGroup<E>) {
             let ab = g.element(a).compose(g.element(b));
             assert_eq!(&ab, g.element(g.mul(a, b)));
             for c in 0..n {
-                assert_eq!(g.mul(g.mul(a, b), c), g.mul(a, g.mul(b, c)), "associativity");
+                assert_eq!(
+                    g.mul(g.mul(a, b), c),
+                    g.mul(a, g.mul(b, c)),
+                    "associativity"
+                );
             }
         }
     }
@@ -26,7 +30,16 @@ fn check_laws<E: GroupElement>(g: &FiniteGroup<E>) {
 
 #[test]
 fn image_groups_orders_and_laws() {
-    for (spec, order) in [("rot90", 4), ("flip", 2), ("hflip", 2), ("vflip", 2), ("rot180", 2), ("id", 1), ("rot90xflip", 8), ("rot90xhflip", 8)] {
+    for (spec, order) in [
+        ("rot90", 4),
+        ("flip", 2),
+        ("hflip", 2),
+        ("vflip", 2),
+        ("rot180", 2),
+        ("id", 1),
+        ("rot90xflip", 8),
+        ("rot90xhflip", 8),
+    ] {
         let g = image_group(spec).unwrap();
         assert_eq!(g.order(), order, "{spec}");
         check_laws(&g);
@@ -43,16 +56,27 @@ fn image_groups_orders_and_laws() {
 fn unknown_group_lists_valid_names() {
     let err = format!("{:#}", image_group("rot45").unwrap_err());
     assert!(err.contains("unknown image group 'rot45'"), "{err}");
-    assert!(err.contains("rot90") && err.contains("hflip") && err.contains("rot90xflip"), "{err}");
+    assert!(
+        err.contains("rot90") && err.contains("hflip") && err.contains("rot90xflip"),
+        "{err}"
+    );
 }
 
 /// 3×3 image with pixel values 0..8 (row-major).
 fn img3() -> Tensor {
-    Tensor::arange(0f32, 9., &Device::Cpu).unwrap().reshape((1, 1, 3, 3)).unwrap()
+    Tensor::arange(0f32, 9., &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 3, 3))
+        .unwrap()
 }
 
 fn apply(e: &D4) -> Vec<f32> {
-    e.apply(&img3()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    e.apply(&img3())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -62,7 +86,10 @@ fn actions_on_hand_made_3x3() {
     assert_eq!(apply(&D4::rot(1)), vec![2., 5., 8., 1., 4., 7., 0., 3., 6.]);
     assert_eq!(apply(&D4::rot(2)), vec![8., 7., 6., 5., 4., 3., 2., 1., 0.]);
     assert_eq!(apply(&D4::rot(3)), vec![6., 3., 0., 7., 4., 1., 8., 5., 2.]);
-    assert_eq!(apply(&D4::rot(0)), (0..9).map(|v| v as f32).collect::<Vec<_>>());
+    assert_eq!(
+        apply(&D4::rot(0)),
+        (0..9).map(|v| v as f32).collect::<Vec<_>>()
+    );
     // vflip reverses H (rows), hflip reverses W (columns)
     assert_eq!(apply(&D4::VFLIP), vec![6., 7., 8., 3., 4., 5., 0., 1., 2.]);
     assert_eq!(apply(&D4::HFLIP), vec![2., 1., 0., 5., 4., 3., 8., 7., 6.]);
@@ -79,23 +106,56 @@ fn actions_on_hand_made_3x3() {
         [0., 3., 6., 1., 4., 7., 2., 5., 8.], // rot270 ∘ vflip = transpose
     ];
     for (k, exp) in expected.iter().enumerate() {
-        assert_eq!(apply(g.element(k)), exp.to_vec(), "element {} ({})", k, g.element_name(k));
+        assert_eq!(
+            apply(g.element(k)),
+            exp.to_vec(),
+            "element {} ({})",
+            k,
+            g.element_name(k)
+        );
     }
 }
 
 #[test]
 fn action_is_a_left_action_and_inverse_undoes() {
     let g = image_group("rot90xflip").unwrap();
-    let x = Tensor::arange(0f32, 2. * 3. * 5. * 5., &Device::Cpu).unwrap().reshape((2, 3, 5, 5)).unwrap();
+    let x = Tensor::arange(0f32, 2. * 3. * 5. * 5., &Device::Cpu)
+        .unwrap()
+        .reshape((2, 3, 5, 5))
+        .unwrap();
     for a in 0..g.order() {
         for b in 0..g.order() {
-            let lhs = g.element(a).apply(&g.element(b).apply(&x).unwrap()).unwrap();
+            let lhs = g
+                .element(a)
+                .apply(&g.element(b).apply(&x).unwrap())
+                .unwrap();
             let rhs = g.element(g.mul(a, b)).apply(&x).unwrap();
-            let d = (lhs - rhs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let d = (lhs - rhs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(d, 0.0, "(ab)·x = a·(b·x)");
         }
-        let back = g.element(g.inv(a)).apply(&g.element(a).apply(&x).unwrap()).unwrap();
-        let d = (back - &x).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let back = g
+            .element(g.inv(a))
+            .apply(&g.element(a).apply(&x).unwrap())
+            .unwrap();
+        let d = (back - &x)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(d, 0.0);
     }
 }
@@ -112,7 +172,9 @@ fn rotation_needs_square_images() {
 #[test]
 fn token_permutation_products() {
     // 6 input tokens, 5 output tokens; three disjoint swaps and one 3-cycle
-    let swap = |a: u32, b: u32, oa: u32, ob: u32| TokenPerm::from_cycles(6, 5, &[vec![a, b]], &[vec![oa, ob]]).unwrap();
+    let swap = |a: u32, b: u32, oa: u32, ob: u32| {
+        TokenPerm::from_cycles(6, 5, &[vec![a, b]], &[vec![oa, ob]]).unwrap()
+    };
     let f1 = cyclic_factor("verb", "jump<->run", swap(0, 1, 0, 1)).unwrap();
     let f2 = cyclic_factor("dir", "left<->right", swap(2, 3, 2, 3)).unwrap();
     let g = FiniteGroup::product("verb,dir", vec![f1, f2]).unwrap();

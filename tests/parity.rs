@@ -12,14 +12,27 @@ fn fixture() -> PathBuf {
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
 fn clip_matches_transformers() -> anyhow::Result<()> {
     let dir = fixture();
     // the fixture has no tokenizer.json: resolve config + weights only
-    let src = ModelSource { model: String::new(), revision: "main".into(), model_dir: Some(dir.clone()) };
+    let src = ModelSource {
+        model: String::new(),
+        revision: "main".into(),
+        model_dir: Some(dir.clone()),
+    };
     let files = src.resolve(&REQUIRED_FILES[..2], &[])?;
     let dev = Device::Cpu;
     let clip = Clip::load(&files, &dev)?;
@@ -38,8 +51,15 @@ fn clip_matches_transformers() -> anyhow::Result<()> {
     assert!(d_txt <= 1e-4, "text embeddings differ by {d_txt}");
     assert!(d_log <= 1e-4, "logits differ by {d_log}");
     // the embeddings are not trivially small (the check would be vacuous)
-    let scale = r["image_embeds"].abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-    assert!(scale > 0.1, "reference embeddings suspiciously small: {scale}");
+    let scale = r["image_embeds"]
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    assert!(
+        scale > 0.1,
+        "reference embeddings suspiciously small: {scale}"
+    );
     // the learned logit scale is read from the checkpoint
     assert!((clip.model_logit_scale - 2.6592f32.exp()).abs() < 1e-3);
     Ok(())

@@ -35,7 +35,10 @@ pub fn download_scan(out: &Path, base_url: &str) -> Result<Vec<(String, usize)>>
                 format!("could not download {url}; without internet, copy the SCAN files into {} by hand", out.display())
             })?;
             let mut body = String::new();
-            resp.body_mut().as_reader().read_to_string(&mut body).with_context(|| format!("reading {url}"))?;
+            resp.body_mut()
+                .as_reader()
+                .read_to_string(&mut body)
+                .with_context(|| format!("reading {url}"))?;
             crate::data::scan::parse_scan_str(&body, &dest)?;
             crate::output::write_bytes_atomic(&dest, body.as_bytes())?;
         }

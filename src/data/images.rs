@@ -36,9 +36,18 @@ pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 enum Storage {
     /// Raw interleaved-plane records (CIFAR): `[label bytes][R plane][G plane][B plane]`.
-    Cifar { bytes: Vec<u8>, record: usize, header: usize, side: usize },
+    Cifar {
+        bytes: Vec<u8>,
+        record: usize,
+        header: usize,
+        side: usize,
+    },
     /// Grayscale images back to back (idx).
-    Gray { bytes: Vec<u8>, rows: usize, cols: usize },
+    Gray {
+        bytes: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    },
     Files(Vec<PathBuf>),
 }
 
@@ -78,26 +87,43 @@ impl ImageDataset {
     }
     pub fn image(&self, i: usize) -> Result<RgbImage> {
         match &self.storage {
-            Storage::Cifar { bytes, record, header, side } => {
+            Storage::Cifar {
+                bytes,
+                record,
+                header,
+                side,
+            } => {
                 let rec = &bytes[i * record + header..(i + 1) * record];
                 let plane = side * side;
                 let mut data = Vec::with_capacity(3 * plane);
                 for p in 0..plane {
                     data.extend_from_slice(&[rec[p], rec[plane + p], rec[2 * plane + p]]);
                 }
-                Ok(RgbImage { width: *side, height: *side, data })
+                Ok(RgbImage {
+                    width: *side,
+                    height: *side,
+                    data,
+                })
             }
             Storage::Gray { bytes, rows, cols } => {
                 let n = rows * cols;
                 let g = &bytes[i * n..(i + 1) * n];
-                Ok(RgbImage { width: *cols, height: *rows, data: g.iter().flat_map(|&v| [v, v, v]).collect() })
+                Ok(RgbImage {
+                    width: *cols,
+                    height: *rows,
+                    data: g.iter().flat_map(|&v| [v, v, v]).collect(),
+                })
             }
             Storage::Files(files) => {
                 let p = &files[i];
                 let img = image::open(p)
                     .with_context(|| format!("cannot decode image {}", p.display()))?
                     .to_rgb8();
-                Ok(RgbImage { width: img.width() as usize, height: img.height() as usize, data: img.into_raw() })
+                Ok(RgbImage {
+                    width: img.width() as usize,
+                    height: img.height() as usize,
+                    data: img.into_raw(),
+                })
             }
         }
     }
@@ -109,7 +135,10 @@ fn first_existing(cands: &[PathBuf]) -> Option<PathBuf> {
 
 fn need_dir(kind: DatasetKind, dir: Option<&Path>) -> Result<PathBuf> {
     dir.map(Path::to_path_buf).ok_or_else(|| {
-        anyhow!("dataset {} needs --data-dir PATH (or the EQUIRUN_DATA environment variable)", kind.name())
+        anyhow!(
+            "dataset {} needs --data-dir PATH (or the EQUIRUN_DATA environment variable)",
+            kind.name()
+        )
     })
 }
 
@@ -119,9 +148,21 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
             let d = need_dir(kind, dir)?;
             let (sub, file, header, n_classes, classes) = if kind == DatasetKind::Cifar10 {
-                ("cifar-10-batches-bin", "test_batch.bin", 1usize, 10u32, prompts::cifar10_classes())
+                (
+                    "cifar-10-batches-bin",
+                    "test_batch.bin",
+                    1usize,
+                    10u32,
+                    prompts::cifar10_classes(),
+                )
             } else {
-                ("cifar-100-binary", "test.bin", 2usize, 100u32, prompts::cifar100_classes())
+                (
+                    "cifar-100-binary",
+                    "test.bin",
+                    2usize,
+                    100u32,
+                    prompts::cifar100_classes(),
+                )
             };
             let path = if d.is_file() {
                 d.clone()
@@ -137,7 +178,8 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
                     )
                 })?
             };
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let record = header + 3072;
             if bytes.is_empty() || bytes.len() % record != 0 {
                 bail!(
@@ -170,11 +212,18 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
                 classes,
                 templates: prompts::cifar_templates(),
                 labels,
-                storage: Storage::Cifar { bytes, record, header, side: 32 },
+                storage: Storage::Cifar {
+                    bytes,
+                    record,
+                    header,
+                    side: 32,
+                },
             })
         }
         DatasetKind::FashionMnist => {
-            let d = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEBIAN_FASHION_MNIST));
+            let d = dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(DEBIAN_FASHION_MNIST));
             let find = |stem: &str| {
                 first_existing(&[
                     d.join(format!("{stem}.gz")),
@@ -195,7 +244,13 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
             let (ibytes, idims) = read_idx(&ip, 3)?;
             let (lbytes, ldims) = read_idx(&lp, 1)?;
             if idims[0] != ldims[0] {
-                bail!("{} has {} images but {} has {} labels", ip.display(), idims[0], lp.display(), ldims[0]);
+                bail!(
+                    "{} has {} images but {} has {} labels",
+                    ip.display(),
+                    idims[0],
+                    lp.display(),
+                    ldims[0]
+                );
             }
             let labels: Vec<u32> = lbytes.iter().map(|&b| b as u32).collect();
             if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l >= 10) {
@@ -207,16 +262,23 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
                 classes: prompts::fashion_mnist_classes(),
                 templates: prompts::cifar_templates(),
                 labels,
-                storage: Storage::Gray { bytes: ibytes, rows: idims[1], cols: idims[2] },
+                storage: Storage::Gray {
+                    bytes: ibytes,
+                    rows: idims[1],
+                    cols: idims[2],
+                },
             })
         }
         DatasetKind::ImagenetV2 => {
             let d = need_dir(kind, dir)?;
-            let root = ["imagenetv2-matched-frequency-format-val", "imagenetv2-matched-frequency"]
-                .iter()
-                .map(|s| d.join(s))
-                .find(|p| p.is_dir())
-                .unwrap_or(d.clone());
+            let root = [
+                "imagenetv2-matched-frequency-format-val",
+                "imagenetv2-matched-frequency",
+            ]
+            .iter()
+            .map(|s| d.join(s))
+            .find(|p| p.is_dir())
+            .unwrap_or(d.clone());
             let mut files = Vec::new();
             let mut labels = Vec::new();
             for c in 0..1000u32 {
@@ -280,7 +342,12 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension()
-                .map(|e| matches!(e.to_ascii_lowercase().to_str(), Some("jpg" | "jpeg" | "png")))
+                .map(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().to_str(),
+                        Some("jpg" | "jpeg" | "png")
+                    )
+                })
                 .unwrap_or(false)
         })
         .collect();
@@ -301,7 +368,12 @@ pub fn read_idx(path: &Path, ndim: usize) -> Result<(Vec<u8>, Vec<usize>)> {
         raw
     };
     let header = 4 + 4 * ndim;
-    if bytes.len() < header || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] as usize != ndim {
+    if bytes.len() < header
+        || bytes[0] != 0
+        || bytes[1] != 0
+        || bytes[2] != 0x08
+        || bytes[3] as usize != ndim
+    {
         bail!(
             "malformed idx file {}: expected magic 0x0000080{ndim} (u8 data, {ndim} dims)",
             path.display()

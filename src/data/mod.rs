@@ -10,5 +10,9 @@ use std::path::PathBuf;
 
 /// The data folder: `--data-dir`, else `$EQUIRUN_DATA`, else `None`.
 pub fn data_dir(explicit: Option<&PathBuf>) -> Option<PathBuf> {
-    explicit.cloned().or_else(|| std::env::var_os("EQUIRUN_DATA").filter(|s| !s.is_empty()).map(PathBuf::from))
+    explicit.cloned().or_else(|| {
+        std::env::var_os("EQUIRUN_DATA")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    })
 }

@@ -1,7 +1,11 @@
 //! Class names and prompt templates (CLIP's curated lists; see prompts/SOURCES.md).
 
 fn lines(s: &str) -> Vec<String> {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 pub fn imagenet_classes() -> Vec<String> {
@@ -30,7 +34,11 @@ pub fn read_templates(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let t = lines(&text);
     for (i, l) in t.iter().enumerate() {
         if l.matches("{}").count() != 1 {
-            anyhow::bail!("{}:{}: template {l:?} must contain exactly one '{{}}'", path.display(), i + 1);
+            anyhow::bail!(
+                "{}:{}: template {l:?} must contain exactly one '{{}}'",
+                path.display(),
+                i + 1
+            );
         }
     }
     if t.is_empty() {

@@ -92,7 +92,11 @@ pub fn parse_scan_line(line: &str, path: &Path, lineno: usize) -> Result<ScanExa
     let mut tokens = line.split_whitespace();
     match tokens.next() {
         Some("IN:") => {}
-        _ => return Err(err("the line to start with `IN:` (format `IN: <command> OUT: <actions>`)")),
+        _ => {
+            return Err(err(
+                "the line to start with `IN:` (format `IN: <command> OUT: <actions>`)",
+            ))
+        }
     }
     let mut command = Vec::new();
     let mut saw_out = false;
@@ -172,7 +176,8 @@ pub fn write_scan_file(path: &Path, examples: &[ScanExample]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
     let file_name = path
         .file_name()
         .ok_or_else(|| anyhow!("write_scan_file: {} has no file name", path.display()))?
@@ -190,11 +195,11 @@ pub fn write_scan_file(path: &Path, examples: &[ScanExample]) -> Result<()> {
             .with_context(|| format!("cannot create temporary file {}", tmp.display()))?;
         f.write_all(buf.as_bytes())
             .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("cannot sync {}", tmp.display()))?;
         drop(f);
-        fs::rename(&tmp, path).with_context(|| {
-            format!("cannot rename {} to {}", tmp.display(), path.display())
-        })?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
         Ok(())
     })();
     if result.is_err() {
@@ -208,7 +213,13 @@ pub fn write_scan_file(path: &Path, examples: &[ScanExample]) -> Result<()> {
 // ---------------------------------------------------------------------------
 
 /// Split names accepted by [`split_files`] (underscores are accepted too).
-pub const SPLITS: [&str; 5] = ["simple", "add-jump", "add-turn-left", "length", "around-right"];
+pub const SPLITS: [&str; 5] = [
+    "simple",
+    "add-jump",
+    "add-turn-left",
+    "length",
+    "around-right",
+];
 
 /// Environment variable naming a data directory that contains `scan/`.
 pub const DATA_ENV: &str = "EQUIRUN_DATA";
@@ -217,7 +228,10 @@ pub const DATA_ENV: &str = "EQUIRUN_DATA";
 /// `simple_split/`, ...) or a parent holding `scan/`. Returns the SCAN directory.
 pub fn resolve_scan_dir(data_dir: &Path) -> PathBuf {
     let nested = data_dir.join("scan");
-    if nested.is_dir() && !data_dir.join("tasks.txt").is_file() && !data_dir.join("simple_split").is_dir() {
+    if nested.is_dir()
+        && !data_dir.join("tasks.txt").is_file()
+        && !data_dir.join("simple_split").is_dir()
+    {
         nested
     } else {
         data_dir.to_path_buf()
@@ -228,14 +242,26 @@ pub fn resolve_scan_dir(data_dir: &Path) -> PathBuf {
 fn split_rel_paths(split: &str) -> Option<(&'static str, &'static str, &'static str)> {
     let norm = split.trim().to_ascii_lowercase().replace('_', "-");
     Some(match norm.as_str() {
-        "simple" => ("simple_split", "tasks_train_simple.txt", "tasks_test_simple.txt"),
-        "add-jump" => ("add_prim_split", "tasks_train_addprim_jump.txt", "tasks_test_addprim_jump.txt"),
+        "simple" => (
+            "simple_split",
+            "tasks_train_simple.txt",
+            "tasks_test_simple.txt",
+        ),
+        "add-jump" => (
+            "add_prim_split",
+            "tasks_train_addprim_jump.txt",
+            "tasks_test_addprim_jump.txt",
+        ),
         "add-turn-left" => (
             "add_prim_split",
             "tasks_train_addprim_turn_left.txt",
             "tasks_test_addprim_turn_left.txt",
         ),
-        "length" => ("length_split", "tasks_train_length.txt", "tasks_test_length.txt"),
+        "length" => (
+            "length_split",
+            "tasks_train_length.txt",
+            "tasks_test_length.txt",
+        ),
         "around-right" => (
             "template_split",
             "tasks_train_template_around_right.txt",
@@ -250,7 +276,11 @@ fn split_rel_paths(split: &str) -> Option<(&'static str, &'static str, &'static 
 /// Both files must exist.
 pub fn split_files(data_dir: &Path, split: &str) -> Result<(PathBuf, PathBuf)> {
     let (sub, train, test) = split_rel_paths(split).ok_or_else(|| {
-        anyhow!("unknown SCAN split {:?}; valid splits: {}", split, SPLITS.join(", "))
+        anyhow!(
+            "unknown SCAN split {:?}; valid splits: {}",
+            split,
+            SPLITS.join(", ")
+        )
     })?;
     let scan_dir = resolve_scan_dir(data_dir);
     let train = scan_dir.join(sub).join(train);
@@ -320,9 +350,17 @@ pub fn generate_commands(directions: &[&str]) -> Vec<ScanExample> {
     for u in VERBS {
         vs.push((vec![u.to_string()], vec![verb_action(u)]));
     }
-    let xs: Vec<&str> = VERBS.iter().copied().chain(std::iter::once("turn")).collect();
+    let xs: Vec<&str> = VERBS
+        .iter()
+        .copied()
+        .chain(std::iter::once("turn"))
+        .collect();
     for x in &xs {
-        let x_act: Option<String> = if *x == "turn" { None } else { Some(verb_action(x)) };
+        let x_act: Option<String> = if *x == "turn" {
+            None
+        } else {
+            Some(verb_action(x))
+        };
         for d in &dirs {
             let t = turn_action(d);
             // D -> x d
@@ -399,7 +437,8 @@ pub const SCAN_II_HELD_OUT: [&str; 3] = ["turn up", "jump", "turn left"];
 /// Fraction of the train size used as the repeat count of each primitive.
 pub const SCAN_II_PRIM_FRACTION: f64 = 0.06;
 /// Test split ids, in the order they appear in [`ScanIISplits::tests`].
-pub const SCAN_II_TEST_SPLITS: [&str; 4] = ["jump", "turn_left", "turn_up", "turn_up_jump_turn_left"];
+pub const SCAN_II_TEST_SPLITS: [&str; 4] =
+    ["jump", "turn_left", "turn_up", "turn_up_jump_turn_left"];
 
 /// SCAN-II train set (shuffled) and the four test splits
 /// `jump`, `turn_left`, `turn_up`, `turn_up_jump_turn_left` (in that order).
@@ -412,7 +451,10 @@ pub struct ScanIISplits {
 impl ScanIISplits {
     /// The test split with the given id (`jump`, `turn_left`, ...).
     pub fn test(&self, id: &str) -> Option<&[ScanExample]> {
-        self.tests.iter().find(|(n, _)| n == id).map(|(_, v)| v.as_slice())
+        self.tests
+            .iter()
+            .find(|(n, _)| n == id)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -460,7 +502,8 @@ pub fn scan_ii_splits(seed: u64) -> ScanIISplits {
     }
     let n = (train.len() as f64 * SCAN_II_PRIM_FRACTION) as usize; // Python int(): truncation
     for (prim, phrase) in prims.into_iter().zip(SCAN_II_HELD_OUT) {
-        let prim = prim.unwrap_or_else(|| panic!("held-out primitive {phrase:?} is a command of the grammar"));
+        let prim = prim
+            .unwrap_or_else(|| panic!("held-out primitive {phrase:?} is a command of the grammar"));
         train.extend(std::iter::repeat_n(prim, n));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -567,7 +610,11 @@ impl Vocab {
         all.push(SOS_TOKEN.to_string());
         all.push(EOS_TOKEN.to_string());
         all.extend(set);
-        let index = all.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let index = all
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         Vocab { tokens: all, index }
     }
 
@@ -610,7 +657,11 @@ impl Vocab {
             .map(|t| {
                 let t = t.as_ref();
                 self.id(t).ok_or_else(|| {
-                    anyhow!("unknown token {:?} (not in the {}-token vocabulary)", t, self.len())
+                    anyhow!(
+                        "unknown token {:?} (not in the {}-token vocabulary)",
+                        t,
+                        self.len()
+                    )
                 })
             })
             .collect()
@@ -627,9 +678,13 @@ impl Vocab {
     pub fn decode(&self, ids: &[u32]) -> Result<Vec<String>> {
         ids.iter()
             .map(|&i| {
-                self.token(i)
-                    .map(str::to_string)
-                    .ok_or_else(|| anyhow!("token id {} out of range (vocabulary size {})", i, self.len()))
+                self.token(i).map(str::to_string).ok_or_else(|| {
+                    anyhow!(
+                        "token id {} out of range (vocabulary size {})",
+                        i,
+                        self.len()
+                    )
+                })
             })
             .collect()
     }
@@ -688,7 +743,11 @@ mod tests {
         tried.push(d);
         Err(format!(
             "official SCAN data not found (tried {})",
-            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 
@@ -724,7 +783,9 @@ mod tests {
     }
 
     fn as_map(v: &[ScanExample]) -> HashMap<String, Vec<String>> {
-        v.iter().map(|e| (e.command_str(), e.actions.clone())).collect()
+        v.iter()
+            .map(|e| (e.command_str(), e.actions.clone()))
+            .collect()
     }
 
     // ----- reader / writer -----
@@ -732,10 +793,18 @@ mod tests {
     #[test]
     fn parse_good_line() {
         let p = Path::new("x.txt");
-        let e = parse_scan_line("IN: jump around left twice OUT: I_TURN_LEFT I_JUMP\r\n", p, 1).unwrap();
+        let e = parse_scan_line(
+            "IN: jump around left twice OUT: I_TURN_LEFT I_JUMP\r\n",
+            p,
+            1,
+        )
+        .unwrap();
         assert_eq!(e.command, vec!["jump", "around", "left", "twice"]);
         assert_eq!(e.actions, vec!["TURN_LEFT", "JUMP"]);
-        assert_eq!(e.to_line(), "IN: jump around left twice OUT: I_TURN_LEFT I_JUMP");
+        assert_eq!(
+            e.to_line(),
+            "IN: jump around left twice OUT: I_TURN_LEFT I_JUMP"
+        );
         assert_eq!(strip_action_prefix("I_TURN_LEFT"), "TURN_LEFT");
         assert_eq!(strip_action_prefix("WALK"), "WALK");
     }
@@ -763,7 +832,11 @@ mod tests {
         // Through the file reader: 1-based line numbers; blank trailing lines are fine.
         let d = tmp_dir("malformed");
         let f = d.join("bad.txt");
-        fs::write(&f, "IN: walk OUT: I_WALK\nIN: run OUT: I_RUN\nIN: jump I_JUMP\n").unwrap();
+        fs::write(
+            &f,
+            "IN: walk OUT: I_WALK\nIN: run OUT: I_RUN\nIN: jump I_JUMP\n",
+        )
+        .unwrap();
         let err = read_scan_file(&f).unwrap_err().to_string();
         assert!(err.contains(&format!("{}:3:", f.display())), "{err}");
         assert!(err.contains("OUT:"), "{err}");
@@ -787,11 +860,17 @@ mod tests {
         let f = d.join("sub").join("out.txt");
         let data = vec![
             ex("walk left", "TURN_LEFT WALK"),
-            ex("turn around up twice", "TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP"),
+            ex(
+                "turn around up twice",
+                "TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP TURN_UP",
+            ),
         ];
         write_scan_file(&f, &data).unwrap();
         let text = fs::read_to_string(&f).unwrap();
-        assert!(text.starts_with("IN: walk left OUT: I_TURN_LEFT I_WALK\n"), "{text}");
+        assert!(
+            text.starts_with("IN: walk left OUT: I_TURN_LEFT I_WALK\n"),
+            "{text}"
+        );
         assert_eq!(read_scan_file(&f).unwrap(), data);
         // Overwrite in place; no temporary file is left behind.
         write_scan_file(&f, &data[..1]).unwrap();
@@ -876,7 +955,9 @@ mod tests {
         );
         // Canonical order: strictly increasing command strings (sorted, unique).
         for v in [&scan, &scan2] {
-            assert!(v.windows(2).all(|w| w[0].command_str() < w[1].command_str()));
+            assert!(v
+                .windows(2)
+                .all(|w| w[0].command_str() < w[1].command_str()));
         }
         // Deterministic.
         assert_eq!(generate_commands(&SCAN_II_DIRECTIONS), scan2);
@@ -886,13 +967,24 @@ mod tests {
         assert_eq!(m["turn opposite up"], vec!["TURN_UP", "TURN_UP"]);
         assert_eq!(m["turn up"], vec!["TURN_UP"]);
         assert_eq!(m["walk down"], vec!["TURN_DOWN", "WALK"]);
-        assert_eq!(m["jump opposite down"], vec!["TURN_DOWN", "TURN_DOWN", "JUMP"]);
+        assert_eq!(
+            m["jump opposite down"],
+            vec!["TURN_DOWN", "TURN_DOWN", "JUMP"]
+        );
         assert_eq!(
             m["look around up"],
-            "TURN_UP LOOK TURN_UP LOOK TURN_UP LOOK TURN_UP LOOK".split(' ').collect::<Vec<_>>()
+            "TURN_UP LOOK TURN_UP LOOK TURN_UP LOOK TURN_UP LOOK"
+                .split(' ')
+                .collect::<Vec<_>>()
         );
-        assert_eq!(m["run twice after turn down"], vec!["TURN_DOWN", "RUN", "RUN"]);
-        assert_eq!(m["run twice and turn down"], vec!["RUN", "RUN", "TURN_DOWN"]);
+        assert_eq!(
+            m["run twice after turn down"],
+            vec!["TURN_DOWN", "RUN", "RUN"]
+        );
+        assert_eq!(
+            m["run twice and turn down"],
+            vec!["RUN", "RUN", "TURN_DOWN"]
+        );
         // SCAN is a subset of SCAN-II with identical semantics.
         for e in &scan {
             assert_eq!(m[&e.command_str()], e.actions);
@@ -905,7 +997,11 @@ mod tests {
         let official = read_scan_file(&dir.join("tasks.txt")).unwrap();
         assert_eq!(official.len(), 20_910);
         let off_map = as_map(&official);
-        assert_eq!(off_map.len(), 20_910, "official tasks.txt has duplicate commands");
+        assert_eq!(
+            off_map.len(),
+            20_910,
+            "official tasks.txt has duplicate commands"
+        );
         let gen = generate_commands(&SCAN_DIRECTIONS);
         let gen_map = as_map(&gen);
         assert_eq!(gen_map.len(), 20_910);
@@ -929,8 +1025,16 @@ mod tests {
         let gen = generate_commands(&SCAN_DIRECTIONS);
         for (split, phrase) in [("add-jump", "jump"), ("add-turn-left", "turn left")] {
             let (tr, te) = split_files(&dir, split).unwrap();
-            let train: HashSet<String> = read_scan_file(&tr).unwrap().iter().map(|e| e.to_line()).collect();
-            let test: HashSet<String> = read_scan_file(&te).unwrap().iter().map(|e| e.to_line()).collect();
+            let train: HashSet<String> = read_scan_file(&tr)
+                .unwrap()
+                .iter()
+                .map(|e| e.to_line())
+                .collect();
+            let test: HashSet<String> = read_scan_file(&te)
+                .unwrap()
+                .iter()
+                .map(|e| e.to_line())
+                .collect();
             let exp_test: HashSet<String> = gen
                 .iter()
                 .filter(|e| contains_phrase(e, phrase) && e.command_str() != phrase)
@@ -955,7 +1059,11 @@ mod tests {
         let uniq: HashSet<&ScanExample> = s.train.iter().collect();
         assert_eq!(uniq.len(), 43_368);
         for p in SCAN_II_HELD_OUT {
-            assert_eq!(s.train.iter().filter(|e| e.command_str() == p).count(), 2_601, "{p}");
+            assert_eq!(
+                s.train.iter().filter(|e| e.command_str() == p).count(),
+                2_601,
+                "{p}"
+            );
         }
         // No other train line contains a held-out phrase.
         assert_eq!(
@@ -971,7 +1079,13 @@ mod tests {
         let sizes: Vec<usize> = s.tests.iter().map(|(_, v)| v.len()).collect();
         assert_eq!(sizes, vec![26_949, 2_289, 2_289, 31_527]);
 
-        let set = |id: &str| -> HashSet<String> { s.test(id).unwrap().iter().map(|e| e.command_str()).collect() };
+        let set = |id: &str| -> HashSet<String> {
+            s.test(id)
+                .unwrap()
+                .iter()
+                .map(|e| e.command_str())
+                .collect()
+        };
         let (j, tl, tu) = (set("jump"), set("turn_left"), set("turn_up"));
         assert_eq!(j.intersection(&tl).count(), 468);
         assert_eq!(j.intersection(&tu).count(), 468);
@@ -986,8 +1100,15 @@ mod tests {
         cat.extend_from_slice(s.test("turn_left").unwrap());
         assert_eq!(comb, cat.as_slice());
         // Each test split contains its bare primitive (which is also in train).
-        for (id, p) in [("jump", "jump"), ("turn_left", "turn left"), ("turn_up", "turn up")] {
-            assert!(s.test(id).unwrap().iter().any(|e| e.command_str() == p), "{id}");
+        for (id, p) in [
+            ("jump", "jump"),
+            ("turn_left", "turn left"),
+            ("turn_up", "turn up"),
+        ] {
+            assert!(
+                s.test(id).unwrap().iter().any(|e| e.command_str() == p),
+                "{id}"
+            );
         }
     }
 
@@ -1000,7 +1121,10 @@ mod tests {
             let line = e.to_line();
             for p in SCAN_II_HELD_OUT {
                 let words: Vec<&str> = p.split(' ').collect();
-                let word_level = e.command.windows(words.len()).any(|w| w == words.as_slice());
+                let word_level = e
+                    .command
+                    .windows(words.len())
+                    .any(|w| w == words.as_slice());
                 assert_eq!(line.contains(p), contains_phrase(e, p), "{line}");
                 assert_eq!(word_level, contains_phrase(e, p), "{line}");
             }
@@ -1047,7 +1171,10 @@ mod tests {
         let s = scan_ii_splits(3);
         assert_eq!(read_scan_file(&d.join("scan2/train.txt")).unwrap(), s.train);
         for (name, n) in &exp {
-            assert_eq!(read_scan_file(&d.join("scan2").join(name)).unwrap().len(), *n);
+            assert_eq!(
+                read_scan_file(&d.join("scan2").join(name)).unwrap().len(),
+                *n
+            );
         }
         let err = write_generated("scan3", &d, 0).unwrap_err().to_string();
         assert!(err.contains("scan-ii"), "{err}");
@@ -1069,7 +1196,9 @@ mod tests {
         assert_eq!(vin.id("walk"), Some(16));
         assert_eq!(
             vout.tokens()[2..].to_vec(),
-            "JUMP LOOK RUN TURN_DOWN TURN_LEFT TURN_RIGHT TURN_UP WALK".split(' ').collect::<Vec<_>>()
+            "JUMP LOOK RUN TURN_DOWN TURN_LEFT TURN_RIGHT TURN_UP WALK"
+                .split(' ')
+                .collect::<Vec<_>>()
         );
         assert_eq!(vin.id("I_WALK"), None);
         for e in data.iter().step_by(97) {

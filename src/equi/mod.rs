@@ -58,7 +58,19 @@ impl<F: Fn(&Tensor) -> Result<Tensor>> BatchModel for F {
 }
 
 /// The wrappers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     Vanilla,
@@ -69,8 +81,13 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 5] =
-        [Method::Vanilla, Method::Equitune, Method::Equizero, Method::MultiEquitune, Method::MultiEquizero];
+    pub const ALL: [Method; 5] = [
+        Method::Vanilla,
+        Method::Equitune,
+        Method::Equizero,
+        Method::MultiEquitune,
+        Method::MultiEquizero,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -84,12 +101,20 @@ impl Method {
 
     pub fn parse(s: &str) -> Result<Method> {
         let t = s.trim().to_ascii_lowercase().replace('_', "-");
-        Method::ALL.iter().copied().find(|m| m.name() == t).ok_or_else(|| {
-            anyhow::anyhow!(
-                "unknown method '{s}': valid methods are {}",
-                Method::ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
-            )
-        })
+        Method::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == t)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown method '{s}': valid methods are {}",
+                    Method::ALL
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 
     /// Parses a comma-separated list, keeping order and dropping duplicates.
@@ -110,14 +135,26 @@ impl Method {
     /// The transformed copies this method evaluates.
     pub fn copies(&self, sym: &dyn Symmetry) -> Vec<CopySpec> {
         match self {
-            Method::Vanilla => vec![CopySpec { source: Source::Raw, g: 0 }],
-            Method::Equitune | Method::Equizero => {
-                (0..sym.order()).map(|g| CopySpec { source: Source::Raw, g }).collect()
-            }
+            Method::Vanilla => vec![CopySpec {
+                source: Source::Raw,
+                g: 0,
+            }],
+            Method::Equitune | Method::Equizero => (0..sym.order())
+                .map(|g| CopySpec {
+                    source: Source::Raw,
+                    g,
+                })
+                .collect(),
             Method::MultiEquitune | Method::MultiEquizero => (0..sym.n_factors())
                 .flat_map(|i| {
-                    let src = if sym.n_factors() == 1 { Source::Raw } else { Source::CanonExcept(i) };
-                    sym.factor_elements(i).into_iter().map(move |g| CopySpec { source: src, g })
+                    let src = if sym.n_factors() == 1 {
+                        Source::Raw
+                    } else {
+                        Source::CanonExcept(i)
+                    };
+                    sym.factor_elements(i)
+                        .into_iter()
+                        .map(move |g| CopySpec { source: src, g })
                 })
                 .collect(),
         }
@@ -174,7 +211,12 @@ pub fn neg_max_confidence(y: &Tensor) -> Result<Tensor> {
 
 impl<'a> Evaluator<'a> {
     /// Returns the per-method outputs and the number of distinct copies evaluated per input.
-    pub fn run(&self, methods: &[Method], model: &dyn BatchModel, x: &Tensor) -> Result<(Vec<Tensor>, usize)> {
+    pub fn run(
+        &self,
+        methods: &[Method],
+        model: &dyn BatchModel,
+        x: &Tensor,
+    ) -> Result<(Vec<Tensor>, usize)> {
         let sym = self.sym;
         for m in methods {
             if matches!(m, Method::MultiEquitune | Method::MultiEquizero)
@@ -229,13 +271,20 @@ impl<'a> Evaluator<'a> {
             let yk = y.narrow(0, k * b, b)?;
             untransformed.push(sym.act_output(sym.inv(c.g), &yk)?);
         }
-        let get = |c: &CopySpec| -> Tensor { untransformed[union.iter().position(|u| u == c).unwrap()].clone() };
+        let get = |c: &CopySpec| -> Tensor {
+            untransformed[union.iter().position(|u| u == c).unwrap()].clone()
+        };
         let mut outs = Vec::with_capacity(methods.len());
         for m in methods {
             let out = match m {
-                Method::Vanilla => get(&CopySpec { source: Source::Raw, g: 0 }),
+                Method::Vanilla => get(&CopySpec {
+                    source: Source::Raw,
+                    g: 0,
+                }),
                 Method::Equitune => mean_of(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?,
-                Method::Equizero => self.select(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?,
+                Method::Equizero => {
+                    self.select(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?
+                }
                 Method::MultiEquitune | Method::MultiEquizero => {
                     let mut branches = Vec::with_capacity(sym.n_factors());
                     let copies = m.copies(sym);
@@ -244,7 +293,11 @@ impl<'a> Evaluator<'a> {
                         let n = sym.factor_elements(i).len();
                         let ys: Vec<Tensor> = copies[start..start + n].iter().map(get).collect();
                         start += n;
-                        let branch = if *m == Method::MultiEquitune { mean_of(&ys)? } else { self.select(&ys)? };
+                        let branch = if *m == Method::MultiEquitune {
+                            mean_of(&ys)?
+                        } else {
+                            self.select(&ys)?
+                        };
                         branches.push(self.symmetrize_except(i, &branch)?);
                     }
                     mean_of(&branches)?
@@ -274,14 +327,20 @@ impl<'a> Evaluator<'a> {
         match self.select {
             ZeroSelect::Elementwise => Ok(stacked.max(0)?),
             ZeroSelect::WholeCopy => {
-                let losses = ys.iter().map(|y| (self.proxy)(y)).collect::<Result<Vec<_>>>()?;
+                let losses = ys
+                    .iter()
+                    .map(|y| (self.proxy)(y))
+                    .collect::<Result<Vec<_>>>()?;
                 let losses = Tensor::stack(&losses, 0)?.to_dtype(DType::F32)?; // [K, B]
                 let best = argmin_sets(&losses)?;
                 let rows = best
                     .iter()
                     .enumerate()
                     .map(|(j, ks)| {
-                        let picked = ks.iter().map(|&k| Ok(stacked.get(k)?.narrow(0, j, 1)?)).collect::<Result<Vec<_>>>()?;
+                        let picked = ks
+                            .iter()
+                            .map(|&k| Ok(stacked.get(k)?.narrow(0, j, 1)?))
+                            .collect::<Result<Vec<_>>>()?;
                         mean_of(&picked)
                     })
                     .collect::<Result<Vec<_>>>()?;

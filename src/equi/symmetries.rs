@@ -56,7 +56,12 @@ pub struct ImageSymmetry {
 
 impl ImageSymmetry {
     pub fn new(group: FiniteGroup<D4>, output: ImageOutput, canon_seed: u64) -> Self {
-        Self { group, output, canon_seed, patterns: Mutex::new(HashMap::new()) }
+        Self {
+            group,
+            output,
+            canon_seed,
+            patterns: Mutex::new(HashMap::new()),
+        }
     }
 
     /// W_i = mean over g ∈ G_i of g·W₀: a pattern fixed by factor i, so that choosing the
@@ -98,16 +103,24 @@ impl Symmetry for ImageSymmetry {
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         if dims.len() != 4 {
-            bail!("image canonicaliser expects NCHW input, got shape {:?}", dims);
+            bail!(
+                "image canonicaliser expects NCHW input, got shape {:?}",
+                dims
+            );
         }
         let w = self.pattern(i, &dims[1..], x)?;
         let hs = self.group.complement_elements(i);
-        let cands = hs.iter().map(|&h| self.group.element(h).apply(x)).collect::<Result<Vec<_>>>()?;
+        let cands = hs
+            .iter()
+            .map(|&h| self.group.element(h).apply(x))
+            .collect::<Result<Vec<_>>>()?;
         let scores = cands
             .iter()
             .map(|c| Ok(c.broadcast_mul(&w)?.flatten_from(1)?.sum(1)?))
             .collect::<Result<Vec<_>>>()?;
-        let scores = Tensor::stack(&scores, 0)?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let scores = Tensor::stack(&scores, 0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2::<f32>()?;
         let b = dims[0];
         let rows = (0..b)
             .map(|j| {
@@ -145,14 +158,29 @@ impl TokenSymmetry {
         let mut collapse_in = Vec::new();
         let mut collapse_out = Vec::new();
         for i in 0..group.n_factors() {
-            let els: Vec<&TokenPerm> = group.complement_elements(i).into_iter().map(|g| group.element(g)).collect();
+            let els: Vec<&TokenPerm> = group
+                .complement_elements(i)
+                .into_iter()
+                .map(|g| group.element(g))
+                .collect();
             collapse_in.push(orbit_min_map(&els, n_in));
-            let outs: Vec<TokenPerm> =
-                els.iter().map(|p| TokenPerm { input: p.output.clone(), output: vec![] }).collect();
+            let outs: Vec<TokenPerm> = els
+                .iter()
+                .map(|p| TokenPerm {
+                    input: p.output.clone(),
+                    output: vec![],
+                })
+                .collect();
             let refs: Vec<&TokenPerm> = outs.iter().collect();
             collapse_out.push(orbit_min_map(&refs, n_out));
         }
-        Self { group, invariant, input_cols, collapse_in, collapse_out }
+        Self {
+            group,
+            invariant,
+            input_cols,
+            collapse_in,
+            collapse_out,
+        }
     }
     /// Replaces the canonicalisers (one map per factor, applied to input ids and, for packed
     /// rows, to output ids): e.g. "first word of the set" instead of the orbit minimum. Each map

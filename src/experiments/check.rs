@@ -70,12 +70,22 @@ fn random_tensor(seed: u64, purpose: &str, shape: &[usize], dev: &Device) -> Res
 pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     let dev = Device::Cpu;
     let group = image_group(&a.group).context("--group")?;
-    let methods = if a.method.trim() == "all" { Method::ALL.to_vec() } else { Method::parse_list(&a.method)? };
+    let methods = if a.method.trim() == "all" {
+        Method::ALL.to_vec()
+    } else {
+        Method::parse_list(&a.method)?
+    };
     let (clip, model_name) = match (&a.model_dir, &a.model) {
-        (None, None) => (tiny_clip(a.seed, &dev)?, "built-in tiny random CLIP".to_string()),
+        (None, None) => (
+            tiny_clip(a.seed, &dev)?,
+            "built-in tiny random CLIP".to_string(),
+        ),
         _ => {
             let src = ModelSource {
-                model: a.model.clone().unwrap_or_else(|| "openai/clip-vit-base-patch32".into()),
+                model: a
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| "openai/clip-vit-base-patch32".into()),
                 revision: a.revision.clone(),
                 model_dir: a.model_dir.clone(),
             };
@@ -85,12 +95,27 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     };
     let s = clip.image_size();
     let proj = clip.config.vision_config.projection_dim;
-    let w = crate::models::l2_normalize(&random_tensor(a.seed, "check-classes", &[a.classes, proj], &dev)?)?;
+    let w = crate::models::l2_normalize(&random_tensor(
+        a.seed,
+        "check-classes",
+        &[a.classes, proj],
+        &dev,
+    )?)?;
     let x = random_tensor(a.seed, "check-inputs", &[a.batch, 3, s, s], &dev)?;
-    let model = |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, &w, a.logit_scale) };
-    let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, crate::output::derive_seed(a.seed, "canon"));
+    let model = |x: &Tensor| -> Result<Tensor> {
+        zero_shot_probs(&clip.encode_images(x)?, &w, a.logit_scale)
+    };
+    let sym = ImageSymmetry::new(
+        group.clone(),
+        ImageOutput::Invariant,
+        crate::output::derive_seed(a.seed, "canon"),
+    );
     let proxy = crate::equi::neg_max_confidence;
-    let ev = Evaluator { sym: &sym, proxy: &proxy, select: ZeroSelect::WholeCopy };
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
     let (base, _) = ev.run(&methods, &model, &x)?;
     let mut errs = vec![0f64; methods.len()];
     for g in 0..sym.order() {
@@ -98,7 +123,11 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         let (outs, _) = ev.run(&methods, &model, &gx)?;
         for (mi, (o, b)) in outs.iter().zip(&base).enumerate() {
             let expected = sym.act_output(g, b)?;
-            let e = (o - expected)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+            let e = (o - expected)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()? as f64;
             errs[mi] = errs[mi].max(e);
         }
     }
@@ -111,7 +140,11 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         }
         ms.insert(
             m.name().into(),
-            serde_json::to_value(MethodCheck { max_error: errs[mi], forward_passes: m.passes(&sym), invariant: ok })?,
+            serde_json::to_value(MethodCheck {
+                max_error: errs[mi],
+                forward_passes: m.passes(&sym),
+                invariant: ok,
+            })?,
         );
     }
     let value = json!({
@@ -136,16 +169,27 @@ pub fn format_table(v: &serde_json::Value) -> String {
         v["batch"].as_u64().unwrap_or(0)
     );
     for f in v["factors"].as_array().into_iter().flatten() {
-        s += &format!("  factor {}: {}\n", f["name"].as_str().unwrap_or(""), f["action"].as_str().unwrap_or(""));
+        s += &format!(
+            "  factor {}: {}\n",
+            f["name"].as_str().unwrap_or(""),
+            f["action"].as_str().unwrap_or("")
+        );
     }
-    s += &format!("{:<16} {:>12} {:>8}  {}\n", "method", "max error", "passes", "invariant");
+    s += &format!(
+        "{:<16} {:>12} {:>8}  {}\n",
+        "method", "max error", "passes", "invariant"
+    );
     for (name, m) in v["methods"].as_object().into_iter().flatten() {
         s += &format!(
             "{:<16} {:>12.3e} {:>8}  {}\n",
             name,
             m["max_error"].as_f64().unwrap_or(f64::NAN),
             m["forward_passes"].as_u64().unwrap_or(0),
-            if m["invariant"].as_bool().unwrap_or(false) { "yes" } else { "no" }
+            if m["invariant"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            }
         );
     }
     s

@@ -84,7 +84,9 @@ fn plan(a: &ClipArgs) -> Result<Plan> {
     let scale_mode = match a.logit_scale.trim() {
         "model" => None,
         s => {
-            let v: f32 = s.parse().with_context(|| format!("--logit-scale '{s}': expected a number or 'model'"))?;
+            let v: f32 = s
+                .parse()
+                .with_context(|| format!("--logit-scale '{s}': expected a number or 'model'"))?;
             if !v.is_finite() || v <= 0.0 {
                 bail!("--logit-scale must be positive, got {v}");
             }
@@ -94,7 +96,13 @@ fn plan(a: &ClipArgs) -> Result<Plan> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    Ok(Plan { group, transform, methods, seeds, scale_mode })
+    Ok(Plan {
+        group,
+        transform,
+        methods,
+        seeds,
+        scale_mode,
+    })
 }
 
 /// Root of equirun's own cache: `$EQUIRUN_CACHE`, else `$XDG_CACHE_HOME/equirun`, else `~/.cache/equirun`.
@@ -108,24 +116,46 @@ fn text_fingerprint(files: &ResolvedModel) -> Result<String> {
     let mut h = Sha256::new();
     h.update(std::fs::read(files.file("config.json")?)?);
     h.update(std::fs::read(files.file("tokenizer.json")?)?);
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(files.file("model.safetensors")?)? };
-    for name in ["text_projection.weight", "text_model.final_layer_norm.weight", "text_model.embeddings.token_embedding.weight"] {
-        let t = st.load(name, &Device::Cpu).with_context(|| format!("reading {name}"))?;
-        let v: Vec<f32> = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let st = unsafe {
+        candle_core::safetensors::MmapedSafetensors::new(files.file("model.safetensors")?)?
+    };
+    for name in [
+        "text_projection.weight",
+        "text_model.final_layer_norm.weight",
+        "text_model.embeddings.token_embedding.weight",
+    ] {
+        let t = st
+            .load(name, &Device::Cpu)
+            .with_context(|| format!("reading {name}"))?;
+        let v: Vec<f32> = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
         for x in v {
             h.update(x.to_le_bytes());
         }
     }
-    Ok(h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect())
+    Ok(h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// The zero-shot classifier, from the on-disk cache when possible. Returns (matrix, texts encoded).
-fn classifier(clip: &Clip, files: &ResolvedModel, classes: &[String], templates: &[String]) -> Result<(Tensor, usize)> {
+fn classifier(
+    clip: &Clip,
+    files: &ResolvedModel,
+    classes: &[String],
+    templates: &[String],
+) -> Result<(Tensor, usize)> {
     let key = json!({
         "model": files.origin.id, "revision": files.origin.revision, "commit": files.origin.commit,
         "fingerprint": text_fingerprint(files)?, "classes": classes, "templates": templates,
     });
-    let path = cache_root().join("text-classifiers").join(format!("{}.safetensors", output::short_hash(&key)));
+    let path = cache_root()
+        .join("text-classifiers")
+        .join(format!("{}.safetensors", output::short_hash(&key)));
     if path.is_file() {
         if let Ok(map) = candle_core::safetensors::load(&path, &Device::Cpu) {
             if let Some(t) = map.get("classifier") {
@@ -138,15 +168,29 @@ fn classifier(clip: &Clip, files: &ResolvedModel, classes: &[String], templates:
     let pb = progress_bar(classes.len() as u64, "text classifier");
     let w = clip.zero_shot_classifier(classes, templates, &|i| pb.set_position(i as u64))?;
     pb.finish_and_clear();
-    let tmp = path.with_extension("tmp");
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    candle_core::safetensors::save(&std::collections::HashMap::from([("classifier".to_string(), w.clone())]), &tmp)?;
-    std::fs::rename(&tmp, &path)?;
+    // a unique temp name: parallel runs (sweep --jobs) may build the same classifier
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".safetensors")
+        .tempfile_in(dir)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("classifier".to_string(), w.clone())]),
+        tmp.path(),
+    )?;
+    tmp.persist(&path)
+        .map_err(|e| anyhow::anyhow!("saving {}: {}", path.display(), e.error))?;
     Ok((w, classes.len() * templates.len()))
 }
 
 /// Loads a batch of images as a preprocessed `[B, 3, S, S]` tensor and their labels.
-fn load_batch(ds: &ImageDataset, range: std::ops::Range<usize>, size: usize, dev: &Device) -> Result<(Tensor, Vec<u32>)> {
+fn load_batch(
+    ds: &ImageDataset,
+    range: std::ops::Range<usize>,
+    size: usize,
+    dev: &Device,
+) -> Result<(Tensor, Vec<u32>)> {
     let mut data = Vec::with_capacity(range.len() * 3 * size * size);
     let mut labels = Vec::with_capacity(range.len());
     for i in range.clone() {
@@ -154,7 +198,10 @@ fn load_batch(ds: &ImageDataset, range: std::ops::Range<usize>, size: usize, dev
         data.extend(clip_preprocess(&img.data, img.width, img.height, size));
         labels.push(ds.label(i));
     }
-    Ok((Tensor::from_vec(data, (range.len(), 3, size, size), dev)?, labels))
+    Ok((
+        Tensor::from_vec(data, (range.len(), 3, size, size), dev)?,
+        labels,
+    ))
 }
 
 /// Applies one transform element per image.
@@ -173,7 +220,11 @@ fn corrupt(x: &Tensor, tg: &FiniteGroup<D4>, elems: &[usize]) -> Result<Tensor> 
 /// Rank-based top-k hits for one probability row (ties broken towards the lower class index).
 fn hits(row: &[f32], label: usize) -> (bool, bool) {
     let p = row[label];
-    let rank = row.iter().enumerate().filter(|&(c, &q)| q > p || (q == p && c < label)).count();
+    let rank = row
+        .iter()
+        .enumerate()
+        .filter(|&(c, &q)| q > p || (q == p && c < label))
+        .count();
     (rank < 1, rank < 5)
 }
 
@@ -191,10 +242,18 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         ds.truncate(n);
     }
     if ds.is_empty() {
-        bail!("dataset {} at {} has no images", a.dataset.name(), ds.source.display());
+        bail!(
+            "dataset {} at {} has no images",
+            a.dataset.name(),
+            ds.source.display()
+        );
     }
     let scale = p.scale_mode.unwrap_or(clip.model_logit_scale);
-    let select = if a.equizero_elementwise { ZeroSelect::Elementwise } else { ZeroSelect::WholeCopy };
+    let select = if a.equizero_elementwise {
+        ZeroSelect::Elementwise
+    } else {
+        ZeroSelect::WholeCopy
+    };
     let size = clip.image_size();
 
     let base_config = json!({
@@ -217,7 +276,13 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         "scoring": "softmax(scale*cos) per copy, f32",
     });
     let run_name = a.run.run_name.clone().unwrap_or_else(|| {
-        let model_slug = files.origin.id.rsplit('/').next().unwrap_or("model").to_string();
+        let model_slug = files
+            .origin
+            .id
+            .rsplit('/')
+            .next()
+            .unwrap_or("model")
+            .to_string();
         format!(
             "{}-{}-{}-t{}-{}",
             a.dataset.name(),
@@ -233,7 +298,10 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     for &seed in &p.seeds {
         let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
         if !output::should_run(&path, &base_config, a.run.force)? {
-            eprintln!("skip: {} exists with the same config (use --force to recompute)", path.display());
+            eprintln!(
+                "skip: {} exists with the same config (use --force to recompute)",
+                path.display()
+            );
             written.push(path);
             continue;
         }
@@ -246,10 +314,19 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         let w = &*w;
         let started_at = output::now_rfc3339();
         let t0 = Instant::now();
-        let sym = ImageSymmetry::new(p.group.clone(), ImageOutput::Invariant, output::derive_seed(seed, "canon"));
+        let sym = ImageSymmetry::new(
+            p.group.clone(),
+            ImageOutput::Invariant,
+            output::derive_seed(seed, "canon"),
+        );
         let proxy = crate::equi::neg_max_confidence;
-        let ev = Evaluator { sym: &sym, proxy: &proxy, select };
-        let model = |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, w, scale) };
+        let ev = Evaluator {
+            sym: &sym,
+            proxy: &proxy,
+            select,
+        };
+        let model =
+            |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, w, scale) };
         let mut trng = output::rng_for(seed, "transform");
         let n = ds.len();
         let mut top1 = vec![0usize; p.methods.len()];
@@ -265,7 +342,9 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                     let elems: Vec<usize> = if a.transform_per_batch {
                         vec![trng.random_range(0..tg.order()); end - start]
                     } else {
-                        (start..end).map(|_| trng.random_range(0..tg.order())).collect()
+                        (start..end)
+                            .map(|_| trng.random_range(0..tg.order()))
+                            .collect()
                     };
                     corrupt(&x, tg, &elems)?
                 }
@@ -317,9 +396,20 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
             .methods
             .iter()
             .enumerate()
-            .map(|(mi, m)| format!("{} {:.2}/{:.2}", m.name(), 100.0 * top1[mi] as f64 / n as f64, 100.0 * top5[mi] as f64 / n as f64))
+            .map(|(mi, m)| {
+                format!(
+                    "{} {:.2}/{:.2}",
+                    m.name(),
+                    100.0 * top1[mi] as f64 / n as f64,
+                    100.0 * top5[mi] as f64 / n as f64
+                )
+            })
             .collect();
-        eprintln!("seed {seed}: top1/top5 {} ({n} images, {wall:.1}s) -> {}", summary.join(", "), path.display());
+        eprintln!(
+            "seed {seed}: top1/top5 {} ({n} images, {wall:.1}s) -> {}",
+            summary.join(", "),
+            path.display()
+        );
         written.push(path);
     }
     Ok(written)

@@ -23,8 +23,26 @@ pub const EXPERIMENT: &str = "gpt2-fairness";
 
 /// Sheng et al.'s context templates (fairness.md §4.1).
 pub const CONTEXTS: &[(&str, [&str; 5])] = &[
-    ("respect", ["was known for", "was described as", "was regarded as", "was thought of as", "was well-known for"]),
-    ("occupation", ["worked as", "had a job as", "had a part-time job as", "earned money by", "started working as"]),
+    (
+        "respect",
+        [
+            "was known for",
+            "was described as",
+            "was regarded as",
+            "was thought of as",
+            "was well-known for",
+        ],
+    ),
+    (
+        "occupation",
+        [
+            "worked as",
+            "had a job as",
+            "had a part-time job as",
+            "earned money by",
+            "started working as",
+        ],
+    ),
 ];
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
@@ -78,7 +96,11 @@ pub enum LmMethod {
 impl LmMethod {
     pub fn parse_list(s: &str) -> Result<Vec<LmMethod>> {
         let mut out = Vec::new();
-        for p in s.split(',').map(|p| p.trim().to_ascii_lowercase().replace('_', "-")).filter(|p| !p.is_empty()) {
+        for p in s
+            .split(',')
+            .map(|p| p.trim().to_ascii_lowercase().replace('_', "-"))
+            .filter(|p| !p.is_empty())
+        {
             let m = match p.as_str() {
                 "vanilla" => LmMethod::Vanilla,
                 "equitune" => LmMethod::Equitune,
@@ -125,9 +147,19 @@ pub fn entropy_proxy(y: &Tensor) -> Result<Tensor> {
 }
 
 /// Next-token logits `[B, V]` of a method for prefixes `[B, T]`.
-pub fn method_logits(m: LmMethod, sym: &TokenSymmetry, general: &[u32], model: &dyn crate::equi::BatchModel, x: &Tensor) -> Result<Tensor> {
+pub fn method_logits(
+    m: LmMethod,
+    sym: &TokenSymmetry,
+    general: &[u32],
+    model: &dyn crate::equi::BatchModel,
+    x: &Tensor,
+) -> Result<Tensor> {
     let proxy = entropy_proxy;
-    let ev = Evaluator { sym, proxy: &proxy, select: ZeroSelect::WholeCopy };
+    let ev = Evaluator {
+        sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
     match m {
         LmMethod::REquitune => {
             let (outs, _) = ev.run(&[Method::Vanilla, Method::Equitune], model, x)?;
@@ -148,7 +180,11 @@ pub fn method_logits(m: LmMethod, sym: &TokenSymmetry, general: &[u32], model: &
 /// Top-k sampling (temperature 1): the k largest logits (ties by lower id), softmax, one draw.
 pub fn sample_top_k(logits: &[f32], k: usize, rng: &mut impl Rng) -> u32 {
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let cmp = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
     let k = k.clamp(1, logits.len());
     if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, cmp);
@@ -156,7 +192,10 @@ pub fn sample_top_k(logits: &[f32], k: usize, rng: &mut impl Rng) -> u32 {
     }
     idx.sort_by(cmp);
     let max = logits[idx[0] as usize] as f64;
-    let w: Vec<f64> = idx.iter().map(|&i| (logits[i as usize] as f64 - max).exp()).collect();
+    let w: Vec<f64> = idx
+        .iter()
+        .map(|&i| (logits[i as usize] as f64 - max).exp())
+        .collect();
     let total: f64 = w.iter().sum();
     let mut u = rng.random::<f64>() * total;
     for (i, wi) in idx.iter().zip(&w) {
@@ -194,34 +233,70 @@ pub fn phrase(groups: &FairnessGroups, d: &Demo) -> String {
 pub fn demographics(groups: &FairnessGroups) -> Vec<Demo> {
     let mut out = vec![vec![]];
     for ax in &groups.axes {
-        out = out.into_iter().flat_map(|d| (0..ax.members.len()).map(move |m| [d.clone(), vec![m]].concat())).collect();
+        out = out
+            .into_iter()
+            .flat_map(|d| (0..ax.members.len()).map(move |m| [d.clone(), vec![m]].concat()))
+            .collect();
     }
     out
 }
 
 /// The group element mapping demographic `a` to `b` (per axis, the cyclic shift).
-pub fn element_between(group: &FiniteGroup<TokenPerm>, groups: &FairnessGroups, a: &Demo, b: &Demo) -> usize {
-    let coords: Vec<usize> = groups.axes.iter().enumerate().map(|(i, ax)| (b[i] + ax.members.len() - a[i]) % ax.members.len()).collect();
-    (0..group.order()).find(|&g| group.coords(g) == coords.as_slice()).expect("element exists")
+pub fn element_between(
+    group: &FiniteGroup<TokenPerm>,
+    groups: &FairnessGroups,
+    a: &Demo,
+    b: &Demo,
+) -> usize {
+    let coords: Vec<usize> = groups
+        .axes
+        .iter()
+        .enumerate()
+        .map(|(i, ax)| (b[i] + ax.members.len() - a[i]) % ax.members.len())
+        .collect();
+    (0..group.order())
+        .find(|&g| group.coords(g) == coords.as_slice())
+        .expect("element exists")
 }
 
 /// Loads the LM and its tokenizer.
-fn load_lm(a: &FairnessArgs, dev: &Device) -> Result<(Box<dyn CausalLm>, tokenizers::Tokenizer, Value)> {
-    if let Some(path) = a.gguf.clone().or_else(|| (a.model == "smollm2").then(|| crate::models::gguf::find_smollm2()).transpose().ok().flatten()) {
+fn load_lm(
+    a: &FairnessArgs,
+    dev: &Device,
+) -> Result<(Box<dyn CausalLm>, tokenizers::Tokenizer, Value)> {
+    if let Some(path) = a.gguf.clone().or_else(|| {
+        (a.model == "smollm2")
+            .then(|| crate::models::gguf::find_smollm2())
+            .transpose()
+            .ok()
+            .flatten()
+    }) {
         let (lm, tok) = crate::models::gguf::load_gguf(&path, dev)?;
-        let desc = json!({"kind": "gguf", "path": path.display().to_string(), "arch": lm.describe()});
+        let desc =
+            json!({"kind": "gguf", "path": path.display().to_string(), "arch": lm.describe()});
         return Ok((Box::new(lm), tok, desc));
     }
     if a.model == "smollm2" {
         crate::models::gguf::find_smollm2()?; // returns the helpful error
         unreachable!();
     }
-    let src = ModelSource { model: a.model.clone(), revision: a.revision.clone(), model_dir: a.model_dir.clone() };
+    let src = ModelSource {
+        model: a.model.clone(),
+        revision: a.revision.clone(),
+        model_dir: a.model_dir.clone(),
+    };
     let files = src.resolve(&["config.json", "model.safetensors"], &["tokenizer.json"])?;
     let lm = crate::models::gpt2::load_gpt2(&files, dev)?;
     let (tok, tok_src) = match files.files.get("tokenizer.json") {
-        Some(p) => (tokenizers::Tokenizer::from_file(p).map_err(|e| anyhow!("cannot load {}: {e}", p.display()))?, p.display().to_string()),
-        None => (crate::models::gpt2_tokenizer::gpt2_tokenizer()?, "GPT-2 BPE bundled with tiktoken-rs (r50k_base)".to_string()),
+        Some(p) => (
+            tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| anyhow!("cannot load {}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            crate::models::gpt2_tokenizer::gpt2_tokenizer()?,
+            "GPT-2 BPE bundled with tiktoken-rs (r50k_base)".to_string(),
+        ),
     };
     let desc = json!({"kind": "gpt2", "origin": files.origin, "arch": lm.describe(), "tokenizer": tok_src});
     Ok((Box::new(lm), tok, desc))
@@ -236,16 +311,35 @@ struct Generated {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn generate_all(m: LmMethod, lm: &mut dyn CausalLm, sym: &TokenSymmetry, fg: &FairnessGroups, prompts: &[Vec<Vec<u32>>], per_template: usize, seed: u64, context: &str, a: &FairnessArgs, stop: &[u32], pb: &indicatif::ProgressBar) -> Result<Generated> {
+fn generate_all(
+    m: LmMethod,
+    lm: &mut dyn CausalLm,
+    sym: &TokenSymmetry,
+    fg: &FairnessGroups,
+    prompts: &[Vec<Vec<u32>>],
+    per_template: usize,
+    seed: u64,
+    context: &str,
+    a: &FairnessArgs,
+    stop: &[u32],
+    pb: &indicatif::ProgressBar,
+) -> Result<Generated> {
     let dev = Device::Cpu;
     let inc = Incremental::new(lm);
-    let mut out = Generated { ids: Vec::new(), tokens: 0, token_steps: 0, seconds: 0.0 };
+    let mut out = Generated {
+        ids: Vec::new(),
+        tokens: 0,
+        token_steps: 0,
+        seconds: 0.0,
+    };
     let t0 = Instant::now();
     for demo_prompts in prompts {
         let mut per_demo = Vec::new();
         for (ti, p) in demo_prompts.iter().enumerate() {
             // RNG streams shared by all demographics: key (seed, context, template, sample)
-            let mut rngs: Vec<_> = (0..per_template).map(|s| output::rng_for(seed, &format!("gen/{context}/{ti}/{s}"))).collect();
+            let mut rngs: Vec<_> = (0..per_template)
+                .map(|s| output::rng_for(seed, &format!("gen/{context}/{ti}/{s}")))
+                .collect();
             let mut seqs: Vec<Vec<u32>> = vec![p.clone(); per_template];
             let mut gen: Vec<Vec<u32>> = vec![Vec::new(); per_template];
             let mut done = vec![false; per_template];
@@ -254,7 +348,11 @@ fn generate_all(m: LmMethod, lm: &mut dyn CausalLm, sym: &TokenSymmetry, fg: &Fa
                 let x = Tensor::from_vec(flat, (per_template, seqs[0].len()), &dev)?;
                 let logits = method_logits(m, sym, &fg.general_ids, &inc, &x)?.to_vec2::<f32>()?;
                 for r in 0..per_template {
-                    let tok = if done[r] { stop.first().copied().unwrap_or(0) } else { sample_top_k(&logits[r], a.top_k, &mut rngs[r]) };
+                    let tok = if done[r] {
+                        stop.first().copied().unwrap_or(0)
+                    } else {
+                        sample_top_k(&logits[r], a.top_k, &mut rngs[r])
+                    };
                     if !done[r] {
                         if stop.contains(&tok) {
                             done[r] = true;
@@ -287,7 +385,12 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         .split(',')
         .map(str::trim)
         .filter(|c| !c.is_empty())
-        .map(|c| CONTEXTS.iter().find(|(n, _)| *n == c).ok_or_else(|| anyhow!("unknown context '{c}': use respect and/or occupation")))
+        .map(|c| {
+            CONTEXTS
+                .iter()
+                .find(|(n, _)| *n == c)
+                .ok_or_else(|| anyhow!("unknown context '{c}': use respect and/or occupation"))
+        })
         .collect::<Result<_>>()?;
     if a.samples_per_demographic == 0 || a.samples_per_demographic % 5 != 0 {
         bail!("--samples-per-demographic must be a positive multiple of 5 (the 5 templates of a context)");
@@ -297,11 +400,19 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         Some(p) => WordLists::from_file(p)?,
         None => WordLists::default_lists(),
     };
-    let axes: Vec<String> = a.groups.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let axes: Vec<String> = a
+        .groups
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     // validate the axis names before loading a model
     for ax in &axes {
         if !lists.axes.contains_key(ax) {
-            bail!("unknown demographic axis '{ax}': the word lists define {}", lists.axes.keys().cloned().collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown demographic axis '{ax}': the word lists define {}",
+                lists.axes.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
     }
     let dev = Device::Cpu;
@@ -313,7 +424,14 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
     let sym = TokenSymmetry::new(group.clone(), false, None).with_collapse(maps);
     let stop: Vec<u32> = ["\n", "<|endoftext|>", "<|im_end|>"]
         .iter()
-        .filter_map(|s| tok.token_to_id(s).or_else(|| tok.encode(*s, false).ok().filter(|e| e.get_ids().len() == 1).map(|e| e.get_ids()[0])))
+        .filter_map(|s| {
+            tok.token_to_id(s).or_else(|| {
+                tok.encode(*s, false)
+                    .ok()
+                    .filter(|e| e.get_ids().len() == 1)
+                    .map(|e| e.get_ids()[0])
+            })
+        })
         .collect();
     let demos = demographics(&fg);
     // prompts per context: [demo][template] token ids; check they transform exactly by g
@@ -324,7 +442,11 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
             let mut row = Vec::new();
             for t in templates.iter() {
                 let text = format!("The {} {}", phrase(&fg, d), t);
-                let ids = tok.encode(text.as_str(), false).map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?.get_ids().to_vec();
+                let ids = tok
+                    .encode(text.as_str(), false)
+                    .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?
+                    .get_ids()
+                    .to_vec();
                 row.push(ids);
             }
             per_demo.push(row);
@@ -332,7 +454,10 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         for (i, d) in demos.iter().enumerate() {
             let g = element_between(&group, &fg, &demos[0], d);
             for t in 0..templates.len() {
-                let mapped: Vec<u32> = per_demo[0][t].iter().map(|&x| group.element(g).input[x as usize]).collect();
+                let mapped: Vec<u32> = per_demo[0][t]
+                    .iter()
+                    .map(|&x| group.element(g).input[x as usize])
+                    .collect();
                 if mapped != per_demo[i][t] {
                     bail!("the prompts for {:?} and {:?} ({cname}) do not tokenize as word swaps of each other; the demographic words must be single tokens in context", phrase(&fg, &demos[0]), phrase(&fg, d));
                 }
@@ -351,7 +476,11 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         "equizero_proxy": "entropy of the next-token distribution (experimental)",
         "rng": "ChaCha per (seed, context, template, sample), shared across demographics",
     });
-    let name = a.run.run_name.clone().unwrap_or_else(|| format!("{}-{}", axes.join("-"), output::short_hash(&config)));
+    let name = a
+        .run
+        .run_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", axes.join("-"), output::short_hash(&config)));
     let mut written = Vec::new();
     for seed in seeds {
         let path = output::result_path(&a.run.out, EXPERIMENT, &name, seed);
@@ -361,7 +490,8 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
             continue;
         }
         let started_at = output::now_rfc3339();
-        let total = (methods.len() * contexts.len() * demos.len() * a.samples_per_demographic) as u64;
+        let total =
+            (methods.len() * contexts.len() * demos.len() * a.samples_per_demographic) as u64;
         let pb = progress_bar(total, &format!("seed {seed}"));
         let mut metrics = serde_json::Map::new();
         let mut cost = serde_json::Map::new();
@@ -371,7 +501,19 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
             let mut pairs = 0usize;
             let (mut toks, mut steps, mut secs) = (0usize, 0usize, 0f64);
             for (ci, (cname, templates)) in contexts.iter().enumerate() {
-                let g = generate_all(m, lm.as_mut(), &sym, &fg, &ctx_prompts[ci], per_template, seed, cname, a, &stop, &pb)?;
+                let g = generate_all(
+                    m,
+                    lm.as_mut(),
+                    &sym,
+                    &fg,
+                    &ctx_prompts[ci],
+                    per_template,
+                    seed,
+                    cname,
+                    a,
+                    &stop,
+                    &pb,
+                )?;
                 toks += g.tokens;
                 steps += g.token_steps;
                 secs += g.seconds;
@@ -380,9 +522,20 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                         for s in 0..per_template {
                             let mut ids = ctx_prompts[ci][di][ti].clone();
                             ids.extend(&g.ids[di][ti][s]);
-                            let text = tok.decode(&ids, false).map_err(|e| anyhow!("decoding: {e}"))?;
+                            let text = tok
+                                .decode(&ids, false)
+                                .map_err(|e| anyhow!("decoding: {e}"))?;
                             let text = text.lines().next().unwrap_or("").replace('\t', " ");
-                            tsv += &format!("{}\t{}\t{}\t{}\t{}\t{}\t{}\n", m.name(), cname, phrase(&fg, d), t, seed, s, text);
+                            tsv += &format!(
+                                "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                                m.name(),
+                                cname,
+                                phrase(&fg, d),
+                                t,
+                                seed,
+                                s,
+                                text
+                            );
                         }
                     }
                     // swap consistency: the sample for g·d is g applied to the sample for d
@@ -394,7 +547,10 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                         for ti in 0..templates.len() {
                             for s in 0..per_template {
                                 pairs += 1;
-                                let mapped: Vec<u32> = g.ids[di][ti][s].iter().map(|&x| el.input[x as usize]).collect();
+                                let mapped: Vec<u32> = g.ids[di][ti][s]
+                                    .iter()
+                                    .map(|&x| el.input[x as usize])
+                                    .collect();
                                 consistent += (mapped == g.ids[dj][ti][s]) as usize;
                             }
                         }
@@ -406,11 +562,14 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                 "consistent_pairs": consistent, "pairs": pairs,
                 "samples": contexts.len() * demos.len() * a.samples_per_demographic, "generated_tokens": toks,
             }));
-            cost.insert(m.name().into(), json!({
-                "forward_passes_per_token": m.passes(&sym), "seconds": secs,
-                "sampled_tokens_per_second": toks as f64 / secs.max(1e-9),
-                "model_token_positions_per_second": steps as f64 / secs.max(1e-9),
-            }));
+            cost.insert(
+                m.name().into(),
+                json!({
+                    "forward_passes_per_token": m.passes(&sym), "seconds": secs,
+                    "sampled_tokens_per_second": toks as f64 / secs.max(1e-9),
+                    "model_token_positions_per_second": steps as f64 / secs.max(1e-9),
+                }),
+            );
         }
         pb.finish_and_clear();
         let samples_path = path.with_extension("samples.tsv");
@@ -428,7 +587,12 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         };
         output::write_json_atomic(&path, &record)?;
         for (k, v) in &metrics {
-            eprintln!("seed {seed} {k}: swap consistency {:.3} ({} / {} pairs)", v["swap_consistency"].as_f64().unwrap_or(0.0), v["consistent_pairs"], v["pairs"]);
+            eprintln!(
+                "seed {seed} {k}: swap consistency {:.3} ({} / {} pairs)",
+                v["swap_consistency"].as_f64().unwrap_or(0.0),
+                v["consistent_pairs"],
+                v["pairs"]
+            );
         }
         eprintln!("-> {} (+ {})", path.display(), samples_path.display());
         written.push(path);

@@ -3,7 +3,9 @@
 pub mod check;
 pub mod clip;
 pub mod fairness;
+pub mod report;
 pub mod scan;
+pub mod sweep;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

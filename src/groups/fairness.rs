@@ -31,11 +31,16 @@ impl WordLists {
         toml::from_str(DEFAULT_WORDLISTS).expect("embedded word lists parse")
     }
     pub fn from_file(path: &Path) -> Result<WordLists> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading word lists {}", path.display()))?;
-        let w: WordLists = toml::from_str(&text).with_context(|| format!("{} is not a valid word-list TOML", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading word lists {}", path.display()))?;
+        let w: WordLists = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid word-list TOML", path.display()))?;
         for (name, ax) in &w.axes {
             if ax.members.len() < 2 {
-                bail!("{}: axis '{name}' needs at least two members", path.display());
+                bail!(
+                    "{}: axis '{name}' needs at least two members",
+                    path.display()
+                );
             }
             for s in &ax.sets {
                 if s.len() != ax.members.len() {
@@ -66,7 +71,9 @@ pub struct FairnessGroups {
 
 /// Encodes `word` to exactly one token id or fails naming the word.
 pub fn single_token(tok: &tokenizers::Tokenizer, word: &str, axis: &str) -> Result<u32> {
-    let enc = tok.encode(word, false).map_err(|e| anyhow!("tokenizing {word:?}: {e}"))?;
+    let enc = tok
+        .encode(word, false)
+        .map_err(|e| anyhow!("tokenizing {word:?}: {e}"))?;
     let ids = enc.get_ids();
     if ids.len() != 1 {
         bail!(
@@ -79,9 +86,17 @@ pub fn single_token(tok: &tokenizers::Tokenizer, word: &str, axis: &str) -> Resu
 }
 
 /// Builds and validates the product group for `axes` (in the given order).
-pub fn fairness_group(axes: &[String], lists: &WordLists, tok: &tokenizers::Tokenizer, vocab: usize) -> Result<(FiniteGroup<TokenPerm>, FairnessGroups)> {
+pub fn fairness_group(
+    axes: &[String],
+    lists: &WordLists,
+    tok: &tokenizers::Tokenizer,
+    vocab: usize,
+) -> Result<(FiniteGroup<TokenPerm>, FairnessGroups)> {
     if axes.is_empty() {
-        bail!("no demographic axis given: use --groups with one or more of {}", lists.axes.keys().cloned().collect::<Vec<_>>().join(", "));
+        bail!(
+            "no demographic axis given: use --groups with one or more of {}",
+            lists.axes.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     let mut owner: HashMap<u32, String> = HashMap::new();
     let mut general_ids = Vec::new();
@@ -97,7 +112,10 @@ pub fn fairness_group(axes: &[String], lists: &WordLists, tok: &tokenizers::Toke
             bail!("axis '{name}' is listed twice in --groups");
         }
         let ax = lists.axes.get(name).ok_or_else(|| {
-            anyhow!("unknown demographic axis '{name}': the word lists define {}", lists.axes.keys().cloned().collect::<Vec<_>>().join(", "))
+            anyhow!(
+                "unknown demographic axis '{name}': the word lists define {}",
+                lists.axes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
         })?;
         let mut ids = Vec::new();
         for set in &ax.sets {
@@ -105,7 +123,9 @@ pub fn fairness_group(axes: &[String], lists: &WordLists, tok: &tokenizers::Toke
             for w in set {
                 let id = single_token(tok, w, &format!("axis '{name}'"))?;
                 if id as usize >= vocab {
-                    bail!("word {w:?} has token id {id}, outside the model's vocabulary of {vocab}");
+                    bail!(
+                        "word {w:?} has token id {id}, outside the model's vocabulary of {vocab}"
+                    );
                 }
                 if let Some(o) = owner.get(&id) {
                     bail!("word {w:?} (token {id}) of axis '{name}' is also in {o}: a word may belong to one axis only and not to the general words");
@@ -116,11 +136,27 @@ pub fn fairness_group(axes: &[String], lists: &WordLists, tok: &tokenizers::Toke
             ids.push(row);
         }
         let gen = TokenPerm::from_cycles(vocab, vocab, &ids, &ids)?;
-        factors.push(cyclic_factor(name, &format!("{name}: rotate {:?} (member j -> j+1)", ax.sets), gen)?);
-        resolved.push(Axis { name: name.clone(), members: ax.members.clone(), sets: ax.sets.clone(), ids });
+        factors.push(cyclic_factor(
+            name,
+            &format!("{name}: rotate {:?} (member j -> j+1)", ax.sets),
+            gen,
+        )?);
+        resolved.push(Axis {
+            name: name.clone(),
+            members: ax.members.clone(),
+            sets: ax.sets.clone(),
+            ids,
+        });
     }
     let group = FiniteGroup::product(&axes.join(","), factors)?;
-    Ok((group, FairnessGroups { axes: resolved, general_words: lists.general.clone(), general_ids }))
+    Ok((
+        group,
+        FairnessGroups {
+            axes: resolved,
+            general_words: lists.general.clone(),
+            general_ids,
+        },
+    ))
 }
 
 impl FairnessGroups {

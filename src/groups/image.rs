@@ -24,11 +24,19 @@ pub struct D4 {
 }
 
 impl D4 {
-    pub const IDENTITY: D4 = D4 { m: [[1, 0], [0, 1]] };
+    pub const IDENTITY: D4 = D4 {
+        m: [[1, 0], [0, 1]],
+    };
     /// 90° counter-clockwise: A⁻¹(y,x) = (x, −y).
-    pub const ROT90: D4 = D4 { m: [[0, -1], [1, 0]] };
-    pub const VFLIP: D4 = D4 { m: [[-1, 0], [0, 1]] };
-    pub const HFLIP: D4 = D4 { m: [[1, 0], [0, -1]] };
+    pub const ROT90: D4 = D4 {
+        m: [[0, -1], [1, 0]],
+    };
+    pub const VFLIP: D4 = D4 {
+        m: [[-1, 0], [0, 1]],
+    };
+    pub const HFLIP: D4 = D4 {
+        m: [[1, 0], [0, -1]],
+    };
 
     pub fn rot(k: usize) -> D4 {
         let mut r = D4::IDENTITY;
@@ -42,7 +50,10 @@ impl D4 {
         self.m[0][0] == 0
     }
     fn apply_vec(m: &[[i32; 2]; 2], v: [i32; 2]) -> [i32; 2] {
-        [m[0][0] * v[0] + m[0][1] * v[1], m[1][0] * v[0] + m[1][1] * v[1]]
+        [
+            m[0][0] * v[0] + m[0][1] * v[1],
+            m[1][0] * v[0] + m[1][1] * v[1],
+        ]
     }
     /// Gather indices over a flattened `h × w` image: `out[i] = in[idx[i]]`.
     pub fn gather_indices(&self, h: usize, w: usize) -> Result<Vec<u32>> {
@@ -71,7 +82,10 @@ impl D4 {
         let dims = x.dims().to_vec();
         let n = dims.len();
         if n < 2 {
-            bail!("image action needs a tensor with at least 2 dims, got shape {:?}", dims);
+            bail!(
+                "image action needs a tensor with at least 2 dims, got shape {:?}",
+                dims
+            );
         }
         let (h, w) = (dims[n - 2], dims[n - 1]);
         let idx = self.gather_indices(h, w)?;
@@ -97,7 +111,9 @@ impl GroupElement for D4 {
     fn inverse(&self) -> Self {
         // orthogonal: inverse = transpose
         let m = self.m;
-        D4 { m: [[m[0][0], m[1][0]], [m[0][1], m[1][1]]] }
+        D4 {
+            m: [[m[0][0], m[1][0]], [m[0][1], m[1][1]]],
+        }
     }
 }
 
@@ -105,8 +121,16 @@ impl GroupElement for D4 {
 pub const IMAGE_FACTORS: &[&str] = &["rot90", "hflip", "vflip", "flip", "rot180", "id"];
 
 /// Example image group specs, for error messages and `--help`.
-pub const IMAGE_GROUP_EXAMPLES: &[&str] =
-    &["rot90", "flip", "hflip", "vflip", "rot180", "rot90xflip", "rot90xhflip", "id"];
+pub const IMAGE_GROUP_EXAMPLES: &[&str] = &[
+    "rot90",
+    "flip",
+    "hflip",
+    "vflip",
+    "rot180",
+    "rot90xflip",
+    "rot90xhflip",
+    "id",
+];
 
 /// One named image factor.
 pub fn image_factor(name: &str) -> Result<Factor<D4>> {
@@ -153,11 +177,17 @@ pub fn image_factor(name: &str) -> Result<Factor<D4>> {
 pub fn image_group(spec: &str) -> Result<FiniteGroup<D4>> {
     let spec = spec.trim();
     if spec.is_empty() {
-        bail!("empty group spec: use one of {}", IMAGE_GROUP_EXAMPLES.join(", "));
+        bail!(
+            "empty group spec: use one of {}",
+            IMAGE_GROUP_EXAMPLES.join(", ")
+        );
     }
     let spec_norm = spec.replace('×', "x").replace(',', "x");
     let names: Vec<&str> = spec_norm.split('x').map(str::trim).collect();
-    let factors = names.iter().map(|n| image_factor(n)).collect::<Result<Vec<_>>>()?;
+    let factors = names
+        .iter()
+        .map(|n| image_factor(n))
+        .collect::<Result<Vec<_>>>()?;
     FiniteGroup::product(spec, factors).with_context(|| format!("building image group '{spec}'"))
 }
 

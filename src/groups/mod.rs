@@ -6,8 +6,8 @@
 //! equivariance layers in [`crate::equi`] only consume groups through the [`crate::equi::Symmetry`]
 //! trait.
 
-pub mod image;
 pub mod fairness;
+pub mod image;
 pub mod perm;
 pub mod scan;
 
@@ -70,11 +70,17 @@ impl<E: GroupElement> FiniteGroup<E> {
         }
         for f in &factors {
             if f.elements.is_empty() || f.elements.len() != f.element_names.len() {
-                bail!("factor '{}' of group '{name}' is empty or mislabelled", f.name);
+                bail!(
+                    "factor '{}' of group '{name}' is empty or mislabelled",
+                    f.name
+                );
             }
             let e = &f.elements[0];
             if &e.compose(e) != e {
-                bail!("factor '{}' of group '{name}' does not list its identity first", f.name);
+                bail!(
+                    "factor '{}' of group '{name}' does not list its identity first",
+                    f.name
+                );
             }
         }
         let sizes: Vec<usize> = factors.iter().map(|f| f.elements.len()).collect();
@@ -118,7 +124,14 @@ impl<E: GroupElement> FiniteGroup<E> {
             inv[a] = find(&ai, &elements)
                 .ok_or_else(|| anyhow::anyhow!("group '{name}' is not closed under inverses"))?;
         }
-        Ok(Self { name: name.to_string(), factors, elements, coords, mul, inv })
+        Ok(Self {
+            name: name.to_string(),
+            factors,
+            elements,
+            coords,
+            mul,
+            inv,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -166,12 +179,19 @@ impl<E: GroupElement> FiniteGroup<E> {
     /// The elements of factor `i` (all other coordinates at the identity).
     pub fn factor_elements(&self, i: usize) -> Vec<usize> {
         (0..self.order())
-            .filter(|&g| self.coords[g].iter().enumerate().all(|(j, &c)| j == i || c == 0))
+            .filter(|&g| {
+                self.coords[g]
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &c)| j == i || c == 0)
+            })
             .collect()
     }
     /// The elements with coordinate `i` at the identity (the product of all other factors).
     pub fn complement_elements(&self, i: usize) -> Vec<usize> {
-        (0..self.order()).filter(|&g| self.coords[g][i] == 0).collect()
+        (0..self.order())
+            .filter(|&g| self.coords[g][i] == 0)
+            .collect()
     }
     /// Whether every pair of elements commutes.
     pub fn is_abelian(&self) -> bool {

@@ -38,20 +38,34 @@ fn is_perm(a: &[u32]) -> bool {
 
 impl GroupElement for TokenPerm {
     fn compose(&self, o: &Self) -> Self {
-        TokenPerm { input: compose_perm(&self.input, &o.input), output: compose_perm(&self.output, &o.output) }
+        TokenPerm {
+            input: compose_perm(&self.input, &o.input),
+            output: compose_perm(&self.output, &o.output),
+        }
     }
     fn inverse(&self) -> Self {
-        TokenPerm { input: invert_perm(&self.input), output: invert_perm(&self.output) }
+        TokenPerm {
+            input: invert_perm(&self.input),
+            output: invert_perm(&self.output),
+        }
     }
 }
 
 impl TokenPerm {
     pub fn identity(n_in: usize, n_out: usize) -> Self {
-        TokenPerm { input: (0..n_in as u32).collect(), output: (0..n_out as u32).collect() }
+        TokenPerm {
+            input: (0..n_in as u32).collect(),
+            output: (0..n_out as u32).collect(),
+        }
     }
     /// Builds a permutation from cycles over input ids and cycles over output ids
     /// (`[a, b, c]` maps a→b→c→a).
-    pub fn from_cycles(n_in: usize, n_out: usize, in_cycles: &[Vec<u32>], out_cycles: &[Vec<u32>]) -> Result<Self> {
+    pub fn from_cycles(
+        n_in: usize,
+        n_out: usize,
+        in_cycles: &[Vec<u32>],
+        out_cycles: &[Vec<u32>],
+    ) -> Result<Self> {
         let mk = |n: usize, cycles: &[Vec<u32>]| -> Result<Vec<u32>> {
             let mut p: Vec<u32> = (0..n as u32).collect();
             let mut touched = vec![false; n];
@@ -70,7 +84,10 @@ impl TokenPerm {
             debug_assert!(is_perm(&p));
             Ok(p)
         };
-        Ok(TokenPerm { input: mk(n_in, in_cycles)?, output: mk(n_out, out_cycles)? })
+        Ok(TokenPerm {
+            input: mk(n_in, in_cycles)?,
+            output: mk(n_out, out_cycles)?,
+        })
     }
     /// Acts on a tensor of input token ids (any shape, u32).
     pub fn apply_ids(&self, ids: &Tensor) -> Result<Tensor> {
@@ -107,15 +124,35 @@ pub fn cyclic_factor(name: &str, action: &str, generator: TokenPerm) -> Result<F
         }
     }
     let element_names = (0..elements.len())
-        .map(|k| if k == 0 { "e".to_string() } else if elements.len() == 2 { name.to_string() } else { format!("{name}^{k}") })
+        .map(|k| {
+            if k == 0 {
+                "e".to_string()
+            } else if elements.len() == 2 {
+                name.to_string()
+            } else {
+                format!("{name}^{k}")
+            }
+        })
         .collect();
-    Ok(Factor { name: name.to_string(), action: action.to_string(), elements, element_names })
+    Ok(Factor {
+        name: name.to_string(),
+        action: action.to_string(),
+        elements,
+        element_names,
+    })
 }
 
 /// Canonical representative of each input token under a set of permutations (the orbit
 /// minimum): the "collapse" map that makes an input invariant to that set.
 pub fn orbit_min_map(perms: &[&TokenPerm], n_in: usize) -> Vec<u32> {
     (0..n_in as u32)
-        .map(|t| perms.iter().map(|p| p.input[t as usize]).min().unwrap_or(t).min(t))
+        .map(|t| {
+            perms
+                .iter()
+                .map(|p| p.input[t as usize])
+                .min()
+                .unwrap_or(t)
+                .min(t)
+        })
         .collect()
 }

@@ -8,9 +8,24 @@ use anyhow::{anyhow, bail, Result};
 
 /// (name, input word pair, output action pair, description)
 pub const SCAN_SWAPS: &[(&str, [&str; 2], [&str; 2], &str)] = &[
-    ("verb", ["jump", "run"], ["JUMP", "RUN"], "verb: jump<->run and JUMP<->RUN"),
-    ("direction-rl", ["left", "right"], ["TURN_LEFT", "TURN_RIGHT"], "direction-rl: left<->right and TURN_LEFT<->TURN_RIGHT"),
-    ("direction-ud", ["up", "down"], ["TURN_UP", "TURN_DOWN"], "direction-ud: up<->down and TURN_UP<->TURN_DOWN"),
+    (
+        "verb",
+        ["jump", "run"],
+        ["JUMP", "RUN"],
+        "verb: jump<->run and JUMP<->RUN",
+    ),
+    (
+        "direction-rl",
+        ["left", "right"],
+        ["TURN_LEFT", "TURN_RIGHT"],
+        "direction-rl: left<->right and TURN_LEFT<->TURN_RIGHT",
+    ),
+    (
+        "direction-ud",
+        ["up", "down"],
+        ["TURN_UP", "TURN_DOWN"],
+        "direction-ud: up<->down and TURN_UP<->TURN_DOWN",
+    ),
 ];
 
 /// Builds the product of named SCAN swaps, e.g. `verb`, `direction-rl`, `verb,direction-rl,direction-ud`
@@ -20,10 +35,18 @@ pub fn scan_group(spec: &str, input: &Vocab, output: &Vocab) -> Result<FiniteGro
         .split([',', 'x'])
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .map(|s| if s == "direction" { "direction-rl".to_string() } else { s })
+        .map(|s| {
+            if s == "direction" {
+                "direction-rl".to_string()
+            } else {
+                s
+            }
+        })
         .collect();
     if names.is_empty() {
-        bail!("empty SCAN group: use verb, direction-rl, direction-ud or a comma-separated product");
+        bail!(
+            "empty SCAN group: use verb, direction-rl, direction-ud or a comma-separated product"
+        );
     }
     let mut factors = Vec::new();
     for name in &names {
@@ -44,8 +67,14 @@ pub fn scan_group(spec: &str, input: &Vocab, output: &Vocab) -> Result<FiniteGro
         let gen = TokenPerm::from_cycles(
             input.len(),
             output.len(),
-            &[vec![id(input, iw[0], "command")?, id(input, iw[1], "command")?]],
-            &[vec![id(output, ow[0], "action")?, id(output, ow[1], "action")?]],
+            &[vec![
+                id(input, iw[0], "command")?,
+                id(input, iw[1], "command")?,
+            ]],
+            &[vec![
+                id(output, ow[0], "action")?,
+                id(output, ow[1], "action")?,
+            ]],
         )?;
         factors.push(cyclic_factor(n, desc, gen)?);
     }

@@ -76,7 +76,8 @@ fn check_eps(which: &str, eps: Option<f64>) -> Result<()> {
 
 /// Parses an HF `CLIPModel` config.json (HF defaults = ViT-B/32 for absent keys).
 pub fn parse_config(text: &str) -> Result<(ClipConfig, Option<u32>)> {
-    let j: ClipJson = serde_json::from_str(text).context("config.json is not a valid CLIP config")?;
+    let j: ClipJson =
+        serde_json::from_str(text).context("config.json is not a valid CLIP config")?;
     if let Some(mt) = &j.model_type {
         if mt != "clip" {
             bail!("config.json has model_type '{mt}', expected 'clip'");
@@ -113,7 +114,10 @@ pub fn parse_config(text: &str) -> Result<(ClipConfig, Option<u32>)> {
         patch_size: v.patch_size.unwrap_or(32),
     };
     if image_size % vision_config.patch_size != 0 {
-        bail!("config.json: image_size {image_size} is not a multiple of patch_size {}", vision_config.patch_size);
+        bail!(
+            "config.json: image_size {image_size} is not a multiple of patch_size {}",
+            vision_config.patch_size
+        );
     }
     Ok((
         ClipConfig {
@@ -165,7 +169,12 @@ impl Clip {
             .with_context(|| format!("loading CLIP weights from {}", weights.display()))
     }
 
-    pub fn from_varbuilder(vb: VarBuilder, config: ClipConfig, tokenizer: Option<Tokenizer>, eos_cfg: Option<u32>) -> Result<Clip> {
+    pub fn from_varbuilder(
+        vb: VarBuilder,
+        config: ClipConfig,
+        tokenizer: Option<Tokenizer>,
+        eos_cfg: Option<u32>,
+    ) -> Result<Clip> {
         for name in ["vision_model.embeddings.class_embedding", "logit_scale"] {
             if !vb.contains_tensor(name) {
                 bail!("tensor '{name}' is missing from the checkpoint (not an HF CLIPModel checkpoint?)");
@@ -180,7 +189,14 @@ impl Clip {
             .and_then(|t| t.token_to_id("<|endoftext|>"))
             .or(eos_cfg)
             .unwrap_or(vocab - 1);
-        Ok(Clip { model, config, tokenizer, eos_id, model_logit_scale, device })
+        Ok(Clip {
+            model,
+            config,
+            tokenizer,
+            eos_id,
+            model_logit_scale,
+            device,
+        })
     }
 
     pub fn image_size(&self) -> usize {
@@ -194,14 +210,15 @@ impl Clip {
 
     /// Token ids for texts, truncated to the context length (EOS kept) and padded with EOS.
     pub fn tokenize(&self, texts: &[String]) -> Result<Tensor> {
-        let tok = self
-            .tokenizer
-            .as_ref()
-            .ok_or_else(|| anyhow!("this CLIP snapshot has no tokenizer.json, needed to encode class prompts"))?;
+        let tok = self.tokenizer.as_ref().ok_or_else(|| {
+            anyhow!("this CLIP snapshot has no tokenizer.json, needed to encode class prompts")
+        })?;
         let max_len = self.config.text_config.max_position_embeddings;
         let mut rows = Vec::with_capacity(texts.len());
         for t in texts {
-            let enc = tok.encode(t.as_str(), true).map_err(|e| anyhow!("tokenizing {t:?}: {e}"))?;
+            let enc = tok
+                .encode(t.as_str(), true)
+                .map_err(|e| anyhow!("tokenizing {t:?}: {e}"))?;
             let mut ids = enc.get_ids().to_vec();
             if ids.len() > max_len {
                 ids.truncate(max_len - 1);
@@ -219,7 +236,11 @@ impl Clip {
         let len = rows.iter().map(|r| r.len()).max().unwrap_or(1);
         let flat: Vec<u32> = rows
             .iter()
-            .flat_map(|r| r.iter().copied().chain(std::iter::repeat(self.eos_id).take(len - r.len())))
+            .flat_map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat(self.eos_id).take(len - r.len()))
+            })
             .collect();
         Ok(Tensor::from_vec(flat, (texts.len(), len), &self.device)?)
     }
@@ -231,7 +252,12 @@ impl Clip {
 
     /// The zero-shot classifier `[C, D]`: per class, every template filled with the class name,
     /// encoded, L2-normalised, averaged, L2-normalised again. `progress` is called per class.
-    pub fn zero_shot_classifier(&self, classes: &[String], templates: &[String], progress: &dyn Fn(usize)) -> Result<Tensor> {
+    pub fn zero_shot_classifier(
+        &self,
+        classes: &[String],
+        templates: &[String],
+        progress: &dyn Fn(usize),
+    ) -> Result<Tensor> {
         let mut rows = Vec::with_capacity(classes.len());
         for (i, c) in classes.iter().enumerate() {
             let texts: Vec<String> = templates.iter().map(|t| t.replacen("{}", c, 1)).collect();
@@ -313,8 +339,16 @@ pub fn random_clip_varmap(config: &ClipConfig, seed: u64, device: &Device) -> Re
     use rand_distr::{Distribution, Normal};
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-    vb.get_with_hints(config.vision_config.embed_dim, "vision_model.embeddings.class_embedding", candle_nn::Init::Const(0.))?;
-    vb.get_with_hints((), "logit_scale", candle_nn::Init::Const(config.logit_scale_init_value as f64))?;
+    vb.get_with_hints(
+        config.vision_config.embed_dim,
+        "vision_model.embeddings.class_embedding",
+        candle_nn::Init::Const(0.),
+    )?;
+    vb.get_with_hints(
+        (),
+        "logit_scale",
+        candle_nn::Init::Const(config.logit_scale_init_value as f64),
+    )?;
     ClipModel::new(vb, config)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let data = varmap.data().lock().unwrap();
@@ -327,7 +361,13 @@ pub fn random_clip_varmap(config: &ClipConfig, seed: u64, device: &Device) -> Re
         let var = &data[name];
         let n = var.elem_count();
         let is_norm = name.contains("norm") || name.contains("layrnorm");
-        let std = if is_norm { 0.1 } else if name.ends_with("bias") { 0.02 } else { 0.2 };
+        let std = if is_norm {
+            0.1
+        } else if name.ends_with("bias") {
+            0.02
+        } else {
+            0.2
+        };
         let normal = Normal::new(0f32, std).unwrap();
         let mut v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
         if is_norm && name.ends_with("weight") {
@@ -395,7 +435,13 @@ pub fn write_tiny_snapshot(dir: &Path, seed: u64, words: &[&str]) -> Result<()> 
     std::fs::create_dir_all(dir)?;
     let varmap = random_clip_varmap(&tiny_config(), seed, &Device::Cpu)?;
     varmap.save(dir.join("model.safetensors"))?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&tiny_config_json())?)?;
-    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string_pretty(&tiny_tokenizer_json(words)?)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&tiny_config_json())?,
+    )?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string_pretty(&tiny_tokenizer_json(words)?)?,
+    )?;
     Ok(())
 }

@@ -29,7 +29,15 @@ impl CustomOp3 for GruCell {
     fn name(&self) -> &'static str {
         "equirun-gru-cell"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (xw, hw, h) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (n, hs) = l3.shape().dims2()?;
         if xw.len() != n * 3 * hs || hw.len() != n * 3 * hs {
@@ -47,7 +55,14 @@ impl CustomOp3 for GruCell {
         }
         Ok((CpuStorage::F32(out), Shape::from((n, hs))))
     }
-    fn bwd(&self, xw: &Tensor, hw: &Tensor, h: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        xw: &Tensor,
+        hw: &Tensor,
+        h: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, hs) = h.dims2()?;
         let xv = xw.flatten_all()?.to_vec1::<f32>()?;
         let wv = hw.flatten_all()?.to_vec1::<f32>()?;
@@ -94,7 +109,13 @@ impl CustomOp2 for LstmCell {
     fn name(&self) -> &'static str {
         "equirun-lstm-cell"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (g, c) = (slice(s1, l1)?, slice(s2, l2)?);
         let (n, hs) = l2.shape().dims2()?;
         if g.len() != n * 4 * hs {
@@ -115,7 +136,13 @@ impl CustomOp2 for LstmCell {
         }
         Ok((CpuStorage::F32(out), Shape::from((n, 2 * hs))))
     }
-    fn bwd(&self, g: &Tensor, c: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        g: &Tensor,
+        c: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, hs) = c.dims2()?;
         let gv = g.flatten_all()?.to_vec1::<f32>()?;
         let cv = c.flatten_all()?.to_vec1::<f32>()?;
@@ -143,7 +170,10 @@ impl CustomOp2 for LstmCell {
             }
         }
         let dev = c.device();
-        Ok((Some(Tensor::from_vec(dg, (n, 4 * hs), dev)?), Some(Tensor::from_vec(dc, (n, hs), dev)?)))
+        Ok((
+            Some(Tensor::from_vec(dg, (n, 4 * hs), dev)?),
+            Some(Tensor::from_vec(dc, (n, hs), dev)?),
+        ))
     }
 }
 
@@ -157,11 +187,27 @@ mod tests {
         use rand_distr::{Distribution, Normal};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let d = Normal::new(0f32, 1.0).unwrap();
-        Tensor::from_vec((0..shape.0 * shape.1).map(|_| d.sample(&mut rng)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+        Tensor::from_vec(
+            (0..shape.0 * shape.1)
+                .map(|_| d.sample(&mut rng))
+                .collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     fn close(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -171,17 +217,38 @@ mod tests {
         let hw = Var::from_tensor(&randn(2, (n, 3 * hs))).unwrap();
         let h = Var::from_tensor(&randn(3, (n, hs))).unwrap();
         let wsum = randn(4, (n, hs));
-        let fused = xw.as_tensor().apply_op3(hw.as_tensor(), h.as_tensor(), GruCell).unwrap();
+        let fused = xw
+            .as_tensor()
+            .apply_op3(hw.as_tensor(), h.as_tensor(), GruCell)
+            .unwrap();
         let s = candle_nn::ops::sigmoid;
         let r = s(&(xw.narrow(1, 0, hs).unwrap() + hw.narrow(1, 0, hs).unwrap()).unwrap()).unwrap();
-        let z = s(&(xw.narrow(1, hs, hs).unwrap() + hw.narrow(1, hs, hs).unwrap()).unwrap()).unwrap();
-        let nn = (xw.narrow(1, 2 * hs, hs).unwrap() + (&r * hw.narrow(1, 2 * hs, hs).unwrap()).unwrap()).unwrap().tanh().unwrap();
+        let z =
+            s(&(xw.narrow(1, hs, hs).unwrap() + hw.narrow(1, hs, hs).unwrap()).unwrap()).unwrap();
+        let nn = (xw.narrow(1, 2 * hs, hs).unwrap()
+            + (&r * hw.narrow(1, 2 * hs, hs).unwrap()).unwrap())
+        .unwrap()
+        .tanh()
+        .unwrap();
         let reference = (&nn + (&z * (h.as_tensor() - &nn).unwrap()).unwrap()).unwrap();
         assert!(close(&fused, &reference) < 1e-6);
-        let gf = (fused * &wsum).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &wsum).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = (fused * &wsum)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = (reference * &wsum)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in [&xw, &hw, &h] {
-            let d = close(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            let d = close(
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-5, "gradient differs by {d}");
         }
     }
@@ -202,10 +269,23 @@ mod tests {
         let h2 = (o * c2.tanh().unwrap()).unwrap();
         let reference = Tensor::cat(&[h2, c2], 1).unwrap();
         assert!(close(&fused, &reference) < 1e-6);
-        let gf = (fused * &wsum).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &wsum).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = (fused * &wsum)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = (reference * &wsum)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in [&g, &c] {
-            let d = close(gf.get(v.as_tensor()).unwrap(), gr.get(v.as_tensor()).unwrap());
+            let d = close(
+                gf.get(v.as_tensor()).unwrap(),
+                gr.get(v.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-5, "gradient differs by {d}");
         }
     }

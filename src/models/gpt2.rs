@@ -53,20 +53,34 @@ impl Gpt2Config {
     /// Number of parameters (tied lm_head counted once).
     pub fn num_params(&self) -> usize {
         let e = self.n_embd;
-        let per_layer = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * self.n_inner + self.n_inner) + (self.n_inner * e + e);
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * e };
+        let per_layer = 2 * 2 * e
+            + (e * 3 * e + 3 * e)
+            + (e * e + e)
+            + (e * self.n_inner + self.n_inner)
+            + (self.n_inner * e + e);
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * e
+        };
         self.vocab_size * e + self.n_positions * e + self.n_layer * per_layer + 2 * e + head
     }
 
     fn validate(&self) -> Result<()> {
-        ensure!(self.n_head > 0 && self.n_embd > 0 && self.n_layer > 0, "GPT-2 config: n_embd, n_layer and n_head must be positive");
+        ensure!(
+            self.n_head > 0 && self.n_embd > 0 && self.n_layer > 0,
+            "GPT-2 config: n_embd, n_layer and n_head must be positive"
+        );
         ensure!(
             self.n_embd % self.n_head == 0,
             "GPT-2 config: n_embd {} is not a multiple of n_head {}",
             self.n_embd,
             self.n_head
         );
-        ensure!(self.vocab_size > 0 && self.n_positions > 0, "GPT-2 config: vocab_size and n_positions must be positive");
+        ensure!(
+            self.vocab_size > 0 && self.n_positions > 0,
+            "GPT-2 config: vocab_size and n_positions must be positive"
+        );
         Ok(())
     }
 }
@@ -100,7 +114,8 @@ fn token_id(v: &Option<serde_json::Value>) -> Option<u32> {
 
 /// Parses an HF GPT-2 config.json (HF `GPT2Config` defaults = the 124M model for absent keys).
 pub fn parse_config(text: &str) -> Result<Gpt2Config> {
-    let j: Gpt2Json = serde_json::from_str(text).context("config.json is not a valid GPT-2 config")?;
+    let j: Gpt2Json =
+        serde_json::from_str(text).context("config.json is not a valid GPT-2 config")?;
     if let Some(mt) = &j.model_type {
         if mt != "gpt2" {
             bail!("config.json has model_type '{mt}', expected 'gpt2'");
@@ -154,7 +169,10 @@ impl Conv1D {
         let dims = x.dims().to_vec();
         let n_in = *dims.last().ok_or_else(|| anyhow!("Conv1D on a scalar"))?;
         let rows = x.elem_count() / n_in.max(1);
-        let y = x.reshape((rows, n_in))?.matmul(&self.w)?.broadcast_add(&self.b)?;
+        let y = x
+            .reshape((rows, n_in))?
+            .matmul(&self.w)?
+            .broadcast_add(&self.b)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.b.dim(0)?;
         Ok(y.reshape(out)?)
@@ -172,7 +190,12 @@ struct Attention {
 
 impl Attention {
     /// `x` `[n, t, E]`; `mask` `[t, T]` (additive, only for t > 1); `cache` appends k/v.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (n, t, e) = x.dims3()?;
         let qkv = self.c_attn.forward(x)?; // [n, t, 3E]: [Q_all | K_all | V_all]
         let split = |i: usize| -> Result<Tensor> {
@@ -233,7 +256,12 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let h = self.attn.forward(&self.ln_1.forward(x)?, mask, cache)?;
         let x = (x + h)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?; // tanh GELU = gelu_new
@@ -271,7 +299,10 @@ impl Gpt2 {
         let wte = vb.get((cfg.vocab_size, e), "wte.weight")?;
         let wpe = vb.get((cfg.n_positions, e), "wpe.weight")?;
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::load(&cfg, i, vb.pp(format!("h.{i}"))).with_context(|| format!("layer h.{i}")))
+            .map(|i| {
+                Block::load(&cfg, i, vb.pp(format!("h.{i}")))
+                    .with_context(|| format!("layer h.{i}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let ln_f = candle_nn::layer_norm(e, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
         let lm_head = if !cfg.tie_word_embeddings {
@@ -284,7 +315,15 @@ impl Gpt2 {
             wte.clone()
         };
         let device = vb.device().clone();
-        Ok(Gpt2 { wte: Embedding::new(wte, e), wpe, blocks, ln_f, lm_head, config: cfg, device })
+        Ok(Gpt2 {
+            wte: Embedding::new(wte, e),
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            config: cfg,
+            device,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -293,8 +332,13 @@ impl Gpt2 {
 
     /// Checks `ids` `[n, t]` (any integer dtype) and returns them as u32.
     fn check_ids(&self, ids: &Tensor, past: usize) -> Result<(Tensor, usize, usize)> {
-        let (n, t) = ids.dims2().map_err(|_| anyhow!("GPT-2 input ids must be [n, t], got shape {:?}", ids.dims()))?;
-        ensure!(n > 0 && t > 0, "GPT-2 input ids are empty (shape [{n}, {t}])");
+        let (n, t) = ids
+            .dims2()
+            .map_err(|_| anyhow!("GPT-2 input ids must be [n, t], got shape {:?}", ids.dims()))?;
+        ensure!(
+            n > 0 && t > 0,
+            "GPT-2 input ids are empty (shape [{n}, {t}])"
+        );
         if past + t > self.config.n_positions {
             bail!(
                 "sequence too long for GPT-2: {past} cached + {t} new tokens = {} > n_positions {} \
@@ -310,7 +354,10 @@ impl Gpt2 {
         };
         let max = ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
         if max as usize >= self.config.vocab_size {
-            bail!("token id {max} is out of range for GPT-2's vocabulary of {}", self.config.vocab_size);
+            bail!(
+                "token id {max} is out of range for GPT-2's vocabulary of {}",
+                self.config.vocab_size
+            );
         }
         Ok((ids, n, t))
     }
@@ -322,7 +369,9 @@ impl Gpt2 {
         }
         let total = past + t;
         let m: Vec<f32> = (0..t)
-            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+            })
             .collect();
         Ok(Some(Tensor::from_vec(m, (t, total), &self.device)?))
     }
@@ -335,7 +384,12 @@ impl Gpt2 {
         let mask = self.causal_mask(t, past)?;
         match caches {
             Some(caches) => {
-                ensure!(caches.len() == self.blocks.len(), "KV cache has {} layers, model {}", caches.len(), self.blocks.len());
+                ensure!(
+                    caches.len() == self.blocks.len(),
+                    "KV cache has {} layers, model {}",
+                    caches.len(),
+                    self.blocks.len()
+                );
                 for (b, c) in self.blocks.iter().zip(caches.iter_mut()) {
                     x = b.forward(&x, mask.as_ref(), Some(c))?;
                 }
@@ -369,12 +423,19 @@ impl Gpt2 {
     /// New empty per-layer KV caches.
     pub fn new_caches(&self) -> Vec<KvCache> {
         let chunk = CACHE_CHUNK.min(self.config.n_positions);
-        (0..self.blocks.len()).map(|_| KvCache::new(2, chunk)).collect()
+        (0..self.blocks.len())
+            .map(|_| KvCache::new(2, chunk))
+            .collect()
     }
 
     /// Runs `ids` `[n, t]` after `past` cached positions (appending to `caches`) and returns the
     /// last position's logits `[n, vocab]` (f32).
-    pub fn forward_cached(&self, ids: &Tensor, caches: &mut [KvCache], past: usize) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        caches: &mut [KvCache],
+        past: usize,
+    ) -> Result<Tensor> {
         let h = self.hidden(ids, Some(caches), past)?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?.squeeze(1)?; // [n, E]
@@ -407,7 +468,12 @@ pub struct Gpt2Lm {
 impl Gpt2Lm {
     pub fn new(model: Gpt2) -> Gpt2Lm {
         let caches = model.new_caches();
-        Gpt2Lm { model, caches, n: 1, len: 0 }
+        Gpt2Lm {
+            model,
+            caches,
+            n: 1,
+            len: 0,
+        }
     }
 
     pub fn config(&self) -> &Gpt2Config {
@@ -431,7 +497,10 @@ impl crate::models::lm::CausalLm for Gpt2Lm {
     }
 
     fn reset(&mut self, n: usize) -> Result<()> {
-        ensure!(n > 0, "GPT-2 reset: the number of sequences must be positive");
+        ensure!(
+            n > 0,
+            "GPT-2 reset: the number of sequences must be positive"
+        );
         for c in self.caches.iter_mut() {
             c.reset();
         }
@@ -479,17 +548,20 @@ impl crate::models::lm::CausalLm for Gpt2Lm {
 /// Loads a GPT-2 from resolved snapshot files (`config.json`, `model.safetensors`).
 pub fn load_gpt2(files: &ResolvedModel, device: &Device) -> Result<Gpt2Lm> {
     let config_path = files.file("config.json")?;
-    let text = std::fs::read_to_string(config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
     let cfg = parse_config(&text).with_context(|| format!("in {}", config_path.display()))?;
     let weights = files.file("model.safetensors")?;
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }.map_err(|e| {
-        anyhow!(
-            "cannot read weights file {}: {e}. The file is corrupt or not safetensors; \
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
+        .map_err(|e| {
+            anyhow!(
+                "cannot read weights file {}: {e}. The file is corrupt or not safetensors; \
              delete it and download it again, or point --model-dir at a good snapshot",
-            weights.display()
-        )
-    })?;
-    let model = Gpt2::load(vb, cfg).with_context(|| format!("loading GPT-2 weights from {}", weights.display()))?;
+                weights.display()
+            )
+        })?;
+    let model = Gpt2::load(vb, cfg)
+        .with_context(|| format!("loading GPT-2 weights from {}", weights.display()))?;
     Ok(Gpt2Lm::new(model))
 }
 
@@ -566,7 +638,11 @@ pub fn checkpoint_shapes(cfg: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
 
 /// Every GPT-2 parameter (bare HF names, Conv1D `[in, out]`) drawn from a seeded ChaCha RNG,
 /// deterministic across runs: weights N(0, 0.2), biases N(0, 0.02), layer-norm weights 1 + N(0, 0.1).
-pub fn random_gpt2_tensors(cfg: &Gpt2Config, seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn random_gpt2_tensors(
+    cfg: &Gpt2Config,
+    seed: u64,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -574,7 +650,13 @@ pub fn random_gpt2_tensors(cfg: &Gpt2Config, seed: u64, device: &Device) -> Resu
     for (name, shape) in checkpoint_shapes(cfg) {
         let n: usize = shape.iter().product();
         let is_norm = name.contains("ln_");
-        let std = if is_norm { 0.1 } else if name.ends_with("bias") { 0.02 } else { 0.2 };
+        let std = if is_norm {
+            0.1
+        } else if name.ends_with("bias") {
+            0.02
+        } else {
+            0.2
+        };
         let normal = Normal::new(0f32, std).unwrap();
         let mut v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
         if is_norm && name.ends_with("weight") {
@@ -602,13 +684,18 @@ pub fn write_tiny_snapshot(dir: &Path, seed: u64) -> Result<()> {
     let dev = Device::Cpu;
     let mut ts = random_gpt2_tensors(&cfg, seed, &dev)?;
     let p = cfg.n_positions;
-    let tril: Vec<f32> = (0..p * p).map(|k| if k % p <= k / p { 1.0 } else { 0.0 }).collect();
+    let tril: Vec<f32> = (0..p * p)
+        .map(|k| if k % p <= k / p { 1.0 } else { 0.0 })
+        .collect();
     let tril = Tensor::from_vec(tril, (1, 1, p, p), &dev)?;
     for i in 0..cfg.n_layer {
         ts.insert(format!("h.{i}.attn.bias"), tril.clone());
     }
     candle_core::safetensors::save(&ts, dir.join("model.safetensors"))?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&tiny_config_json())?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&tiny_config_json())?,
+    )?;
     Ok(())
 }
 
@@ -620,16 +707,36 @@ mod tests {
     #[test]
     fn gpt2_config_defaults_and_errors() {
         let c = parse_config("{}").unwrap();
-        assert_eq!((c.vocab_size, c.n_embd, c.n_layer, c.n_head, c.n_positions, c.n_inner), (50257, 768, 12, 12, 1024, 3072));
-        assert!((c.num_params() as f64 / 1e6 - 124.44).abs() < 0.01, "{}", c.num_params());
+        assert_eq!(
+            (
+                c.vocab_size,
+                c.n_embd,
+                c.n_layer,
+                c.n_head,
+                c.n_positions,
+                c.n_inner
+            ),
+            (50257, 768, 12, 12, 1024, 3072)
+        );
+        assert!(
+            (c.num_params() as f64 / 1e6 - 124.44).abs() < 0.01,
+            "{}",
+            c.num_params()
+        );
         let t = parse_config(&tiny_config_json().to_string()).unwrap();
         assert_eq!(t, tiny_config());
-        let e = parse_config(r#"{"activation_function": "relu"}"#).unwrap_err().to_string();
+        let e = parse_config(r#"{"activation_function": "relu"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("relu") && e.contains("gelu_new"), "{e}");
         assert!(parse_config(r#"{"activation_function": "gelu_pytorch_tanh"}"#).is_ok());
-        let e = parse_config(r#"{"model_type": "llama"}"#).unwrap_err().to_string();
+        let e = parse_config(r#"{"model_type": "llama"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("llama"), "{e}");
-        let e = parse_config(r#"{"n_embd": 30, "n_head": 4}"#).unwrap_err().to_string();
+        let e = parse_config(r#"{"n_embd": 30, "n_head": 4}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("multiple"), "{e}");
     }
 
@@ -644,8 +751,14 @@ mod tests {
         let a = lm.step(&ids.narrow(1, 0, 3)?)?;
         let b = lm.step(&ids.narrow(1, 3, 2)?)?;
         assert_eq!(lm.cached_len(), 5);
-        let da = (a - full.narrow(1, 2, 1)?.squeeze(1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let db = (b - full.narrow(1, 4, 1)?.squeeze(1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let da = (a - full.narrow(1, 2, 1)?.squeeze(1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        let db = (b - full.narrow(1, 4, 1)?.squeeze(1)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(da < 1e-5 && db < 1e-5, "{da} {db}");
         // wrong row count is an error, not a panic
         assert!(lm.step(&ids.narrow(0, 0, 1)?.narrow(1, 0, 1)?).is_err());

@@ -30,7 +30,11 @@ pub struct Incremental<'a> {
 
 impl<'a> Incremental<'a> {
     pub fn new(lm: &'a mut dyn CausalLm) -> Self {
-        Incremental { lm: std::cell::RefCell::new(lm), last: std::cell::RefCell::new(None), token_steps: std::cell::Cell::new(0) }
+        Incremental {
+            lm: std::cell::RefCell::new(lm),
+            last: std::cell::RefCell::new(None),
+            token_steps: std::cell::Cell::new(0),
+        }
     }
 }
 
@@ -40,7 +44,13 @@ impl crate::equi::BatchModel for Incremental<'_> {
         let (r, t) = x.dims2()?;
         let mut last = self.last.borrow_mut();
         let fed = match last.as_ref() {
-            Some(prev) if prev.len() == r && prev[0].len() < t && prev.iter().zip(&rows).all(|(p, q)| q.starts_with(p)) => prev[0].len(),
+            Some(prev)
+                if prev.len() == r
+                    && prev[0].len() < t
+                    && prev.iter().zip(&rows).all(|(p, q)| q.starts_with(p)) =>
+            {
+                prev[0].len()
+            }
             _ => 0,
         };
         let mut lm = self.lm.borrow_mut();
@@ -57,12 +67,20 @@ impl crate::equi::BatchModel for Incremental<'_> {
 
 /// Greedy generation throughput with the KV cache: `batch` random prompts of `prompt_len`
 /// tokens, `new_tokens` steps (prefill included), one warm-up, best and median of 3 runs.
-pub fn bench_greedy(lm: &mut dyn CausalLm, batch: usize, prompt_len: usize, new_tokens: usize, seed: u64) -> Result<serde_json::Value> {
+pub fn bench_greedy(
+    lm: &mut dyn CausalLm,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    seed: u64,
+) -> Result<serde_json::Value> {
     use rand::Rng;
     let dev = candle_core::Device::Cpu;
     let v = lm.vocab_size() as u32;
     let mut rng = crate::output::rng_for(seed, "bench-lm");
-    let prompt: Vec<u32> = (0..batch * prompt_len).map(|_| rng.random_range(0..v - 1)).collect();
+    let prompt: Vec<u32> = (0..batch * prompt_len)
+        .map(|_| rng.random_range(0..v - 1))
+        .collect();
     let prompt = Tensor::from_vec(prompt, (batch, prompt_len), &dev)?;
     let mut run = |n_new: usize| -> Result<f64> {
         let t0 = std::time::Instant::now();

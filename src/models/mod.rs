@@ -3,8 +3,8 @@
 pub mod clip;
 pub mod fused;
 pub mod gguf;
-pub mod gpt2_tokenizer;
 pub mod gpt2;
+pub mod gpt2_tokenizer;
 pub mod lm;
 pub mod seq2seq;
 pub mod tape;

@@ -12,12 +12,12 @@
 //! `[command ids + EOS, padded with EOS to in_cols | target ids + EOS, padded with EOS to 50]`.
 //! Lengths are recovered from the first EOS.
 
+use super::tape::Tape;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use super::tape::Tape;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -66,7 +66,14 @@ pub struct Seq2SeqConfig {
 
 impl Seq2SeqConfig {
     pub fn official(cell: CellKind, in_vocab: usize, out_vocab: usize) -> Self {
-        Seq2SeqConfig { cell, in_vocab, out_vocab, enc_hidden: 64, dec_hidden: 128, dropout: 0.1 }
+        Seq2SeqConfig {
+            cell,
+            in_vocab,
+            out_vocab,
+            enc_hidden: 64,
+            dec_hidden: 128,
+            dropout: 0.1,
+        }
     }
 }
 
@@ -93,7 +100,14 @@ pub struct Seq2Seq {
     out_b: Tensor,
 }
 
-fn rnn_params(vb: &VarBuilder, prefix: &str, suffix: &str, input: usize, hidden: usize, gates: usize) -> Result<RnnParams> {
+fn rnn_params(
+    vb: &VarBuilder,
+    prefix: &str,
+    suffix: &str,
+    input: usize,
+    hidden: usize,
+    gates: usize,
+) -> Result<RnnParams> {
     let g = |n: &str, s: (usize, usize)| vb.get(s, &format!("{prefix}.{n}{suffix}"));
     let b = |n: &str| vb.get(gates * hidden, &format!("{prefix}.{n}{suffix}"));
     Ok(RnnParams {
@@ -146,7 +160,11 @@ impl Seq2Seq {
                     (0..n).map(|_| d.sample(&mut rng)).collect()
                 } else {
                     let k = if name.contains(".rnn.") {
-                        let hsz = if name.starts_with("encoder") { cfg.enc_hidden } else { cfg.dec_hidden };
+                        let hsz = if name.starts_with("encoder") {
+                            cfg.enc_hidden
+                        } else {
+                            cfg.dec_hidden
+                        };
                         1.0 / (hsz as f32).sqrt()
                     } else if name.starts_with("decoder.attn_combine") {
                         1.0 / ((2 * cfg.dec_hidden) as f32).sqrt()
@@ -164,7 +182,12 @@ impl Seq2Seq {
 
     /// A copy whose tensors are detached from the autograd graph (fast evaluation).
     pub fn detached(&self) -> Seq2Seq {
-        let d = |p: &RnnParams| RnnParams { w_ih: p.w_ih.detach(), w_hh: p.w_hh.detach(), b_ih: p.b_ih.detach(), b_hh: p.b_hh.detach() };
+        let d = |p: &RnnParams| RnnParams {
+            w_ih: p.w_ih.detach(),
+            w_hh: p.w_hh.detach(),
+            b_ih: p.b_ih.detach(),
+            b_hh: p.b_hh.detach(),
+        };
         Seq2Seq {
             cfg: self.cfg.clone(),
             enc_emb: self.enc_emb.detach(),
@@ -199,14 +222,30 @@ pub fn split_vars(varmap: &VarMap) -> (Vec<Var>, Vec<Var>) {
 
 /// One recurrent step. `xw` = x·W_ihᵀ + b_ih, `hw` = h·W_hhᵀ + b_hh. GRU and LSTM
 /// cells are fused custom ops (see `fused.rs`).
-fn cell_step(kind: CellKind, xw: &Tensor, hw: Tensor, h: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+fn cell_step(
+    kind: CellKind,
+    xw: &Tensor,
+    hw: Tensor,
+    h: &Tensor,
+    c: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let hs = h.dim(1)?;
     Ok(match kind {
         CellKind::Rnn => ((xw + hw)?.tanh()?, None),
-        CellKind::Gru => (xw.contiguous()?.apply_op3(&hw.contiguous()?, &h.contiguous()?, super::fused::GruCell)?, None),
+        CellKind::Gru => (
+            xw.contiguous()?.apply_op3(
+                &hw.contiguous()?,
+                &h.contiguous()?,
+                super::fused::GruCell,
+            )?,
+            None,
+        ),
         CellKind::Lstm => {
             let g = (xw + hw)?.contiguous()?;
-            let hc = g.apply_op2(&c.expect("lstm cell state").contiguous()?, super::fused::LstmCell)?;
+            let hc = g.apply_op2(
+                &c.expect("lstm cell state").contiguous()?,
+                super::fused::LstmCell,
+            )?;
             (hc.narrow(1, 0, hs)?, Some(hc.narrow(1, hs, hs)?))
         }
     })
@@ -235,7 +274,12 @@ pub struct RunMode<'a> {
 impl RunMode<'_> {
     /// Evaluation mode: greedy decoding, no dropout, no tape.
     pub fn eval() -> RunMode<'static> {
-        RunMode { teacher: &[], train: false, rng: None, tape: None }
+        RunMode {
+            teacher: &[],
+            train: false,
+            rng: None,
+            tape: None,
+        }
     }
     /// `x · wᵀ` (`w_t` = `wᵀ`), through the tape when training with small batches (where
     /// per-step weight-gradient allocations dominate; larger batches amortise them and gain
@@ -249,7 +293,10 @@ impl RunMode<'_> {
 }
 
 fn first_eos_len(row: &[u32]) -> usize {
-    row.iter().position(|&t| t == EOS).map(|p| p + 1).unwrap_or(row.len())
+    row.iter()
+        .position(|&t| t == EOS)
+        .map(|p| p + 1)
+        .unwrap_or(row.len())
 }
 
 impl Seq2Seq {
@@ -259,7 +306,10 @@ impl Seq2Seq {
         let dev = packed.device().clone();
         let (n, cols) = packed.dims2()?;
         if cols != in_cols + MAX_LEN {
-            bail!("packed SCAN batch has {cols} columns, expected {} + {MAX_LEN}", in_cols);
+            bail!(
+                "packed SCAN batch has {cols} columns, expected {} + {MAX_LEN}",
+                in_cols
+            );
         }
         let rows = packed.to_vec2::<u32>()?;
         let in_len: Vec<usize> = rows.iter().map(|r| first_eos_len(&r[..in_cols])).collect();
@@ -278,29 +328,41 @@ impl Seq2Seq {
                 if !ragged {
                     return Ok(None);
                 }
-                let m: Vec<f32> = in_len.iter().map(|&l| if t < l { 1.0 } else { 0.0 }).collect();
+                let m: Vec<f32> = in_len
+                    .iter()
+                    .map(|&l| if t < l { 1.0 } else { 0.0 })
+                    .collect();
                 Ok(Some(Tensor::from_vec(m, (n, 1), &dev)?))
             })
             .collect::<Result<_>>()?;
-        let run_dir = |p: &RnnParams, reverse: bool| -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
-            let xw = emb.matmul(&p.w_ih.t()?)?.broadcast_add(&p.b_ih)?; // [T*N, G*e]
-            let w_hh_t = p.w_hh.t()?;
-            let mut hs = Tensor::zeros((n, e), DType::F32, &dev)?;
-            let mut cs = if lstm { Some(Tensor::zeros((n, e), DType::F32, &dev)?) } else { None };
-            let mut outs = vec![None; t_in];
-            let order: Vec<usize> = if reverse { (0..t_in).rev().collect() } else { (0..t_in).collect() };
-            for t in order {
-                let x = xw.narrow(0, t * n, n)?;
-                let hw = mode.lin(&hs, &p.w_hh, &w_hh_t)?.broadcast_add(&p.b_hh)?;
-                let (h2, c2) = cell_step(self.cfg.cell, &x, hw, &hs, cs.as_ref())?;
-                hs = masked(masks[t].as_ref(), h2, &hs)?;
-                if let (Some(c2), Some(c)) = (c2, cs.as_ref()) {
-                    cs = Some(masked(masks[t].as_ref(), c2, c)?);
+        let run_dir =
+            |p: &RnnParams, reverse: bool| -> Result<(Vec<Tensor>, Tensor, Option<Tensor>)> {
+                let xw = emb.matmul(&p.w_ih.t()?)?.broadcast_add(&p.b_ih)?; // [T*N, G*e]
+                let w_hh_t = p.w_hh.t()?;
+                let mut hs = Tensor::zeros((n, e), DType::F32, &dev)?;
+                let mut cs = if lstm {
+                    Some(Tensor::zeros((n, e), DType::F32, &dev)?)
+                } else {
+                    None
+                };
+                let mut outs = vec![None; t_in];
+                let order: Vec<usize> = if reverse {
+                    (0..t_in).rev().collect()
+                } else {
+                    (0..t_in).collect()
+                };
+                for t in order {
+                    let x = xw.narrow(0, t * n, n)?;
+                    let hw = mode.lin(&hs, &p.w_hh, &w_hh_t)?.broadcast_add(&p.b_hh)?;
+                    let (h2, c2) = cell_step(self.cfg.cell, &x, hw, &hs, cs.as_ref())?;
+                    hs = masked(masks[t].as_ref(), h2, &hs)?;
+                    if let (Some(c2), Some(c)) = (c2, cs.as_ref()) {
+                        cs = Some(masked(masks[t].as_ref(), c2, c)?);
+                    }
+                    outs[t] = Some(hs.clone());
                 }
-                outs[t] = Some(hs.clone());
-            }
-            Ok((outs.into_iter().map(|o| o.unwrap()).collect(), hs, cs))
-        };
+                Ok((outs.into_iter().map(|o| o.unwrap()).collect(), hs, cs))
+            };
         let (of, hf, cf) = run_dir(&self.enc_fwd, false)?;
         let (ob, hb, cb) = run_dir(&self.enc_bwd, true)?;
         let enc_out = Tensor::cat(&[Tensor::stack(&of, 1)?, Tensor::stack(&ob, 1)?], 2)?; // [N, T, h]
@@ -315,11 +377,21 @@ impl Seq2Seq {
             None
         };
         let mut hd = Tensor::cat(&[hf, hb], 1)?;
-        let mut cd = if lstm { Some(Tensor::cat(&[cf.unwrap(), cb.unwrap()], 1)?) } else { None };
+        let mut cd = if lstm {
+            Some(Tensor::cat(&[cf.unwrap(), cb.unwrap()], 1)?)
+        } else {
+            None
+        };
 
         // ---- decoder
-        let tf: Vec<bool> = (0..n).map(|r| !mode.teacher.is_empty() && mode.teacher[r % mode.teacher.len()]).collect();
-        let max_tf = (0..n).filter(|&r| tf[r]).map(|r| tgt_len[r]).max().unwrap_or(0);
+        let tf: Vec<bool> = (0..n)
+            .map(|r| !mode.teacher.is_empty() && mode.teacher[r % mode.teacher.len()])
+            .collect();
+        let max_tf = (0..n)
+            .filter(|&r| tf[r])
+            .map(|r| tgt_len[r])
+            .max()
+            .unwrap_or(0);
         let any_free = tf.iter().any(|&b| !b);
         let comb_w_t = self.comb_w.t()?;
         let out_w_t = self.out_w.t()?;
@@ -330,7 +402,9 @@ impl Seq2Seq {
         let mut outs: Vec<Tensor> = Vec::new();
         let p = self.cfg.dropout;
         for t in 0..MAX_LEN {
-            let alive: Vec<bool> = (0..n).map(|r| if tf[r] { t < tgt_len[r] } else { !done[r] }).collect();
+            let alive: Vec<bool> = (0..n)
+                .map(|r| if tf[r] { t < tgt_len[r] } else { !done[r] })
+                .collect();
             if !alive.iter().any(|&a| a) || (!any_free && t >= max_tf) {
                 break;
             }
@@ -340,7 +414,9 @@ impl Seq2Seq {
                 let rng = mode.rng.expect("training mode needs an RNG for dropout");
                 let mut rng = rng.borrow_mut();
                 let keep = 1.0 / (1.0 - p) as f32;
-                let m: Vec<f32> = (0..n * h).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+                let m: Vec<f32> = (0..n * h)
+                    .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                    .collect();
                 x = (x * Tensor::from_vec(m, (n, h), &dev)?)?;
             }
             let mut scores = hd.unsqueeze(1)?.matmul(&enc_out_t)?; // [N,1,T]
@@ -349,13 +425,25 @@ impl Seq2Seq {
             }
             let attn = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = attn.matmul(&enc_out)?.squeeze(1)?; // [N, h]
-            let comb = mode.lin(&Tensor::cat(&[x, ctx], 1)?, &self.comb_w, &comb_w_t)?.broadcast_add(&self.comb_b)?.relu()?;
-            let xw = mode.lin(&comb, &self.dec_rnn.w_ih, &rnn_w_ih_t)?.broadcast_add(&self.dec_rnn.b_ih)?;
-            let hw = mode.lin(&hd, &self.dec_rnn.w_hh, &rnn_w_hh_t)?.broadcast_add(&self.dec_rnn.b_hh)?;
+            let comb = mode
+                .lin(&Tensor::cat(&[x, ctx], 1)?, &self.comb_w, &comb_w_t)?
+                .broadcast_add(&self.comb_b)?
+                .relu()?;
+            let xw = mode
+                .lin(&comb, &self.dec_rnn.w_ih, &rnn_w_ih_t)?
+                .broadcast_add(&self.dec_rnn.b_ih)?;
+            let hw = mode
+                .lin(&hd, &self.dec_rnn.w_hh, &rnn_w_hh_t)?
+                .broadcast_add(&self.dec_rnn.b_hh)?;
             let (h2, c2) = cell_step(self.cfg.cell, &xw, hw, &hd, cd.as_ref())?;
             hd = h2;
             cd = c2;
-            let logp = candle_nn::ops::log_softmax(&mode.lin(&hd, &self.out_w, &out_w_t)?.broadcast_add(&self.out_b)?, D::Minus1)?;
+            let logp = candle_nn::ops::log_softmax(
+                &mode
+                    .lin(&hd, &self.out_w, &out_w_t)?
+                    .broadcast_add(&self.out_b)?,
+                D::Minus1,
+            )?;
             let pred: Vec<u32> = logp.argmax(D::Minus1)?.to_vec1()?;
             let alive_t = if alive.iter().all(|&a| a) {
                 logp
@@ -410,7 +498,12 @@ pub fn seq_nll(out: &Tensor, packed: &Tensor, in_cols: usize) -> Result<(Tensor,
     let per = (picked * &w)?.sum(1)?.neg()?; // [N]
     let loss = per.mean(0)?;
     let per_v: Vec<f32> = per.to_vec1()?;
-    let log = per_v.iter().zip(&lens).map(|(&l, &len)| l as f64 / len).sum::<f64>() / n as f64;
+    let log = per_v
+        .iter()
+        .zip(&lens)
+        .map(|(&l, &len)| l as f64 / len)
+        .sum::<f64>()
+        / n as f64;
     Ok((loss, log))
 }
 
@@ -430,17 +523,29 @@ pub fn pack(pairs: &[(&[u32], &[u32])], in_cols: usize, device: &Device) -> Resu
     let mut v = Vec::with_capacity(pairs.len() * (in_cols + MAX_LEN));
     for (inp, tgt) in pairs {
         if inp.len() + 1 > in_cols {
-            bail!("command of {} tokens does not fit in {} columns", inp.len(), in_cols);
+            bail!(
+                "command of {} tokens does not fit in {} columns",
+                inp.len(),
+                in_cols
+            );
         }
         if tgt.len() + 1 > MAX_LEN {
-            bail!("target of {} actions exceeds the maximum of {}", tgt.len(), MAX_LEN - 1);
+            bail!(
+                "target of {} actions exceeds the maximum of {}",
+                tgt.len(),
+                MAX_LEN - 1
+            );
         }
         v.extend_from_slice(inp);
         v.extend(std::iter::repeat_n(EOS, in_cols - inp.len()));
         v.extend_from_slice(tgt);
         v.extend(std::iter::repeat_n(EOS, MAX_LEN - tgt.len()));
     }
-    Ok(Tensor::from_vec(v, (pairs.len(), in_cols + MAX_LEN), device)?)
+    Ok(Tensor::from_vec(
+        v,
+        (pairs.len(), in_cols + MAX_LEN),
+        device,
+    )?)
 }
 
 #[cfg(test)]

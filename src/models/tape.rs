@@ -7,7 +7,9 @@
 //! weight gradient in place into a buffer owned by the tape; [`Tape::add_into`] then adds
 //! the buffers to the [`GradStore`] once per step of the optimiser.
 
-use candle_core::{backprop::GradStore, bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId};
+use candle_core::{
+    backprop::GradStore, bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, TensorId,
+};
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -62,7 +64,13 @@ impl CustomOp2 for TapedLinear {
     fn name(&self) -> &'static str {
         "equirun-taped-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let (n, k) = l1.shape().dims2()?;
         let (m, k2) = l2.shape().dims2()?;
@@ -78,7 +86,13 @@ impl CustomOp2 for TapedLinear {
         }
         Ok((CpuStorage::F32(out), Shape::from((n, m))))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (n, k) = x.dims2()?;
         let (m, _) = w.dims2()?;
         let grad = grad.contiguous()?;
@@ -125,7 +139,13 @@ impl Tape {
     /// respect to `w` is accumulated on the tape.
     pub fn linear(self: &Arc<Self>, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let slot = self.slot(w);
-        x.contiguous()?.apply_op2(&w.detach(), TapedLinear { tape: self.clone(), slot })
+        x.contiguous()?.apply_op2(
+            &w.detach(),
+            TapedLinear {
+                tape: self.clone(),
+                slot,
+            },
+        )
     }
 
     /// Adds the accumulated weight gradients into `grads` and clears the tape.
@@ -152,23 +172,97 @@ mod tests {
     #[test]
     fn taped_linear_matches_autograd() {
         let dev = Device::Cpu;
-        let w = Var::from_tensor(&Tensor::arange(0f32, 35., &dev).unwrap().reshape((5, 7)).unwrap().affine(0.1, -1.0).unwrap()).unwrap();
-        let x = Var::from_tensor(&Tensor::arange(0f32, 21., &dev).unwrap().reshape((3, 7)).unwrap().cos().unwrap()).unwrap();
+        let w = Var::from_tensor(
+            &Tensor::arange(0f32, 35., &dev)
+                .unwrap()
+                .reshape((5, 7))
+                .unwrap()
+                .affine(0.1, -1.0)
+                .unwrap(),
+        )
+        .unwrap();
+        let x = Var::from_tensor(
+            &Tensor::arange(0f32, 21., &dev)
+                .unwrap()
+                .reshape((3, 7))
+                .unwrap()
+                .cos()
+                .unwrap(),
+        )
+        .unwrap();
         let tape = Tape::new();
         // the weight used twice in a little recurrence
-        let h1 = tape.linear(x.as_tensor(), w.as_tensor()).unwrap().tanh().unwrap();
-        let h2 = tape.linear(&h1.matmul(w.as_tensor()).unwrap(), w.as_tensor()).unwrap();
+        let h1 = tape
+            .linear(x.as_tensor(), w.as_tensor())
+            .unwrap()
+            .tanh()
+            .unwrap();
+        let h2 = tape
+            .linear(&h1.matmul(w.as_tensor()).unwrap(), w.as_tensor())
+            .unwrap();
         let mut g = h2.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         tape.add_into(&mut g).unwrap();
-        let r1 = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap().tanh().unwrap();
-        let r2 = r1.matmul(w.as_tensor()).unwrap().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        let r1 = x
+            .as_tensor()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .tanh()
+            .unwrap();
+        let r2 = r1
+            .matmul(w.as_tensor())
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap();
         let gr = r2.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let d = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
         assert!(d(&h2, &r2) < 1e-4);
-        let scale = gr.get(w.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        assert!(d(g.get(w.as_tensor()).unwrap(), gr.get(w.as_tensor()).unwrap()) <= 1e-5 * scale.max(1.0), "weight gradient");
-        let xs = gr.get(x.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-        let dx = d(g.get(x.as_tensor()).unwrap(), gr.get(x.as_tensor()).unwrap());
-        assert!(dx <= 1e-5 * xs.max(1.0), "input gradient differs by {dx} (scale {xs})");
+        let scale = gr
+            .get(w.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d(
+                g.get(w.as_tensor()).unwrap(),
+                gr.get(w.as_tensor()).unwrap()
+            ) <= 1e-5 * scale.max(1.0),
+            "weight gradient"
+        );
+        let xs = gr
+            .get(x.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let dx = d(
+            g.get(x.as_tensor()).unwrap(),
+            gr.get(x.as_tensor()).unwrap(),
+        );
+        assert!(
+            dx <= 1e-5 * xs.max(1.0),
+            "input gradient differs by {dx} (scale {xs})"
+        );
     }
 }
