@@ -336,7 +336,6 @@ pub fn tiny_config_json() -> serde_json::Value {
 /// deterministic across runs; layer-norm weights are 1 + noise.
 pub fn random_clip_varmap(config: &ClipConfig, seed: u64, device: &Device) -> Result<VarMap> {
     use rand::SeedableRng;
-    use rand_distr::{Distribution, Normal};
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     vb.get_with_hints(
@@ -361,18 +360,7 @@ pub fn random_clip_varmap(config: &ClipConfig, seed: u64, device: &Device) -> Re
         let var = &data[name];
         let n = var.elem_count();
         let is_norm = name.contains("norm") || name.contains("layrnorm");
-        let std = if is_norm {
-            0.1
-        } else if name.ends_with("bias") {
-            0.02
-        } else {
-            0.2
-        };
-        let normal = Normal::new(0f32, std).unwrap();
-        let mut v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-        if is_norm && name.ends_with("weight") {
-            v.iter_mut().for_each(|x| *x += 1.0);
-        }
+        let v = super::random_values(&mut rng, name, n, is_norm);
         var.set(&Tensor::from_vec(v, var.shape(), device)?)?;
     }
     drop(data);

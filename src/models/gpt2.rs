@@ -644,24 +644,11 @@ pub fn random_gpt2_tensors(
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     use rand::SeedableRng;
-    use rand_distr::{Distribution, Normal};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = HashMap::new();
     for (name, shape) in checkpoint_shapes(cfg) {
         let n: usize = shape.iter().product();
-        let is_norm = name.contains("ln_");
-        let std = if is_norm {
-            0.1
-        } else if name.ends_with("bias") {
-            0.02
-        } else {
-            0.2
-        };
-        let normal = Normal::new(0f32, std).unwrap();
-        let mut v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
-        if is_norm && name.ends_with("weight") {
-            v.iter_mut().for_each(|x| *x += 1.0);
-        }
+        let v = super::random_values(&mut rng, &name, n, name.contains("ln_"));
         out.insert(name, Tensor::from_vec(v, shape, device)?);
     }
     Ok(out)
