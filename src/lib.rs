@@ -9,3 +9,4 @@ pub mod groups;
 pub mod hub;
 pub mod models;
 pub mod output;
+pub mod testing;

@@ -2,8 +2,6 @@
 //! a tiny random CLIP checkpoint and a tiny CIFAR-10-format dataset written here.
 
 use equirun::hub::install_into_cache;
-use equirun::models::clip::write_tiny_snapshot;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,21 +17,7 @@ impl Env {
     fn new() -> Env {
         let root = tempfile::tempdir().unwrap();
         let snap = root.path().join("snapshot");
-        // vocabulary: every word of the CIFAR templates and CIFAR-10 class names
-        let mut words: Vec<String> = Vec::new();
-        let text = equirun::data::prompts::cifar_templates().join(" ")
-            + " "
-            + &equirun::data::prompts::cifar10_classes().join(" ");
-        for w in text
-            .replace("{}", " ")
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            words.push(w.to_lowercase());
-        }
-        words.push(".".into());
-        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-        write_tiny_snapshot(&snap, 3, &refs).unwrap();
+        equirun::testing::write_tiny_clip_for_cifar10(&snap, 3);
         let files: Vec<(&str, PathBuf)> = ["config.json", "model.safetensors", "tokenizer.json"]
             .iter()
             .map(|f| (*f, snap.join(f)))
@@ -47,16 +31,7 @@ impl Env {
             &files,
         )
         .unwrap();
-        // 12 CIFAR-10 records: label byte + 3072 pixel bytes (R, G, B planes)
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let mut bytes = Vec::new();
-        for i in 0..12u8 {
-            bytes.push(i % 10);
-            bytes.extend((0..3072).map(|_| rng.random::<u8>()));
-        }
-        let d = root.path().join("data").join("cifar-10-batches-bin");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("test_batch.bin"), bytes).unwrap();
+        equirun::testing::write_tiny_cifar10(&root.path().join("data"), 12, 5);
         Env { root }
     }
     fn p(&self, s: &str) -> PathBuf {

@@ -9,34 +9,8 @@ use equirun::groups::image::image_group;
 use equirun::groups::perm::{cyclic_factor, TokenPerm};
 use equirun::groups::FiniteGroup;
 use equirun::models::clip::{tiny_clip, zero_shot_probs};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
+use equirun::testing::{max_abs_diff as max_abs, randn};
 use std::cell::RefCell;
-
-fn randn(seed: u64, shape: &[usize]) -> Tensor {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let d = Normal::new(0f32, 1.0).unwrap();
-    Tensor::from_vec(
-        (0..n).map(|_| d.sample(&mut rng)).collect::<Vec<_>>(),
-        shape,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// Max over g of |F(g·x) − ρ(g) F(x)| for each method.
 fn errors(

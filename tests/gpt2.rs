@@ -5,24 +5,11 @@ use candle_core::{DType, Device, Tensor};
 use equirun::hub::ModelSource;
 use equirun::models::gpt2::{self, load_gpt2, Gpt2Lm, REQUIRED_FILES};
 use equirun::models::lm::CausalLm;
+use equirun::testing::max_abs_diff as max_abs;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny")
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn resolve(dir: &Path) -> anyhow::Result<equirun::hub::ResolvedModel> {

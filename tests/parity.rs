@@ -1,27 +1,14 @@
 //! Parity of candle CLIP (as loaded by equirun) with PyTorch/transformers on a tiny random
 //! checkpoint; fixture written by scripts/gen_clip_fixture.py.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use equirun::hub::ModelSource;
 use equirun::models::clip::{Clip, REQUIRED_FILES};
+use equirun::testing::max_abs_diff as max_abs;
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny")
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -6,6 +6,7 @@ use equirun::equi::{Evaluator, Method, Symmetry, TokenSymmetry, ZeroSelect};
 use equirun::experiments::scan::{load_data, overfit, top1_proxy, DataOpts};
 use equirun::groups::scan::scan_group;
 use equirun::models::seq2seq::{pack, CellKind, RunMode, Seq2Seq, Seq2SeqConfig};
+use equirun::testing::max_abs_diff as max_abs;
 use std::process::Command;
 
 fn scan_ii(limit: usize) -> equirun::experiments::scan::ScanData {
@@ -17,19 +18,6 @@ fn scan_ii(limit: usize) -> equirun::experiments::scan::ScanData {
         val_limit: None,
     })
     .unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -662,32 +662,10 @@ struct Clip {
 
 impl Clip {
     fn new() -> Clip {
-        use rand::{Rng, SeedableRng};
         let root = tempfile::tempdir().unwrap();
         let snap = root.path().join("snapshot");
-        let mut words: Vec<String> = Vec::new();
-        let text = equirun::data::prompts::cifar_templates().join(" ")
-            + " "
-            + &equirun::data::prompts::cifar10_classes().join(" ");
-        for w in text
-            .replace("{}", " ")
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            words.push(w.to_lowercase());
-        }
-        words.push(".".into());
-        let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-        equirun::models::clip::write_tiny_snapshot(&snap, 3, &refs).unwrap();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let mut bytes = Vec::new();
-        for i in 0..8u8 {
-            bytes.push(i % 10);
-            bytes.extend((0..3072).map(|_| rng.random::<u8>()));
-        }
-        let d = root.path().join("data").join("cifar-10-batches-bin");
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("test_batch.bin"), bytes).unwrap();
+        equirun::testing::write_tiny_clip_for_cifar10(&snap, 3);
+        equirun::testing::write_tiny_cifar10(&root.path().join("data"), 8, 5);
         let c = Clip { root };
         // warm the text-classifier cache once, so parallel runs only read it
         let o = Command::new(env!("CARGO_BIN_EXE_equirun"))

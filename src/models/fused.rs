@@ -180,43 +180,17 @@ impl CustomOp2 for LstmCell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
-    fn randn(seed: u64, shape: (usize, usize)) -> Tensor {
-        use rand::SeedableRng;
-        use rand_distr::{Distribution, Normal};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let d = Normal::new(0f32, 1.0).unwrap();
-        Tensor::from_vec(
-            (0..shape.0 * shape.1)
-                .map(|_| d.sample(&mut rng))
-                .collect::<Vec<_>>(),
-            shape,
-            &Device::Cpu,
-        )
-        .unwrap()
-    }
-
-    fn close(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::testing::{max_abs_diff as close, randn};
 
     #[test]
     fn gru_cell_matches_reference_values_and_gradients() {
         let (n, hs) = (3, 5);
-        let xw = Var::from_tensor(&randn(1, (n, 3 * hs))).unwrap();
-        let hw = Var::from_tensor(&randn(2, (n, 3 * hs))).unwrap();
-        let h = Var::from_tensor(&randn(3, (n, hs))).unwrap();
-        let wsum = randn(4, (n, hs));
+        let xw = Var::from_tensor(&randn(1, &[n, 3 * hs])).unwrap();
+        let hw = Var::from_tensor(&randn(2, &[n, 3 * hs])).unwrap();
+        let h = Var::from_tensor(&randn(3, &[n, hs])).unwrap();
+        let wsum = randn(4, &[n, hs]);
         let fused = xw
             .as_tensor()
             .apply_op3(hw.as_tensor(), h.as_tensor(), GruCell)
@@ -256,9 +230,9 @@ mod tests {
     #[test]
     fn lstm_cell_matches_reference_values_and_gradients() {
         let (n, hs) = (2, 4);
-        let g = Var::from_tensor(&randn(5, (n, 4 * hs))).unwrap();
-        let c = Var::from_tensor(&randn(6, (n, hs))).unwrap();
-        let wsum = randn(7, (n, 2 * hs));
+        let g = Var::from_tensor(&randn(5, &[n, 4 * hs])).unwrap();
+        let c = Var::from_tensor(&randn(6, &[n, hs])).unwrap();
+        let wsum = randn(7, &[n, 2 * hs]);
         let fused = g.as_tensor().apply_op2(c.as_tensor(), LstmCell).unwrap();
         let s = candle_nn::ops::sigmoid;
         let i = s(&g.narrow(1, 0, hs).unwrap()).unwrap();

@@ -214,18 +214,7 @@ mod tests {
             .matmul(&w.as_tensor().t().unwrap())
             .unwrap();
         let gr = r2.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let d = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let d = crate::testing::max_abs_diff;
         assert!(d(&h2, &r2) < 1e-4);
         let scale = gr
             .get(w.as_tensor())

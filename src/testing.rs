@@ -1,0 +1,72 @@
+//! Helpers shared by the test suites: seeded tensors, comparisons, tiny datasets. They panic
+//! on error, as test code does.
+
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+/// A tensor of N(0, 1) values from a ChaCha RNG seeded with `seed`.
+pub fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let d = Normal::new(0f32, 1.0).unwrap();
+    Tensor::from_vec(
+        (0..n).map(|_| d.sample(&mut rng)).collect::<Vec<_>>(),
+        shape,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// max |a − b| over all elements (same shapes required).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Every word of the CIFAR templates and CIFAR-10 class names (lower case), plus ".": the
+/// vocabulary of a tiny word-level CLIP tokenizer that covers the CIFAR-10 prompts.
+pub fn cifar10_prompt_words() -> Vec<String> {
+    let text = crate::data::prompts::cifar_templates().join(" ")
+        + " "
+        + &crate::data::prompts::cifar10_classes().join(" ");
+    let mut words: Vec<String> = text
+        .replace("{}", " ")
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    words.push(".".into());
+    words
+}
+
+/// A tiny CLIP snapshot whose tokenizer covers the CIFAR-10 prompts.
+pub fn write_tiny_clip_for_cifar10(dir: &Path, seed: u64) {
+    let words = cifar10_prompt_words();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    crate::models::clip::write_tiny_snapshot(dir, seed, &refs).unwrap();
+}
+
+/// `n` random CIFAR-10 records (labels `i % 10`) at `root/cifar-10-batches-bin/test_batch.bin`.
+pub fn write_tiny_cifar10(root: &Path, n: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut bytes = Vec::with_capacity(n * 3073);
+    for i in 0..n {
+        bytes.push((i % 10) as u8);
+        bytes.extend((0..3072).map(|_| rng.random::<u8>()));
+    }
+    let d = root.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("test_batch.bin"), bytes).unwrap();
+}
