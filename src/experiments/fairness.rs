@@ -264,21 +264,16 @@ fn load_lm(
     a: &FairnessArgs,
     dev: &Device,
 ) -> Result<(Box<dyn CausalLm>, tokenizers::Tokenizer, Value)> {
-    if let Some(path) = a.gguf.clone().or_else(|| {
-        (a.model == "smollm2")
-            .then(|| crate::models::gguf::find_smollm2())
-            .transpose()
-            .ok()
-            .flatten()
-    }) {
+    let gguf = match (&a.gguf, a.model.as_str()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, "smollm2") => Some(crate::models::gguf::find_smollm2()?),
+        _ => None,
+    };
+    if let Some(path) = gguf {
         let (lm, tok) = crate::models::gguf::load_gguf(&path, dev)?;
         let desc =
             json!({"kind": "gguf", "path": path.display().to_string(), "arch": lm.describe()});
         return Ok((Box::new(lm), tok, desc));
-    }
-    if a.model == "smollm2" {
-        crate::models::gguf::find_smollm2()?; // returns the helpful error
-        unreachable!();
     }
     let src = ModelSource {
         model: a.model.clone(),

@@ -473,6 +473,9 @@ fn train_loop(
     spec: &TrainSpec,
     dev: &Device,
 ) -> Result<TrainOutcome> {
+    if train.is_empty() {
+        bail!("no training examples left after holding out the validation set; lower --val-fraction or check the data");
+    }
     let (enc, dec) = crate::models::seq2seq::split_vars(varmap);
     let mut opt = Adam::new(vec![enc, dec], spec.lr, spec.wd, spec.opts.clip_norm)?;
     std::fs::create_dir_all(spec.ckpt_dir)?;
