@@ -19,12 +19,9 @@ pub fn randn(seed: u64, shape: &[usize]) -> Tensor {
     .unwrap()
 }
 
-/// max |a − b| over all elements (same shapes required).
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
+/// max |t| over all elements.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -32,6 +29,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// max |a − b| over all elements (same shapes required).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    max_abs(&(a - b).unwrap())
 }
 
 /// Every word of the CIFAR templates and CIFAR-10 class names (lower case), plus ".": the

@@ -13,6 +13,7 @@ use candle_core::{Device, Tensor, D};
 use equirun::models::gguf::{find_smollm2, load_gguf, load_gguf_with, GgufCompute, GgufLm};
 use equirun::models::gpt2_tokenizer::{gpt2_merges_lines, gpt2_tokenizer, GPT2_EOT};
 use equirun::models::lm::CausalLm;
+use equirun::testing::max_abs_diff;
 use tokenizers::Tokenizer;
 
 fn samples_path() -> PathBuf {
@@ -212,10 +213,6 @@ fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
 #[test]
 fn smollm2_tokenizer_from_gguf() -> Result<()> {
     let Some((lm, tok)) = smollm2() else {
@@ -305,7 +302,7 @@ fn smollm2_greedy_generation() -> Result<()> {
         outs.push(out);
         lasts.push(first);
     }
-    let d = max_abs_diff(&lasts[0], &lasts[1])?;
+    let d = max_abs_diff(&lasts[0], &lasts[1]);
     let scale = lasts[0].abs()?.max_all()?.to_scalar::<f32>()?;
     println!(
         "prompt logits f32-dequantized vs quantized matmuls: max |Δ| {d:.4} (max |logit| {scale:.2}); same greedy ids: {}",
@@ -338,9 +335,9 @@ fn check_batch_and_prefill(mut lm: GgufLm, tok: &Tokenizer) -> Result<()> {
         .repeat((2, 1))?;
     let l = lm.step(&two)?;
     assert_eq!(l.dims(), &[2, lm.vocab_size()]);
-    let d_prefill = max_abs_diff(&l.get(0)?, &l.get(1)?)?;
+    let d_prefill = max_abs_diff(&l.get(0)?, &l.get(1)?);
     let l2 = lm.step(&Tensor::new(&[[42u32], [42u32]], &dev)?)?;
-    let d_step = max_abs_diff(&l2.get(0)?, &l2.get(1)?)?;
+    let d_step = max_abs_diff(&l2.get(0)?, &l2.get(1)?);
     println!("batch of 2 identical rows: max |Δ| prefill {d_prefill:e}, step {d_step:e}");
     assert!(d_prefill <= 1e-6 && d_step <= 1e-6);
     assert_eq!(lm.cached_len(), t + 1);
@@ -363,8 +360,8 @@ fn check_batch_and_prefill(mut lm: GgufLm, tok: &Tokenizer) -> Result<()> {
             0,
         )?;
         let lm_mixed = lm.step(&mixed)?;
-        let d_mixed = max_abs_diff(&lm_mixed.get(1)?, &single.get(0)?)?;
-        let d_rows = max_abs_diff(&lm_mixed.get(0)?, &lm_mixed.get(1)?)?;
+        let d_mixed = max_abs_diff(&lm_mixed.get(1)?, &single.get(0)?);
+        let d_rows = max_abs_diff(&lm_mixed.get(0)?, &lm_mixed.get(1)?);
         println!(
             "row independence (batch [other, same] vs batch 1): max |Δ| {d_mixed:e}; the two different rows differ by {d_rows:.3}"
         );
@@ -382,7 +379,7 @@ fn check_batch_and_prefill(mut lm: GgufLm, tok: &Tokenizer) -> Result<()> {
         last = Some(lm.step(&Tensor::new(&[[id]], &dev)?)?);
     }
     let inc = last.unwrap();
-    let d_inc = max_abs_diff(&inc, &single)?;
+    let d_inc = max_abs_diff(&inc, &single);
     println!("prompt at once vs token by token ({t} tokens): max |Δ| logits {d_inc:e}");
     assert!(d_inc <= 1e-3, "{d_inc}");
     assert_eq!(argmax_rows(&inc)?, argmax_rows(&single)?);
@@ -392,7 +389,7 @@ fn check_batch_and_prefill(mut lm: GgufLm, tok: &Tokenizer) -> Result<()> {
     let h = t / 2;
     lm.step(&Tensor::new(&ids[..h], &dev)?.unsqueeze(0)?)?;
     let chunked = lm.step(&Tensor::new(&ids[h..], &dev)?.unsqueeze(0)?)?;
-    let d_chunk = max_abs_diff(&chunked, &single)?;
+    let d_chunk = max_abs_diff(&chunked, &single);
     println!("prompt in 2 chunks vs at once: max |Δ| {d_chunk:e}");
     assert!(d_chunk <= 1e-3);
 

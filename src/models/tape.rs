@@ -216,17 +216,7 @@ mod tests {
         let gr = r2.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let d = crate::testing::max_abs_diff;
         assert!(d(&h2, &r2) < 1e-4);
-        let scale = gr
-            .get(w.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = crate::testing::max_abs(gr.get(w.as_tensor()).unwrap());
         assert!(
             d(
                 g.get(w.as_tensor()).unwrap(),
@@ -234,17 +224,7 @@ mod tests {
             ) <= 1e-5 * scale.max(1.0),
             "weight gradient"
         );
-        let xs = gr
-            .get(x.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let xs = crate::testing::max_abs(gr.get(x.as_tensor()).unwrap());
         let dx = d(
             g.get(x.as_tensor()).unwrap(),
             gr.get(x.as_tensor()).unwrap(),
