@@ -26,6 +26,10 @@ pub enum Command {
     /// swap-consistency check.
     #[command(name = "gpt2-fairness")]
     Gpt2Fairness(FairnessArgs),
+    /// Regard classification of generated text and the fairness report (train the offline
+    /// minilm-probe, evaluate a scorer, score samples → fractions, TVD, plots).
+    #[command(subcommand)]
+    Regard(crate::experiments::regard::RegardCommand),
     /// SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant wrappers.
     #[command(subcommand)]
     Scan(ScanCommand),

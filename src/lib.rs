@@ -9,4 +9,5 @@ pub mod groups;
 pub mod hub;
 pub mod models;
 pub mod output;
+pub mod pypi;
 pub mod testing;

@@ -62,6 +62,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }
+        Command::Regard(c) => {
+            experiments::regard::run(&c)?;
+            Ok(0)
+        }
         Command::Sweep(a) => experiments::sweep::run(&a),
         Command::Report(a) => experiments::report::run(&a),
         Command::Check(a) => {

@@ -4,6 +4,7 @@ pub mod download;
 pub mod images;
 pub mod preprocess;
 pub mod prompts;
+pub mod regard;
 pub mod scan;
 
 use std::path::PathBuf;

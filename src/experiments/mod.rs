@@ -3,6 +3,8 @@
 pub mod check;
 pub mod clip;
 pub mod fairness;
+pub mod regard;
+pub mod regard_report;
 pub mod report;
 pub mod scan;
 pub mod sweep;

