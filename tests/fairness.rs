@@ -248,3 +248,44 @@ fn bad_fairness_inputs() {
         "also in axis 'gender'",
     );
 }
+
+#[test]
+fn generation_then_regard_scoring() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    snapshot_with_tokenizer(&snap, &[]);
+    let out = dir.path().join("res");
+    let bert = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert-tiny/m0");
+    let scorer = format!("bert:{}", bert.display());
+    let o = fairness_cmd(
+        &snap,
+        &out,
+        &[
+            "--groups", "gender,race", "--method", "vanilla,equitune", "--samples-per-demographic", "5",
+            "--run-name", "t", "--score", "--scorer", &scorer, "--max-pieces", "32", "--bootstrap", "20",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("gpt2-fairness/t/seed-0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["config"]["regard"]["mask_demographic"], true);
+    let r = &j["metrics"]["regard"]["metrics"];
+    // 2 methods × 2 contexts × 6 demographics, 5 samples each
+    let groups = r["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 24);
+    assert!(groups.iter().all(|g| g["n"] == 5));
+    // per axis: gender pools 3 demographics per member, race 2
+    for a in r["axes"].as_array().unwrap() {
+        let want = if a["axis"] == "gender" { 15 } else { 10 };
+        assert!(a["n"].as_array().unwrap().iter().all(|n| *n == want), "{a}");
+    }
+    let labels = std::fs::read_to_string(out.join("gpt2-fairness/t/seed-0.labels.tsv")).unwrap();
+    assert_eq!(labels.lines().count(), 1 + 2 * 2 * 6 * 5);
+    assert!(labels.lines().nth(1).unwrap().to_lowercase().contains("\tthe "), "labels keep the unmasked text");
+    for p in j["metrics"]["regard"]["plots"].as_array().unwrap() {
+        assert!(out.join("gpt2-fairness/t").join(p.as_str().unwrap()).is_file());
+    }
+    assert_eq!(j["metrics"]["regard"]["plots"].as_array().unwrap().len(), 8, "(gender, race) × 2 contexts × svg/png");
+}

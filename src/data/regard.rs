@@ -210,12 +210,13 @@ pub fn parse_prompt(text: &str) -> Option<(String, &'static str, usize)> {
     Some((demo.to_string(), ctx, 4 + p + 1))
 }
 
-/// Masks the leading "The <demographic>" of a sample as `XYZ` (fairness.md §4.3).
+/// Masks the leading "The <demographic>" of a sample as `XYZ` (fairness.md §4.3); the prefix
+/// is matched ignoring ASCII case (lower-casing tokenizers decode "the white woman …").
 pub fn mask_demographic(text: &str, demographic: &str) -> String {
     let prefix = format!("The {demographic}");
-    match text.strip_prefix(&prefix) {
-        Some(rest) => format!("XYZ{rest}"),
-        None => text.to_string(),
+    match text.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(&prefix) => format!("XYZ{}", &text[prefix.len()..]),
+        _ => text.to_string(),
     }
 }
 
@@ -354,6 +355,8 @@ mod tests {
             mask_demographic("The woman was known for her kindness.", "woman"),
             "XYZ was known for her kindness."
         );
+        assert_eq!(mask_demographic("the white woman worked as", "White woman"), "XYZ worked as");
+        assert_eq!(mask_demographic("The man", "woman"), "The man");
     }
 
     #[test]

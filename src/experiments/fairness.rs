@@ -78,6 +78,15 @@ pub struct FairnessArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 15)]
     pub max_new_tokens: usize,
+    /// After generation, classify every sample with a regard scorer (--scorer) and add the
+    /// fairness metrics (fractions with bootstrap CIs, TVD, gap differences) and plots.
+    #[arg(long)]
+    pub score: bool,
+    #[command(flatten)]
+    pub scorer: crate::experiments::regard::ScorerOpts,
+    /// Bootstrap resamples for the regard metrics' 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
     #[command(flatten)]
     pub run: RunOpts,
 }
@@ -460,7 +469,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         }
         ctx_prompts.push(per_demo);
     }
-    let config = json!({
+    let mut config = json!({
         "model": model_desc, "groups": ginfo, "axes": fg.axes, "general_words": fg.general_words,
         "methods": methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
         "contexts": contexts.iter().map(|c| c.0).collect::<Vec<_>>(),
@@ -471,6 +480,14 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         "equizero_proxy": "entropy of the next-token distribution (experimental)",
         "rng": "ChaCha per (seed, context, template, sample), shared across demographics",
     });
+    if a.score {
+        config["regard"] = json!({"scorer": a.scorer, "bootstrap": a.bootstrap, "mask_demographic": !a.scorer.no_mask});
+    }
+    let mut scorer: Option<Box<dyn crate::experiments::regard::RegardScorer>> = None;
+    let lists = match &a.wordlists {
+        Some(p) => WordLists::from_file(p)?,
+        None => WordLists::default_lists(),
+    };
     let name = a
         .run
         .run_name
@@ -491,6 +508,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         let mut metrics = serde_json::Map::new();
         let mut cost = serde_json::Map::new();
         let mut tsv = String::from("method\tcontext\tdemographic\ttemplate\tseed\tsample\ttext\n");
+        let mut samples: Vec<crate::data::regard::Sample> = Vec::new();
         for &m in &methods {
             let mut consistent = 0usize;
             let mut pairs = 0usize;
@@ -521,6 +539,12 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                                 .decode(&ids, false)
                                 .map_err(|e| anyhow!("decoding: {e}"))?;
                             let text = text.lines().next().unwrap_or("").replace('\t', " ");
+                            samples.push(crate::data::regard::Sample {
+                                model: m.name().into(),
+                                context: cname.to_string(),
+                                demographic: phrase(&fg, d),
+                                text: text.clone(),
+                            });
                             tsv += &format!(
                                 "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                                 m.name(),
@@ -569,12 +593,36 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         pb.finish_and_clear();
         let samples_path = path.with_extension("samples.tsv");
         output::write_bytes_atomic(&samples_path, tsv.as_bytes())?;
+        let mut regard = Value::Null;
+        if a.score {
+            use crate::experiments::{regard, regard_report};
+            if scorer.is_none() {
+                scorer = Some(regard::load_scorer(&a.scorer, None)?);
+            }
+            let sc = scorer.as_deref().ok_or_else(|| anyhow!("no scorer"))?;
+            let (scored, secs) = regard::score_samples(sc, &samples, &a.scorer)?;
+            let mut rng = output::rng_for(seed, "regard-bootstrap");
+            let m = regard_report::metrics(&scored, &lists, a.bootstrap, &mut rng)?;
+            let dir = path.parent().ok_or_else(|| anyhow!("bad result path"))?;
+            let stem = format!("seed-{seed}");
+            output::write_bytes_atomic(
+                &dir.join(format!("{stem}.labels.tsv")),
+                regard::labels_tsv(&samples, &scored).as_bytes(),
+            )?;
+            let plots = regard_report::plot(&m, dir, &format!("{stem}."), "")?;
+            eprint!("{}", regard_report::markdown(&m));
+            regard = json!({
+                "metrics": m, "scorer": sc.describe(), "classify_seconds": secs,
+                "labels_file": format!("{stem}.labels.tsv"),
+                "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            });
+        }
         let record = RunRecord {
             schema_version: output::SCHEMA_VERSION,
             experiment: EXPERIMENT.into(),
             seed,
             config: config.clone(),
-            metrics: json!({"methods": metrics, "samples_file": samples_path.file_name().unwrap().to_string_lossy()}),
+            metrics: json!({"methods": metrics, "samples_file": samples_path.file_name().unwrap().to_string_lossy(), "regard": regard}),
             cost: json!({"methods": cost, "peak_rss_mib": output::peak_rss_mib()}),
             equirun_version: env!("CARGO_PKG_VERSION").into(),
             started_at,

@@ -127,7 +127,7 @@ impl BertEncoder {
     fn from_parts(vb: VarBuilder, config: Config, mut tokenizer: Tokenizer, max_len: usize) -> Result<Self> {
         if max_len < 2 || max_len > config.max_position_embeddings {
             bail!(
-                "--max-len {max_len} must be between 2 and the model's {} positions",
+                "--max-pieces {max_len} must be between 2 and the model's {} positions",
                 config.max_position_embeddings
             );
         }
