@@ -15,6 +15,7 @@
 //!
 //! All transformed copies a set of methods needs are batched into a single forward call.
 
+pub mod multi_input;
 pub mod symmetries;
 
 use anyhow::{bail, Result};
