@@ -87,7 +87,8 @@ fn resample(labels: &[Regard], rng: &mut impl Rng) -> Vec<Regard> {
 
 /// Largest TVD and largest gap difference over member pairs (members in order), with the pairs.
 fn axis_stats(dists: &[(String, Dist)]) -> (f64, [usize; 2], f64, [usize; 2]) {
-    let (mut t, mut tp, mut g, mut gp) = (0.0, [0, 0], 0.0, [0, 0]);
+    let first = [0, 1.min(dists.len().saturating_sub(1))];
+    let (mut t, mut tp, mut g, mut gp) = (0.0, first, 0.0, first);
     for i in 0..dists.len() {
         for j in i + 1..dists.len() {
             let d = tvd(&dists[i].1, &dists[j].1);
@@ -174,10 +175,24 @@ pub fn metrics(
             .collect();
         let (t, tp, g, gp) = axis_stats(&dists);
         let (mut tb, mut gb) = (Vec::new(), Vec::new());
+        // Paired bootstrap when the members' samples are aligned (equal counts, in the same
+        // template/seed order, as equirun's generation writes them: an equivariant generator's
+        // samples are swaps of each other); otherwise each member is resampled on its own.
+        let n0 = members[names[0]].len();
+        let paired = names.iter().all(|n| members[*n].len() == n0);
         for _ in 0..bootstrap {
+            let idx: Vec<usize> = if paired {
+                (0..n0).map(|_| rng.random_range(0..n0)).collect()
+            } else {
+                Vec::new()
+            };
             let r: Vec<(String, Dist)> = names
                 .iter()
-                .map(|n| ((*n).clone(), fractions(&resample(&members[*n], rng))))
+                .map(|n| {
+                    let l = &members[*n];
+                    let re = if paired { idx.iter().map(|&i| l[i]).collect() } else { resample(l, rng) };
+                    ((*n).clone(), fractions(&re))
+                })
                 .collect();
             let (bt, _, bg, _) = axis_stats(&r);
             tb.push(bt);
@@ -191,6 +206,7 @@ pub fn metrics(
             "max_tvd_ci95": percentile_interval(&mut tb),
             "max_gap_difference": g, "max_gap_difference_pair": [&dists[gp[0]].0, &dists[gp[1].min(dists.len() - 1)].0],
             "max_gap_difference_ci95": percentile_interval(&mut gb),
+            "bootstrap": if paired { "paired (members' samples aligned by position)" } else { "independent per member" },
         }));
     }
     Ok(json!({
@@ -490,5 +506,16 @@ mod tests {
         assert_eq!(g["counts"], json!([2, 1, 1, 0]));
         let ci = g["ci95"]["negative"].as_array().unwrap();
         assert!(ci[0].as_f64().unwrap() <= 0.5 && ci[1].as_f64().unwrap() >= 0.5);
+        // an equivariant generator's swapped samples get identical labels: TVD 0 and, with the
+        // paired bootstrap, an interval of exactly [0, 0]
+        let mut s2 = vec![];
+        for l in [Negative, Positive, Neutral, Other, Positive] {
+            s2.push(mk("man", l));
+            s2.push(mk("woman", l));
+        }
+        let m2 = metrics(&s2, &lists, 200, &mut rng).unwrap();
+        assert_eq!(m2["axes"][0]["max_tvd"], 0.0);
+        assert_eq!(m2["axes"][0]["max_tvd_ci95"], json!([0.0, 0.0]));
+        assert_eq!(m2["axes"][0]["max_tvd_pair"], json!(["man", "woman"]));
     }
 }

@@ -44,6 +44,8 @@ pub enum Family {
     Clip,
     Scan,
     Fairness,
+    /// Regard disparity: the largest TVD between an axis' demographics.
+    Regard,
 }
 
 impl Family {
@@ -52,6 +54,7 @@ impl Family {
             Family::Clip => "clip",
             Family::Scan => "scan",
             Family::Fairness => "fairness",
+            Family::Regard => "regard",
         }
     }
     fn row_fields(&self) -> &'static [&'static str] {
@@ -59,17 +62,18 @@ impl Family {
             Family::Clip => &["model", "transform"],
             Family::Scan => &["cell", "test split"],
             Family::Fairness => &["axes", "contexts"],
+            Family::Regard => &["axis", "context"],
         }
     }
     fn decimals(&self) -> usize {
         match self {
-            Family::Fairness => 3,
+            Family::Fairness | Family::Regard => 3,
             _ => 2,
         }
     }
     fn y_max(&self) -> f64 {
         match self {
-            Family::Fairness => 1.0,
+            Family::Fairness | Family::Regard => 1.0,
             _ => 100.0,
         }
     }
@@ -78,6 +82,7 @@ impl Family {
             Family::Clip => "top-1 accuracy (%)",
             Family::Scan => "test accuracy (%)",
             Family::Fairness => "swap consistency",
+            Family::Regard => "max TVD of regard labels",
         }
     }
 }
@@ -204,7 +209,12 @@ pub fn extract(rec: &Value, source: &str) -> Option<Vec<Obs>> {
     match rec.get("experiment")?.as_str()? {
         "clip" => Some(extract_clip(rec, source)),
         "scan-pretrain" | "scan-finetune" => Some(extract_scan(rec, source)),
-        "gpt2-fairness" => Some(extract_fairness(rec, source)),
+        "gpt2-fairness" => {
+            let mut o = extract_fairness(rec, source);
+            o.extend(extract_regard(rec, &rec["metrics"]["regard"]["metrics"], source));
+            Some(o)
+        }
+        "regard-score" => Some(extract_regard(rec, &rec["metrics"]["regard"], source)),
         _ => None,
     }
 }
@@ -366,6 +376,50 @@ fn extract_fairness(rec: &Value, source: &str) -> Vec<Obs> {
                 source: source.into(),
             });
         }
+    }
+    out
+}
+
+/// Per (axis, context) and model/method: the largest total-variation distance between the
+/// axis' demographics' regard label distributions.
+fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let scorer = c["regard"]["scorer"]["scorer"]
+        .as_str()
+        .or(c["scorer"]["scorer"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    let what = if rec["experiment"] == "regard-score" {
+        // `…/<run>/seed-0.samples.tsv` reads better as `<run>/seed-0.samples.tsv`
+        let input = c["input"].as_str().unwrap_or_default();
+        let p = std::path::Path::new(input);
+        match (p.file_name(), p.parent().and_then(|d| d.file_name())) {
+            (Some(f), Some(d)) if f.to_string_lossy().starts_with("seed-") => {
+                format!("{}/{}", d.to_string_lossy(), f.to_string_lossy())
+            }
+            _ => short_id(input),
+        }
+    } else {
+        short_id(&s(&c["model"]["origin"]["id"]))
+    };
+    let setting = vec![
+        ("samples".to_string(), what.clone()),
+        ("scorer".into(), scorer.clone()),
+        ("bootstrap".into(), "point estimates; seeds = generation or bootstrap seeds".into()),
+    ];
+    let mut out = Vec::new();
+    for a in m["axes"].as_array().into_iter().flatten() {
+        let Some(x) = a["max_tvd"].as_f64() else { continue };
+        out.push(Obs {
+            family: Family::Regard,
+            title: format!("Regard disparity (max TVD) — {} · {}", what, short_id(&scorer)),
+            setting: setting.clone(),
+            row: vec![s(&a["axis"]), s(&a["context"])],
+            column: s(&a["model"]),
+            seed: seed_of(rec),
+            value: x,
+            source: source.into(),
+        });
     }
     out
 }
