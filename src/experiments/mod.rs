@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod clip;
+pub mod cnn;
 pub mod fairness;
 pub mod report;
 pub mod scan;

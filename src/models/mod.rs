@@ -1,6 +1,7 @@
 //! Models behind small traits the wrappers use.
 
 pub mod clip;
+pub mod cnn;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;
