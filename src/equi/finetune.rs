@@ -335,6 +335,12 @@ pub fn run_phase(
             }
             sum += v;
             let grads = l.backward()?;
+            if it == 1 && !vars.iter().any(|v| grads.get(v.as_tensor()).is_some()) {
+                bail!(
+                    "{label}: the loss does not depend on the trained parameters (no gradient \
+                     reaches them; a non-differentiable op on the path?)"
+                );
+            }
             opt.step(&grads)?;
             pb.set_position(it as u64);
         }

@@ -62,7 +62,8 @@ impl Head {
     pub fn apply(&self, z: &Tensor) -> Result<Tensor> {
         match self {
             Head::Logits => Ok(z.clone()),
-            Head::Softmax => Ok(candle_nn::ops::softmax_last_dim(z)?),
+            // `softmax_last_dim` has no backward pass in candle-nn 0.11: use the composed one
+            Head::Softmax => Ok(candle_nn::ops::softmax(z, D::Minus1)?),
         }
     }
 }

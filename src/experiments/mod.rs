@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod clip;
+pub mod clip_finetune;
 pub mod cnn;
 pub mod fairness;
 pub mod report;
