@@ -80,7 +80,7 @@ pub struct CnnArgs {
     #[arg(long, default_value_t = 5000)]
     pub val_size: usize,
     /// Corrupted validation images evaluated after each finetuning round.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub val_eval: usize,
     /// Use only the first N training images (before the validation split).
     #[arg(long)]
@@ -91,7 +91,7 @@ pub struct CnnArgs {
     #[arg(long, default_value_t = 500)]
     pub eval_batch_size: usize,
     /// Pretraining epochs over the upright training split (AdamW).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub pretrain_epochs: usize,
     #[arg(long, default_value_t = 64)]
     pub pretrain_batch_size: usize,
