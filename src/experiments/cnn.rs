@@ -978,7 +978,27 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     if let Some(dir) = written.first().and_then(|p| p.parent()) {
-        let table = summary_table(&written)?;
+        // every seed of this run folder with this config (seeds may run as separate processes)
+        let mut seeds: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                n.starts_with("seed-") && n.ends_with(".json")
+            })
+            .filter(|p| {
+                matches!(
+                    output::check_existing(p, &base_config),
+                    Ok(output::Existing::SameConfig)
+                )
+            })
+            .collect();
+        seeds.sort_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.trim_start_matches("seed-").parse::<u64>().ok())
+        });
+        let table = summary_table(&seeds)?;
         output::write_bytes_atomic(&dir.join("table.md"), table.as_bytes())?;
         print!("{table}");
     }

@@ -134,11 +134,8 @@ impl Cnn {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
         let vals = init_values(cfg, seed);
         for ((name, shape, _), v) in cfg.params().into_iter().zip(vals) {
-            let t = vb.get_with_hints(shape.clone(), name, candle_nn::Init::Const(0.))?;
-            let data = varmap.data().lock().unwrap();
-            data[name].set(&Tensor::from_vec(v, shape, dev)?)?;
-            drop(data);
-            let _ = t;
+            vb.get_with_hints(shape.clone(), name, candle_nn::Init::Const(0.))?;
+            varmap.data().lock().unwrap()[name].set(&Tensor::from_vec(v, shape, dev)?)?;
         }
         let cnn = Cnn::from_varmap(cfg, &varmap)?;
         Ok((varmap, cnn))
