@@ -49,6 +49,10 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
     },
+    /// Pretrained-CNN experiment on Fashion-MNIST (offline): pretrain upright, then zero-shot
+    /// and finetuned vanilla / equitune / equizero / λ-equitune / multi-* on rot90- or
+    /// flip-corrupted test images; `cnn bench` measures training throughput.
+    Cnn(crate::experiments::cnn::CnnArgs),
     /// Fetch datasets (needs internet).
     #[command(subcommand)]
     Data(DataCommand),

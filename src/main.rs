@@ -28,6 +28,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Cnn(a) => {
+            experiments::cnn::run(&a)?;
+            Ok(0)
+        }
         Command::Gpt2Fairness(a) => {
             experiments::fairness::run(&a)?;
             Ok(0)

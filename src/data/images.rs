@@ -85,6 +85,20 @@ impl ImageDataset {
             f.truncate(n);
         }
     }
+    /// All labels.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+    /// The raw 8-bit pixels of a grayscale dataset (Fashion-MNIST): `(bytes, rows, cols)`,
+    /// image `i` at `bytes[i·rows·cols..]`; `None` for colour datasets.
+    pub fn gray_pixels(&self) -> Option<(&[u8], usize, usize)> {
+        match &self.storage {
+            Storage::Gray { bytes, rows, cols } => {
+                Some((&bytes[..self.labels.len() * rows * cols], *rows, *cols))
+            }
+            _ => None,
+        }
+    }
     pub fn image(&self, i: usize) -> Result<RgbImage> {
         match &self.storage {
             Storage::Cifar {
@@ -142,15 +156,33 @@ fn need_dir(kind: DatasetKind, dir: Option<&Path>) -> Result<PathBuf> {
     })
 }
 
+/// Which split of a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    Train,
+    Test,
+}
+
 /// Opens a dataset's test split.
 pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
+    open_split(kind, dir, Split::Test)
+}
+
+/// Opens a dataset's train or test split (CIFAR-10/100 and Fashion-MNIST have both).
+pub fn open_split(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<ImageDataset> {
+    if split == Split::Train && matches!(kind, DatasetKind::ImagenetV2 | DatasetKind::Folder) {
+        bail!(
+            "dataset {} has no train split here; finetuning needs cifar10, cifar100 or fashion-mnist",
+            kind.name()
+        );
+    }
     match kind {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
             let d = need_dir(kind, dir)?;
-            let (sub, file, header, n_classes, classes) = if kind == DatasetKind::Cifar10 {
+            let (sub, header, n_classes, classes) = if kind == DatasetKind::Cifar10 {
                 (
                     "cifar-10-batches-bin",
-                    "test_batch.bin",
                     1usize,
                     10u32,
                     prompts::cifar10_classes(),
@@ -158,28 +190,51 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
             } else {
                 (
                     "cifar-100-binary",
-                    "test.bin",
                     2usize,
                     100u32,
                     prompts::cifar100_classes(),
                 )
             };
-            let path = if d.is_file() {
-                d.clone()
-            } else {
-                first_existing(&[d.join(sub).join(file), d.join(file)]).ok_or_else(|| {
-                    anyhow!(
-                        "no {} test file under {}: expected {}/{}/{} (the CIFAR binary version)",
-                        kind.name(),
-                        d.display(),
-                        d.display(),
-                        sub,
-                        file
-                    )
-                })?
+            let files: Vec<&str> = match (kind, split) {
+                (DatasetKind::Cifar10, Split::Test) => vec!["test_batch.bin"],
+                (DatasetKind::Cifar10, Split::Train) => vec![
+                    "data_batch_1.bin",
+                    "data_batch_2.bin",
+                    "data_batch_3.bin",
+                    "data_batch_4.bin",
+                    "data_batch_5.bin",
+                ],
+                (_, Split::Test) => vec!["test.bin"],
+                (_, Split::Train) => vec!["train.bin"],
             };
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut paths = Vec::new();
+            for file in &files {
+                let path =
+                    if d.is_file() && files.len() == 1 {
+                        d.clone()
+                    } else {
+                        match first_existing(&[d.join(sub).join(file), d.join(file)]) {
+                            Some(p) => p,
+                            // CIFAR-10 train: the batches present (at least the first)
+                            None if paths.len() > 0 => continue,
+                            None => bail!(
+                            "no {} {} file under {}: expected {}/{}/{} (the CIFAR binary version)",
+                            kind.name(),
+                            if split == Split::Train { "train" } else { "test" },
+                            d.display(),
+                            d.display(),
+                            sub,
+                            file
+                        ),
+                        }
+                    };
+                paths.push(path);
+            }
+            let path = paths[0].clone();
+            let mut bytes = Vec::new();
+            for p in &paths {
+                bytes.extend(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
+            }
             let record = header + 3072;
             if bytes.is_empty() || bytes.len() % record != 0 {
                 bail!(
@@ -239,8 +294,13 @@ pub fn open(kind: DatasetKind, dir: Option<&Path>) -> Result<ImageDataset> {
                     )
                 })
             };
-            let ip = find("t10k-images-idx3-ubyte")?;
-            let lp = find("t10k-labels-idx1-ubyte")?;
+            let prefix = if split == Split::Train {
+                "train"
+            } else {
+                "t10k"
+            };
+            let ip = find(&format!("{prefix}-images-idx3-ubyte"))?;
+            let lp = find(&format!("{prefix}-labels-idx1-ubyte"))?;
             let (ibytes, idims) = read_idx(&ip, 3)?;
             let (lbytes, ldims) = read_idx(&lp, 1)?;
             if idims[0] != ldims[0] {

@@ -15,6 +15,8 @@
 //!
 //! All transformed copies a set of methods needs are batched into a single forward call.
 
+pub mod finetune;
+pub mod lambda;
 pub mod multi_input;
 pub mod symmetries;
 

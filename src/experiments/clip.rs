@@ -21,7 +21,13 @@ use std::time::Instant;
 pub const EXPERIMENT: &str = "clip";
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ClipArgs {
+    /// `equirun clip finetune`: finetune CLIP through the wrappers (without a subcommand:
+    /// zero-shot evaluation).
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<ClipCommand>,
     #[command(flatten)]
     pub model: ModelSource,
     /// Symmetry group: rot90, flip (=vflip), hflip, vflip, rot180, id, or a product with 'x'
@@ -61,6 +67,13 @@ pub struct ClipArgs {
     pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum ClipCommand {
+    /// Finetune CLIP's image tower through vanilla / equitune / equizero (straight-through) /
+    /// λ-equitune on corrupted CIFAR train images (methods.md §3.2).
+    Finetune(super::clip_finetune::ClipFinetuneArgs),
 }
 
 /// Parsed, validated options (cheap to build: no model or data touched).
@@ -143,7 +156,7 @@ fn text_fingerprint(files: &ResolvedModel) -> Result<String> {
 }
 
 /// The zero-shot classifier, from the on-disk cache when possible. Returns (matrix, texts encoded).
-fn classifier(
+pub(crate) fn classifier(
     clip: &Clip,
     files: &ResolvedModel,
     classes: &[String],
@@ -185,7 +198,7 @@ fn classifier(
 }
 
 /// Loads a batch of images as a preprocessed `[B, 3, S, S]` tensor and their labels.
-fn load_batch(
+pub(crate) fn load_batch(
     ds: &ImageDataset,
     range: std::ops::Range<usize>,
     size: usize,
@@ -205,7 +218,7 @@ fn load_batch(
 }
 
 /// Applies one transform element per image.
-fn corrupt(x: &Tensor, tg: &FiniteGroup<D4>, elems: &[usize]) -> Result<Tensor> {
+pub(crate) fn corrupt(x: &Tensor, tg: &FiniteGroup<D4>, elems: &[usize]) -> Result<Tensor> {
     if elems.iter().all(|&e| e == 0) {
         return Ok(x.clone());
     }
@@ -229,6 +242,9 @@ fn hits(row: &[f32], label: usize) -> (bool, bool) {
 }
 
 pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
+    if let Some(ClipCommand::Finetune(f)) = &a.command {
+        return super::clip_finetune::run(f);
+    }
     let p = plan(a)?;
     let dev = Device::Cpu;
     let files = a.model.resolve(REQUIRED_FILES, &[])?;

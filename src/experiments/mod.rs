@@ -2,6 +2,8 @@
 
 pub mod check;
 pub mod clip;
+pub mod clip_finetune;
+pub mod cnn;
 pub mod fairness;
 pub mod regard;
 pub mod regard_report;

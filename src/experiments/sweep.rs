@@ -515,6 +515,11 @@ fn known_results(
     let words: Vec<&str> = command.iter().map(String::as_str).collect();
     Ok(match words.as_slice() {
         ["clip"] => Some((super::clip::EXPERIMENT.into(), vec![run_name.into()])),
+        ["clip", "finetune"] => Some((
+            super::clip_finetune::EXPERIMENT.into(),
+            vec![run_name.into()],
+        )),
+        ["cnn"] => Some((super::cnn::EXPERIMENT.into(), vec![run_name.into()])),
         ["gpt2-fairness"] => Some((super::fairness::EXPERIMENT.into(), vec![run_name.into()])),
         ["scan", "pretrain"] => Some((super::scan::PRETRAIN.into(), vec![run_name.into()])),
         ["scan", "finetune"] => {

@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod clip;
+pub mod cnn;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;

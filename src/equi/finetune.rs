@@ -1,0 +1,374 @@
+//! Finetuning through any wrapper (methods.md §1.2–§1.4, §3.2): the loss is taken on the
+//! wrapped output and gradients flow into the backbone through every transformed copy.
+//!
+//! * vanilla / equitune / multi-equitune: the [`Evaluator`](super::Evaluator) output itself
+//!   (it is differentiable: narrow, stack, f64 sums and casts all have gradients);
+//! * equizero / multi-equizero: the **straight-through estimator**
+//!   `out = E + stopgrad(Z − E)` with `E` the equitune (multi-equitune) average and `Z` the
+//!   equizero (multi-equizero) output: the forward value is `Z`, the gradient that of `E`;
+//! * λ-equitune: [`super::lambda`], in two phases (λ-net only, then the backbone with λ frozen).
+//!
+//! The loss is the cross-entropy of the wrapped prediction: `CE(z̄, y)` when logits are
+//! averaged, `−log p̄_y` when probabilities are averaged (no second softmax). Parameters are f32
+//! master weights; the optimisers below update them in f32.
+
+use super::lambda::Head;
+use super::{Evaluator, Method, Proxy, Symmetry, ZeroSelect};
+use anyhow::{bail, Result};
+use candle_core::{backprop::GradStore, DType, Tensor, Var, D};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// A method that can be finetuned: one of the [`Method`]s or λ-equitune.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Wrap {
+    Plain(Method),
+    Lambda,
+}
+
+impl Wrap {
+    pub const LAMBDA_NAME: &'static str = "lambda-equitune";
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Wrap::Plain(m) => m.name(),
+            Wrap::Lambda => Self::LAMBDA_NAME,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Wrap> {
+        let t = s.trim().to_ascii_lowercase().replace('_', "-");
+        if matches!(t.as_str(), "lambda-equitune" | "λ-equitune" | "lambda") {
+            return Ok(Wrap::Lambda);
+        }
+        Method::parse(&t).map(Wrap::Plain).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown method '{s}': valid methods are vanilla, equitune, equizero, \
+                 lambda-equitune, multi-equitune, multi-equizero"
+            )
+        })
+    }
+
+    /// A comma-separated list, order kept, duplicates dropped.
+    pub fn parse_list(s: &str) -> Result<Vec<Wrap>> {
+        let mut out = Vec::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let w = Wrap::parse(part)?;
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+        if out.is_empty() {
+            bail!("no method given: use one or more of vanilla, equitune, equizero, lambda-equitune, multi-equitune, multi-equizero");
+        }
+        Ok(out)
+    }
+
+    /// Model forward passes per input (λ-equitune: |G| backbone passes, plus |G| frozen
+    /// feature passes once the backbone has moved away from the pretrained weights).
+    pub fn passes(&self, sym: &dyn Symmetry) -> usize {
+        match self {
+            Wrap::Plain(m) => m.passes(sym),
+            Wrap::Lambda => sym.order(),
+        }
+    }
+}
+
+/// `E + stopgrad(Z − E)`: the value of `Z`, the gradient of `E`.
+pub fn straight_through(e: &Tensor, z: &Tensor) -> Result<Tensor> {
+    Ok((e + (z.detach() - e.detach())?)?)
+}
+
+/// The differentiable output of a plain method for training (`[B, ...]` in the head's space).
+/// `model` maps inputs to per-copy outputs in the averaging space (φ already applied). For
+/// equizero / multi-equizero this is the straight-through estimator.
+pub fn train_output(
+    method: Method,
+    sym: &dyn Symmetry,
+    proxy: Proxy,
+    model: &dyn super::BatchModel,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let ev = Evaluator {
+        sym,
+        proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let avg = match method {
+        Method::Equizero => Some(Method::Equitune),
+        Method::MultiEquizero => Some(Method::MultiEquitune),
+        _ => None,
+    };
+    match avg {
+        Some(a) => {
+            let (outs, _) = ev.run(&[a, method], model, x)?;
+            straight_through(&outs[0], &outs[1])
+        }
+        None => Ok(ev.run(&[method], model, x)?.0.remove(0)),
+    }
+}
+
+/// Mean cross-entropy of wrapped predictions `out` `[B, C]` against labels: `CE(out, y)` for
+/// averaged logits, `−log out_y` (clamped at 1e-12) for averaged probabilities.
+pub fn classification_loss(out: &Tensor, labels: &Tensor, head: Head) -> Result<Tensor> {
+    let out = out.to_dtype(DType::F32)?;
+    match head {
+        Head::Logits => Ok(candle_nn::loss::cross_entropy(&out, labels)?),
+        Head::Softmax => {
+            let lp = out.clamp(1e-12f64, f64::INFINITY)?.log()?;
+            Ok(candle_nn::loss::nll(&lp, labels)?)
+        }
+    }
+}
+
+/// Equizero proxies on one copy's output `[B, C]` (lower is better).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyKind {
+    /// Entropy of the predicted distribution (the official CNN code's `--use_entropy`).
+    Entropy,
+    /// Minus the largest class probability (the CLIP proxy).
+    MaxProb,
+}
+
+impl ProxyKind {
+    /// The proxy on outputs in `head`'s space.
+    pub fn eval(&self, y: &Tensor, head: Head) -> Result<Tensor> {
+        let p = match head {
+            Head::Logits => candle_nn::ops::softmax_last_dim(&y.to_dtype(DType::F32)?)?,
+            Head::Softmax => y.to_dtype(DType::F32)?,
+        };
+        match self {
+            ProxyKind::MaxProb => Ok(p.max(D::Minus1)?.neg()?),
+            ProxyKind::Entropy => {
+                let lp = p.clamp(1e-30f64, 1.0)?.log()?;
+                Ok((p * lp)?.sum(D::Minus1)?.neg()?)
+            }
+        }
+    }
+}
+
+/// An optimiser kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimKind {
+    /// SGD with (PyTorch-style) momentum and L2 weight decay.
+    Sgd,
+    /// AdamW (decoupled weight decay), candle-nn's.
+    Adamw,
+}
+
+/// An optimiser and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub kind: OptimKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+}
+
+impl OptimConfig {
+    pub fn validate(&self, what: &str) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("{what}: learning rate must be positive, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("{what}: momentum must be in [0, 1), got {}", self.momentum);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "{what}: weight decay must be non-negative, got {}",
+                self.weight_decay
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The optimiser state.
+pub enum Optim {
+    Sgd {
+        vars: Vec<Var>,
+        velocity: Vec<Option<Tensor>>,
+        cfg: OptimConfig,
+    },
+    AdamW(candle_nn::AdamW),
+}
+
+impl Optim {
+    pub fn new(vars: Vec<Var>, cfg: OptimConfig) -> Result<Optim> {
+        use candle_nn::Optimizer;
+        Ok(match cfg.kind {
+            OptimKind::Sgd => Optim::Sgd {
+                velocity: vec![None; vars.len()],
+                vars,
+                cfg,
+            },
+            OptimKind::Adamw => Optim::AdamW(candle_nn::AdamW::new(
+                vars,
+                candle_nn::ParamsAdamW {
+                    lr: cfg.lr,
+                    weight_decay: cfg.weight_decay,
+                    ..Default::default()
+                },
+            )?),
+        })
+    }
+
+    /// One update from the gradients (variables without a gradient are left alone).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        use candle_nn::Optimizer;
+        match self {
+            Optim::AdamW(o) => Ok(o.step(grads)?),
+            Optim::Sgd {
+                vars,
+                velocity,
+                cfg,
+            } => {
+                for (v, vel) in vars.iter().zip(velocity.iter_mut()) {
+                    let Some(g) = grads.get(v.as_tensor()) else {
+                        continue;
+                    };
+                    let mut g = g.clone();
+                    if cfg.weight_decay > 0.0 {
+                        g = (g + (v.as_tensor() * cfg.weight_decay)?)?;
+                    }
+                    let d = match vel.take() {
+                        Some(b) if cfg.momentum > 0.0 => ((b * cfg.momentum)? + g)?,
+                        _ => g,
+                    };
+                    v.set(&(v.as_tensor() - (&d * cfg.lr)?)?)?;
+                    if cfg.momentum > 0.0 {
+                        *vel = Some(d);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Rounds × iterations of one training phase.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub rounds: usize,
+    pub iters_per_round: usize,
+    pub optim: OptimConfig,
+}
+
+impl Schedule {
+    pub fn iterations(&self) -> usize {
+        self.rounds * self.iters_per_round
+    }
+}
+
+/// Which parameters a finished phase keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// The parameters at the evaluation point (before round 1 or after any round) with the
+    /// best validation accuracy (ties: the earliest).
+    BestVal,
+    /// The parameters after the last round.
+    Last,
+}
+
+/// What a phase did.
+pub struct PhaseOutcome {
+    /// One entry per evaluation point: round, iteration, mean train loss since the last point,
+    /// validation accuracy.
+    pub curve: Vec<Value>,
+    pub best_round: usize,
+    pub best_val: f64,
+    pub selected_round: usize,
+    pub train_seconds: f64,
+    pub iterations: usize,
+}
+
+/// Runs a phase: evaluates before round 1 and after every round, trains `iters_per_round`
+/// iterations per round with `loss(iteration)` (1-based), and finally restores the selected
+/// parameters into `vars`. `evaluate` returns a validation accuracy.
+pub fn run_phase(
+    label: &str,
+    schedule: &Schedule,
+    vars: Vec<Var>,
+    select: Select,
+    mut loss: impl FnMut(usize) -> Result<Tensor>,
+    mut evaluate: impl FnMut() -> Result<f64>,
+) -> Result<PhaseOutcome> {
+    schedule.optim.validate(label)?;
+    let mut opt = Optim::new(vars.clone(), schedule.optim)?;
+    let snapshot = |vars: &[Var]| -> Result<Vec<Tensor>> {
+        vars.iter()
+            .map(|v| Ok(v.as_tensor().copy()?))
+            .collect::<Result<Vec<_>>>()
+    };
+    let v0 = evaluate()?;
+    let mut out = PhaseOutcome {
+        curve: vec![
+            json!({"round": 0, "iteration": 0, "train_loss": Value::Null, "val_accuracy": v0}),
+        ],
+        best_round: 0,
+        best_val: v0,
+        selected_round: 0,
+        train_seconds: 0.0,
+        iterations: 0,
+    };
+    let mut best = if select == Select::BestVal {
+        Some(snapshot(&vars)?)
+    } else {
+        None
+    };
+    let total = schedule.iterations();
+    let pb = crate::experiments::progress_bar(total as u64, label);
+    let mut it = 0;
+    for round in 1..=schedule.rounds {
+        let t0 = Instant::now();
+        let mut sum = 0f64;
+        for _ in 0..schedule.iters_per_round {
+            it += 1;
+            let l = loss(it)?;
+            let v = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !v.is_finite() {
+                bail!("{label}: the training loss became {v} at iteration {it}; lower the learning rate");
+            }
+            sum += v;
+            let grads = l.backward()?;
+            if it == 1 && !vars.iter().any(|v| grads.get(v.as_tensor()).is_some()) {
+                bail!(
+                    "{label}: the loss does not depend on the trained parameters (no gradient \
+                     reaches them; a non-differentiable op on the path?)"
+                );
+            }
+            opt.step(&grads)?;
+            pb.set_position(it as u64);
+        }
+        out.train_seconds += t0.elapsed().as_secs_f64();
+        out.iterations = it;
+        let acc = evaluate()?;
+        let mean = sum / schedule.iters_per_round.max(1) as f64;
+        pb.set_message(format!("loss {mean:.4} val {acc:.2}"));
+        out.curve.push(
+            json!({"round": round, "iteration": it, "train_loss": mean, "val_accuracy": acc}),
+        );
+        if acc > out.best_val {
+            out.best_val = acc;
+            out.best_round = round;
+            if select == Select::BestVal {
+                best = Some(snapshot(&vars)?);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    out.selected_round = match select {
+        Select::BestVal => {
+            for (v, t) in vars.iter().zip(best.unwrap()) {
+                v.set(&t)?;
+            }
+            out.best_round
+        }
+        Select::Last => schedule.rounds,
+    };
+    Ok(out)
+}

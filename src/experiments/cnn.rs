@@ -1,0 +1,1132 @@
+//! `equirun cnn`: the λ-equitune paper's pretrained-CNN experiment with data that is available
+//! offline — Fashion-MNIST (Debian package `dataset-fashion-mnist`).
+//!
+//! Per seed:
+//! 1. **pretrain** a small CNN ([`crate::models::cnn`], ~106k parameters) on upright training
+//!    images, holding out a validation split of the training set for model selection (the test
+//!    set is never used to select anything). The checkpoint is cached under
+//!    `<out>/cnn-pretrain/<hash>/seed-<n>.safetensors` with its own JSON, shared by every
+//!    `equirun cnn` run with the same pretraining config;
+//! 2. **zero-shot**: evaluate vanilla / equitune / equizero / multi-* of the pretrained CNN on the
+//!    upright test images and on test images corrupted by one random element of `--transform`
+//!    per image (seeded, as in `equirun clip`); λ-equitune's zero-shot point is after its λ-net
+//!    phase (the backbone is still the pretrained one), as in the paper's figure;
+//! 3. **finetune** each method from the pretrained weights on corrupted training images through
+//!    its wrapper (equizero straight-through; λ-equitune in two phases), the same batches for
+//!    every method, keeping the round with the best corrupted-validation accuracy, then test.
+//!
+//! One JSON per seed (`<out>/cnn/<run>/seed-<n>.json`) with the curves and checkpoint paths,
+//! and a mean ± std table over the seeds (`table.md` beside them).
+
+use super::{progress_bar, RunOpts};
+use crate::data::images::{self, DatasetKind, Split};
+use crate::equi::finetune::{
+    classification_loss, run_phase, train_output, OptimConfig, OptimKind, PhaseOutcome, ProxyKind,
+    Schedule, Select, Wrap,
+};
+use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaForm, LambdaNet};
+use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
+use crate::groups::image::{image_group, D4};
+use crate::groups::FiniteGroup;
+use crate::models::cnn::{self, Cnn, CnnConfig};
+use crate::output::{self, RunRecord};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use candle_nn::VarMap;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const EXPERIMENT: &str = "cnn";
+pub const PRETRAIN_EXPERIMENT: &str = "cnn-pretrain";
+
+/// Fashion-MNIST mean and standard deviation of the pixel values in [0, 1].
+pub const FASHION_MEAN: f32 = 0.2860;
+pub const FASHION_STD: f32 = 0.3530;
+
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CnnArgs {
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<CnnCommand>,
+    /// Fashion-MNIST folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte(.gz); default:
+    /// $EQUIRUN_DATA, else Debian's /usr/share/datasets/fashion-mnist.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Wrapper group: rot90, flip, rot90xflip, ... (multi-* need a product such as rot90xflip).
+    #[arg(long, default_value = "rot90")]
+    pub group: String,
+    /// Corruption of the finetuning and test images, one random element per image; default =
+    /// --group.
+    #[arg(long)]
+    pub transform: Option<String>,
+    /// Methods, comma-separated: vanilla, equitune, equizero, lambda-equitune,
+    /// multi-equitune, multi-equizero.
+    #[arg(long, default_value = "vanilla,equitune,equizero,lambda-equitune")]
+    pub method: String,
+    /// λ-equitune form: paper (softplus weights normalised over the orbit) or official (λ as a
+    /// per-copy inverse temperature).
+    #[arg(long, value_enum, default_value = "paper")]
+    pub lambda_form: LambdaForm,
+    /// Equizero's proxy loss on each copy's prediction.
+    #[arg(long, value_enum, default_value = "entropy")]
+    pub equizero_proxy: ProxyKind,
+    /// Training images held out for validation (model selection).
+    #[arg(long, default_value_t = 5000)]
+    pub val_size: usize,
+    /// Corrupted validation images evaluated after each finetuning round.
+    #[arg(long, default_value_t = 1000)]
+    pub val_eval: usize,
+    /// Use only the first N training images (before the validation split).
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    pub eval_batch_size: usize,
+    /// Pretraining epochs over the upright training split (AdamW).
+    #[arg(long, default_value_t = 2)]
+    pub pretrain_epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub pretrain_batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub pretrain_lr: f64,
+    /// Finetuning batch size (input images; each costs one pass per copy).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Finetuning rounds (validation after each; the best round is kept).
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Finetuning iterations per round.
+    #[arg(long, default_value_t = 100)]
+    pub iters: usize,
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optim: OptimKind,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Momentum (SGD only).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// λ-equitune phase 1 (λ-net only, backbone frozen): rounds.
+    #[arg(long, default_value_t = 2)]
+    pub lambda_rounds: usize,
+    /// λ-equitune phase 1: iterations per round.
+    #[arg(long, default_value_t = 100)]
+    pub lambda_iters: usize,
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub lambda_optim: OptimKind,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lambda_lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub lambda_momentum: f64,
+    /// Which round each finetuning phase keeps.
+    #[arg(long, value_enum, default_value = "best-val")]
+    pub select: Select,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum CnnCommand {
+    /// Training throughput of the CNN (images/s, fwd + bwd + AdamW) on seeded random images:
+    /// compare with scripts/bench_cnn_torch.py (see scripts/bench_cnn.sh).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// vanilla (one pass per image) or equitune over --group (|G| passes per image).
+    #[arg(long, default_value = "vanilla")]
+    pub method: String,
+    #[arg(long, default_value = "rot90")]
+    pub group: String,
+}
+
+/// Fashion-MNIST in memory: raw pixels and labels.
+pub struct GrayData {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub side: usize,
+    pub source: PathBuf,
+}
+
+impl GrayData {
+    pub fn load(dir: Option<&Path>, split: Split, limit: Option<usize>) -> Result<GrayData> {
+        let mut ds = images::open_split(DatasetKind::FashionMnist, dir, split)?;
+        if let Some(n) = limit {
+            ds.truncate(n);
+        }
+        let (px, rows, cols) = ds.gray_pixels().context("Fashion-MNIST is grayscale")?;
+        if rows != cols || rows % 4 != 0 {
+            bail!(
+                "{}: images are {rows}×{cols}; the CNN needs square images with a side divisible by 4",
+                ds.source.display()
+            );
+        }
+        if ds.is_empty() {
+            bail!("{} has no images", ds.source.display());
+        }
+        Ok(GrayData {
+            pixels: px.to_vec(),
+            labels: ds.labels().to_vec(),
+            side: rows,
+            source: ds.source.clone(),
+        })
+    }
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Corruption lookup tables: one gather table per element of a group, over `side × side`.
+pub struct Corruptor {
+    pub group: Option<FiniteGroup<D4>>,
+    tables: Vec<Vec<u32>>,
+}
+
+impl Corruptor {
+    pub fn new(group: Option<FiniteGroup<D4>>, side: usize) -> Result<Corruptor> {
+        let tables = match &group {
+            None => vec![],
+            Some(g) => (0..g.order())
+                .map(|e| g.element(e).gather_indices(side, side))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(Corruptor { group, tables })
+    }
+    pub fn order(&self) -> usize {
+        self.group.as_ref().map(|g| g.order()).unwrap_or(1)
+    }
+    pub fn name(&self) -> String {
+        self.group
+            .as_ref()
+            .map(|g| g.name().to_string())
+            .unwrap_or_else(|| "none".into())
+    }
+    /// One random element per image (identity when there is no group).
+    pub fn draw(&self, rng: &mut impl Rng, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| {
+                if self.tables.is_empty() {
+                    0
+                } else {
+                    rng.random_range(0..self.tables.len())
+                }
+            })
+            .collect()
+    }
+}
+
+/// A normalised batch `[B, 1, S, S]` of images `idx`, image `k` transformed by element
+/// `elems[k]` of the corruptor's group (exactly `D4::apply`, done while gathering).
+pub fn make_batch(
+    d: &GrayData,
+    idx: &[usize],
+    elems: &[usize],
+    c: &Corruptor,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let n = d.side * d.side;
+    let mut v = Vec::with_capacity(idx.len() * n);
+    for (k, &i) in idx.iter().enumerate() {
+        let img = &d.pixels[i * n..(i + 1) * n];
+        let norm = |p: u8| (p as f32 / 255.0 - FASHION_MEAN) / FASHION_STD;
+        match elems.get(k).copied().unwrap_or(0) {
+            0 => v.extend(img.iter().map(|&p| norm(p))),
+            e => v.extend(c.tables[e].iter().map(|&j| norm(img[j as usize]))),
+        }
+    }
+    let labels: Vec<u32> = idx.iter().map(|&i| d.labels[i]).collect();
+    Ok((
+        Tensor::from_vec(v, (idx.len(), 1, d.side, d.side), dev)?,
+        Tensor::from_vec(labels, idx.len(), dev)?,
+    ))
+}
+
+/// A fixed evaluation set: image indices and their corruption elements.
+pub struct EvalSet<'a> {
+    pub data: &'a GrayData,
+    pub idx: Vec<usize>,
+    pub elems: Vec<usize>,
+    pub corruptor: &'a Corruptor,
+}
+
+impl EvalSet<'_> {
+    /// Accuracy (%) and correct counts of each output of `predict` (one per method).
+    pub fn accuracies(
+        &self,
+        batch: usize,
+        label: &str,
+        predict: &mut dyn FnMut(&Tensor) -> Result<Vec<Tensor>>,
+    ) -> Result<Vec<(f64, usize)>> {
+        let dev = Device::Cpu;
+        let mut correct: Vec<usize> = Vec::new();
+        let pb = progress_bar(self.idx.len() as u64, label);
+        for (ci, chunk) in self.idx.chunks(batch.max(1)).enumerate() {
+            let start = ci * batch.max(1);
+            let elems = &self.elems[start..start + chunk.len()];
+            let (x, y) = make_batch(self.data, chunk, elems, self.corruptor, &dev)?;
+            let outs = predict(&x)?;
+            if correct.is_empty() {
+                correct = vec![0; outs.len()];
+            }
+            let y = y.to_vec1::<u32>()?;
+            for (k, o) in outs.iter().enumerate() {
+                let p = o.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                correct[k] += p.iter().zip(&y).filter(|(a, b)| a == b).count();
+            }
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+        let n = self.idx.len().max(1) as f64;
+        Ok(correct
+            .into_iter()
+            .map(|c| (100.0 * c as f64 / n, c))
+            .collect())
+    }
+}
+
+/// Parsed options.
+struct Plan {
+    group: FiniteGroup<D4>,
+    transform: Option<FiniteGroup<D4>>,
+    wraps: Vec<Wrap>,
+    seeds: Vec<u64>,
+    finetune: Schedule,
+    lambda: Schedule,
+}
+
+fn plan(a: &CnnArgs) -> Result<Plan> {
+    let group = image_group(&a.group).context("--group")?;
+    let transform = match a.transform.as_deref().map(str::trim) {
+        None => Some(group.clone()),
+        Some("none") | Some("") => None,
+        Some(t) => Some(image_group(t).context("--transform")?),
+    };
+    let wraps = Wrap::parse_list(&a.method).context("--method")?;
+    let seeds = output::parse_seeds(&a.run.seeds).context("--seeds")?;
+    for (v, name) in [
+        (a.batch_size, "--batch-size"),
+        (a.pretrain_batch_size, "--pretrain-batch-size"),
+        (a.eval_batch_size, "--eval-batch-size"),
+        (a.val_size, "--val-size"),
+        (a.val_eval, "--val-eval"),
+    ] {
+        if v == 0 {
+            bail!("{name} must be at least 1");
+        }
+    }
+    let finetune = Schedule {
+        rounds: a.rounds,
+        iters_per_round: a.iters,
+        optim: OptimConfig {
+            kind: a.optim,
+            lr: a.lr,
+            momentum: if a.optim == OptimKind::Sgd {
+                a.momentum
+            } else {
+                0.0
+            },
+            weight_decay: a.weight_decay,
+        },
+    };
+    finetune
+        .optim
+        .validate("finetuning (--lr, --momentum, --weight-decay)")?;
+    let lambda = Schedule {
+        rounds: a.lambda_rounds,
+        iters_per_round: a.lambda_iters,
+        optim: OptimConfig {
+            kind: a.lambda_optim,
+            lr: a.lambda_lr,
+            momentum: if a.lambda_optim == OptimKind::Sgd {
+                a.lambda_momentum
+            } else {
+                0.0
+            },
+            weight_decay: 0.0,
+        },
+    };
+    lambda
+        .optim
+        .validate("λ-net training (--lambda-lr, --lambda-momentum)")?;
+    if !(a.pretrain_lr.is_finite() && a.pretrain_lr > 0.0) {
+        bail!("--pretrain-lr must be positive");
+    }
+    Ok(Plan {
+        group,
+        transform,
+        wraps,
+        seeds,
+        finetune,
+        lambda,
+    })
+}
+
+/// Train / validation split of the training set for a seed.
+fn split(n: usize, val_size: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if val_size >= n {
+        bail!(
+            "--val-size {val_size} leaves no training images out of {n}; lower it (or raise --limit-train)"
+        );
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut output::rng_for(seed, "cnn-val-split"));
+    let val = perm[..val_size].to_vec();
+    let train = perm[val_size..].to_vec();
+    Ok((train, val))
+}
+
+/// The pretrained CNN for a seed: loaded from the cache or trained now.
+struct Pretrained {
+    path: PathBuf,
+    record: Value,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pretrain(
+    a: &CnnArgs,
+    cfg: &CnnConfig,
+    train: &GrayData,
+    test: &GrayData,
+    tr_idx: &[usize],
+    val_idx: &[usize],
+    seed: u64,
+    pre_config: &Value,
+) -> Result<Pretrained> {
+    let dev = Device::Cpu;
+    let name = format!("fashion-mnist-{}", output::short_hash(pre_config));
+    let json_path = output::result_path(&a.run.out, PRETRAIN_EXPERIMENT, &name, seed);
+    let ckpt = json_path.with_extension("safetensors");
+    let (varmap, model) = Cnn::init(cfg, output::derive_seed(seed, "cnn-init"), &dev)?;
+    if ckpt.is_file() && !output::should_run(&json_path, pre_config, a.run.force)? {
+        cnn::load_into(cfg, &varmap, &ckpt)?;
+        let record: Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
+        eprintln!("seed {seed}: pretrained CNN from {}", ckpt.display());
+        return Ok(Pretrained { path: ckpt, record });
+    }
+    let started_at = output::now_rfc3339();
+    let t0 = Instant::now();
+    let none = Corruptor::new(None, train.side)?;
+    let bs = a.pretrain_batch_size;
+    let per_epoch = tr_idx.len() / bs;
+    if per_epoch == 0 {
+        bail!(
+            "{} training images are fewer than one batch of --pretrain-batch-size {bs}",
+            tr_idx.len()
+        );
+    }
+    let schedule = Schedule {
+        rounds: a.pretrain_epochs,
+        iters_per_round: per_epoch,
+        optim: OptimConfig {
+            kind: OptimKind::Adamw,
+            lr: a.pretrain_lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+    };
+    let val = EvalSet {
+        data: train,
+        idx: val_idx.to_vec(),
+        elems: vec![0; val_idx.len()],
+        corruptor: &none,
+    };
+    let mut order_rng = output::rng_for(seed, "cnn-pretrain-order");
+    let drop = RefCell::new(output::rng_for(seed, "cnn-pretrain-dropout"));
+    let mut order: Vec<usize> = Vec::new();
+    let eb = a.eval_batch_size;
+    let vars = cnn::vars(cfg, &varmap)?;
+    let outcome = run_phase(
+        &format!("seed {seed} pretrain"),
+        &schedule,
+        vars,
+        Select::BestVal,
+        |it| {
+            let k = (it - 1) % per_epoch;
+            if k == 0 {
+                order = tr_idx.to_vec();
+                order.shuffle(&mut order_rng);
+            }
+            let (x, y) = make_batch(train, &order[k * bs..(k + 1) * bs], &[], &none, &dev)?;
+            classification_loss(&model.logits(&x, Some(&drop))?, &y, Head::Logits)
+        },
+        || Ok(val.accuracies(eb, "val", &mut |x| Ok(vec![model.logits(x, None)?]))?[0].0),
+    )?;
+    let test_set = EvalSet {
+        data: test,
+        idx: (0..test.len()).collect(),
+        elems: vec![0; test.len()],
+        corruptor: &none,
+    };
+    let (test_acc, test_correct) =
+        test_set.accuracies(eb, "test", &mut |x| Ok(vec![model.logits(x, None)?]))?[0];
+    cnn::save(&varmap, &ckpt)?;
+    let images = outcome.iterations * bs;
+    let metrics = json!({
+        "test_upright_accuracy": test_acc, "test_correct": test_correct, "n_test": test.len(),
+        "best_val_accuracy": outcome.best_val, "best_epoch": outcome.best_round,
+        "curve": outcome.curve, "checkpoint": ckpt.display().to_string(),
+    });
+    let record = RunRecord {
+        schema_version: output::SCHEMA_VERSION,
+        experiment: PRETRAIN_EXPERIMENT.into(),
+        seed,
+        config: pre_config.clone(),
+        metrics: metrics.clone(),
+        cost: json!({
+            "train_seconds": outcome.train_seconds, "train_images": images,
+            "images_per_second": images as f64 / outcome.train_seconds.max(1e-9),
+            "wall_seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib(),
+        }),
+        equirun_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        finished_at: output::now_rfc3339(),
+    };
+    output::write_json_atomic(&json_path, &record)?;
+    eprintln!(
+        "seed {seed}: pretrained CNN: best val {:.2}% (epoch {}), upright test {test_acc:.2}%, {:.0} images/s -> {}",
+        outcome.best_val,
+        outcome.best_round,
+        images as f64 / outcome.train_seconds.max(1e-9),
+        ckpt.display()
+    );
+    Ok(Pretrained {
+        path: ckpt,
+        record: serde_json::to_value(&record)?,
+    })
+}
+
+/// Everything a seed's finetuning needs.
+struct SeedCtx<'a> {
+    a: &'a CnnArgs,
+    p: &'a Plan,
+    cfg: &'a CnnConfig,
+    sym: &'a ImageSymmetry,
+    train: &'a GrayData,
+    tr_idx: &'a [usize],
+    corrupt: &'a Corruptor,
+    /// [upright test, corrupted test]
+    tests: Vec<(String, EvalSet<'a>)>,
+    val: EvalSet<'a>,
+    seed: u64,
+    ckpt_dir: PathBuf,
+}
+
+impl SeedCtx<'_> {
+    fn proxy(&self) -> impl Fn(&Tensor) -> Result<Tensor> + '_ {
+        move |y: &Tensor| self.a.equizero_proxy.eval(y, Head::Logits)
+    }
+
+    /// A fresh trainable copy of the pretrained CNN.
+    fn fresh(&self, pre: &Path) -> Result<(VarMap, Cnn)> {
+        let (vm, m) = Cnn::init(self.cfg, 0, &Device::Cpu)?;
+        cnn::load_into(self.cfg, &vm, pre)?;
+        Ok((vm, m))
+    }
+
+    /// The finetuning sampler: the same images and corruptions for every method.
+    fn sampler(&self, purpose: &str) -> impl FnMut() -> Result<(Tensor, Tensor)> + '_ {
+        let mut rng = output::rng_for(self.seed, purpose);
+        let bs = self.a.batch_size;
+        move || {
+            let idx: Vec<usize> = (0..bs)
+                .map(|_| self.tr_idx[rng.random_range(0..self.tr_idx.len())])
+                .collect();
+            let elems = self.corrupt.draw(&mut rng, bs);
+            make_batch(self.train, &idx, &elems, self.corrupt, &Device::Cpu)
+        }
+    }
+
+    /// Accuracies of plain methods of a model on the test sets: {test name: [per method]}.
+    fn test_plain(&self, methods: &[Method], model: &Cnn) -> Result<Vec<(String, Vec<f64>)>> {
+        let proxy = self.proxy();
+        let ev = Evaluator {
+            sym: self.sym,
+            proxy: &proxy,
+            select: ZeroSelect::WholeCopy,
+        };
+        let f = |x: &Tensor| model.logits(x, None);
+        let mut out = Vec::new();
+        for (name, set) in &self.tests {
+            let accs =
+                set.accuracies(self.a.eval_batch_size, &format!("test {name}"), &mut |x| {
+                    Ok(ev.run(methods, &f, x)?.0)
+                })?;
+            out.push((name.clone(), accs.into_iter().map(|(a, _)| a).collect()));
+        }
+        Ok(out)
+    }
+
+    fn val_plain(&self, m: Method, model: &Cnn) -> Result<f64> {
+        let proxy = self.proxy();
+        let ev = Evaluator {
+            sym: self.sym,
+            proxy: &proxy,
+            select: ZeroSelect::WholeCopy,
+        };
+        let f = |x: &Tensor| model.logits(x, None);
+        Ok(self
+            .val
+            .accuracies(self.a.eval_batch_size, "val", &mut |x| {
+                Ok(ev.run(&[m], &f, x)?.0)
+            })?[0]
+            .0)
+    }
+
+    /// λ-equitune outputs (eval mode) with features from `feat` and logits from `model`.
+    fn lambda_predict<'b>(
+        &'b self,
+        le: &'b LambdaEquitune<'b>,
+        model: &'b Cnn,
+        feat: Option<&'b Cnn>,
+    ) -> impl FnMut(&Tensor) -> Result<Vec<Tensor>> + 'b {
+        move |x: &Tensor| {
+            let xs = orbit(self.sym, x)?;
+            let (f, z) = model.forward(&xs, None)?;
+            let f = match feat {
+                Some(fm) => fm.forward(&xs, None)?.0,
+                None => f,
+            };
+            Ok(vec![le.combine(&z, &f, None)?])
+        }
+    }
+
+    fn finetune_plain(&self, m: Method, pre: &Path) -> Result<Value> {
+        let (vm, model) = self.fresh(pre)?;
+        let drop = RefCell::new(output::rng_for(
+            self.seed,
+            &format!("cnn-finetune-dropout-{}", m.name()),
+        ));
+        let mut sample = self.sampler("cnn-finetune-data");
+        let proxy = self.proxy();
+        let out = run_phase(
+            &format!("seed {} finetune {}", self.seed, m.name()),
+            &self.p.finetune,
+            cnn::vars(self.cfg, &vm)?,
+            self.a.select,
+            |_| {
+                let (x, y) = sample()?;
+                let f = |z: &Tensor| model.logits(z, Some(&drop));
+                let o = train_output(m, self.sym, &proxy, &f, &x)?;
+                classification_loss(&o, &y, Head::Logits)
+            },
+            || self.val_plain(m, &model),
+        )?;
+        let tests = self.test_plain(&[m], &model)?;
+        let ckpt = self.ckpt_dir.join(format!("{}.safetensors", m.name()));
+        cnn::save(&vm, &ckpt)?;
+        Ok(self.finetune_record(
+            &out,
+            tests.into_iter().map(|(n, v)| (n, v[0])).collect(),
+            &ckpt,
+            m.passes(self.sym),
+            None,
+        ))
+    }
+
+    /// λ-equitune: phase 1 trains the λ-net on the frozen pretrained CNN, phase 2 the backbone
+    /// with the λ-net frozen (eval mode); features always from the frozen pretrained copy.
+    /// Returns (zero-shot test accuracies after phase 1, finetuning record).
+    fn finetune_lambda(&self, pre: &Path) -> Result<(Vec<(String, f64)>, Value)> {
+        let dev = Device::Cpu;
+        let (vm, model) = self.fresh(pre)?;
+        let frozen = model.frozen();
+        let net = LambdaNet::official(
+            self.cfg.hidden,
+            output::derive_seed(self.seed, "cnn-lambda-init"),
+            &dev,
+        )?;
+        let le = LambdaEquitune {
+            sym: self.sym,
+            net: &net,
+            form: self.a.lambda_form,
+            head: Head::Logits,
+        };
+        // phase 1: λ-net only; backbone = frozen pretrained CNN (eval mode), one pass gives
+        // both features and logits
+        let ldrop = RefCell::new(output::rng_for(self.seed, "cnn-lambda-dropout"));
+        let mut sample1 = self.sampler("cnn-lambda-data");
+        let p1 = run_phase(
+            &format!("seed {} λ-net", self.seed),
+            &self.p.lambda,
+            net.vars(),
+            self.a.select,
+            |_| {
+                let (x, y) = sample1()?;
+                let xs = orbit(self.sym, &x)?;
+                let (f, z) = frozen.forward(&xs, None)?;
+                let o = le.combine(&z, &f, Some(&ldrop))?;
+                classification_loss(&o, &y, Head::Logits)
+            },
+            || {
+                let mut pr = self.lambda_predict(&le, &frozen, None);
+                Ok(self
+                    .val
+                    .accuracies(self.a.eval_batch_size, "val", &mut pr)?[0]
+                    .0)
+            },
+        )?;
+        let zero_shot = self.test_lambda(&le, &frozen, None)?;
+        let lam_path = self.ckpt_dir.join("lambda-equitune.lambda-net.safetensors");
+        std::fs::create_dir_all(&self.ckpt_dir)?;
+        net.save(&lam_path)?;
+        // phase 2: backbone with λ frozen
+        let drop = RefCell::new(output::rng_for(self.seed, "cnn-finetune-dropout-lambda"));
+        let mut sample = self.sampler("cnn-finetune-data");
+        let p2 = run_phase(
+            &format!("seed {} finetune λ-equitune", self.seed),
+            &self.p.finetune,
+            cnn::vars(self.cfg, &vm)?,
+            self.a.select,
+            |_| {
+                let (x, y) = sample()?;
+                let xs = orbit(self.sym, &x)?;
+                let z = model.logits(&xs, Some(&drop))?;
+                let f = frozen.forward(&xs, None)?.0;
+                let o = le.combine(&z, &f, None)?;
+                classification_loss(&o, &y, Head::Logits)
+            },
+            || {
+                let mut pr = self.lambda_predict(&le, &model, Some(&frozen));
+                Ok(self
+                    .val
+                    .accuracies(self.a.eval_batch_size, "val", &mut pr)?[0]
+                    .0)
+            },
+        )?;
+        let tests = self.test_lambda(&le, &model, Some(&frozen))?;
+        let ckpt = self.ckpt_dir.join("lambda-equitune.safetensors");
+        cnn::save(&vm, &ckpt)?;
+        let phase1 = json!({
+            "curve": p1.curve, "best_round": p1.best_round, "best_val_accuracy": p1.best_val,
+            "selected_round": p1.selected_round, "iterations": p1.iterations,
+            "train_seconds": p1.train_seconds, "lambda_net_checkpoint": lam_path.display().to_string(),
+        });
+        Ok((
+            zero_shot,
+            self.finetune_record(&p2, tests, &ckpt, 2 * self.sym.order(), Some(phase1)),
+        ))
+    }
+
+    fn test_lambda(
+        &self,
+        le: &LambdaEquitune,
+        model: &Cnn,
+        feat: Option<&Cnn>,
+    ) -> Result<Vec<(String, f64)>> {
+        let mut out = Vec::new();
+        for (name, set) in &self.tests {
+            let mut pr = self.lambda_predict(le, model, feat);
+            let acc = set.accuracies(self.a.eval_batch_size, &format!("test {name}"), &mut pr)?;
+            out.push((name.clone(), acc[0].0));
+        }
+        Ok(out)
+    }
+
+    fn finetune_record(
+        &self,
+        o: &PhaseOutcome,
+        tests: Vec<(String, f64)>,
+        ckpt: &Path,
+        passes: usize,
+        lambda_phase: Option<Value>,
+    ) -> Value {
+        let images = o.iterations * self.a.batch_size;
+        let mut v = json!({
+            "test": to_map(tests),
+            "curve": o.curve, "best_round": o.best_round, "best_val_accuracy": o.best_val,
+            "selected_round": o.selected_round, "iterations": o.iterations,
+            "train_images": images, "train_seconds": o.train_seconds,
+            "images_per_second": if o.train_seconds > 0.0 { json!(images as f64 / o.train_seconds) } else { Value::Null },
+            "forward_passes_per_input": passes,
+            "checkpoint": ckpt.display().to_string(),
+        });
+        if let Some(l) = lambda_phase {
+            v["lambda_phase"] = l;
+        }
+        v
+    }
+}
+
+fn to_map(v: Vec<(String, f64)>) -> Value {
+    Value::Object(v.into_iter().map(|(k, x)| (k, json!(x))).collect())
+}
+
+pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
+    cnn::tune_allocator();
+    if let Some(CnnCommand::Bench(b)) = &a.command {
+        let r = bench(b)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(vec![]);
+    }
+    let p = plan(a)?;
+    let data_dir = crate::data::data_dir(a.data_dir.as_ref());
+    let train = GrayData::load(data_dir.as_deref(), Split::Train, a.limit_train)?;
+    let test = GrayData::load(data_dir.as_deref(), Split::Test, a.limit_test)?;
+    if train.side != test.side {
+        bail!(
+            "train and test images differ in size ({} vs {})",
+            train.side,
+            test.side
+        );
+    }
+    let cfg = CnnConfig {
+        image_size: train.side,
+        ..CnnConfig::fashion_mnist()
+    };
+    let corrupt = Corruptor::new(p.transform.clone(), train.side)?;
+    let none = Corruptor::new(None, train.side)?;
+    let data_cfg = json!({
+        "name": "fashion-mnist", "train_source": train.source.display().to_string(),
+        "test_source": test.source.display().to_string(), "n_train": train.len(), "n_test": test.len(),
+        "limit_train": a.limit_train, "limit_test": a.limit_test, "val_size": a.val_size,
+        "normalisation": {"mean": FASHION_MEAN, "std": FASHION_STD},
+    });
+    let pre_config = json!({
+        "model": {"architecture": "cnn", "config": cfg, "n_params": cfg.n_params()},
+        "data": data_cfg,
+        "epochs": a.pretrain_epochs, "batch_size": a.pretrain_batch_size,
+        "optimizer": {"kind": "adamw", "lr": a.pretrain_lr, "weight_decay": 0.0},
+        "selection": "best upright validation accuracy over epochs (validation split of train)",
+    });
+    let base_config = json!({
+        "pretrain": pre_config,
+        "group": p.group.info(),
+        "transform": p.transform.as_ref().map(|t| t.info()),
+        "transform_draw": "one random element per image, seeded",
+        "methods": p.wraps.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        "lambda": {"form": a.lambda_form, "net": "Linear(d,100)-ReLU-Dropout(0.5)-Linear(100,100)-Dropout(0.5)-Linear(100,1)",
+                   "features": "penultimate CNN features of g·x from a frozen copy of the pretrained CNN",
+                   "phase1": p.lambda, "eval_mode_at_evaluation": true},
+        "equizero_proxy": a.equizero_proxy,
+        "equizero_finetuning": "straight-through: equitune gradient, equizero forward value",
+        "head": "logits averaged over copies; cross-entropy on the wrapped logits",
+        "finetune": {"schedule": p.finetune, "batch_size": a.batch_size, "select": a.select,
+                     "data": "training split minus validation, corrupted per image; the same batches for every method"},
+        "val_eval": a.val_eval,
+        "eval_batch_size": a.eval_batch_size,
+        "canonicaliser": "per-factor pattern argmax, pattern seeded from (seed, 'canon')",
+    });
+    let run_name = a.run.run_name.clone().unwrap_or_else(|| {
+        format!(
+            "fashion-mnist-{}-t{}-{}",
+            p.group.name(),
+            corrupt.name(),
+            output::short_hash(&base_config)
+        )
+    });
+    let mut written = Vec::new();
+    for &seed in &p.seeds {
+        let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
+        if !output::should_run(&path, &base_config, a.run.force)? {
+            eprintln!(
+                "skip: {} exists with the same config (use --force to recompute)",
+                path.display()
+            );
+            written.push(path);
+            continue;
+        }
+        let started_at = output::now_rfc3339();
+        let t0 = Instant::now();
+        let (tr_idx, val_idx) = split(train.len(), a.val_size, seed)?;
+        let pre = pretrain(a, &cfg, &train, &test, &tr_idx, &val_idx, seed, &pre_config)?;
+        let sym = ImageSymmetry::new(
+            p.group.clone(),
+            ImageOutput::Invariant,
+            output::derive_seed(seed, "canon"),
+        );
+        let mut trng = output::rng_for(seed, "cnn-test-transform");
+        let test_elems = corrupt.draw(&mut trng, test.len());
+        let all: Vec<usize> = (0..test.len()).collect();
+        let mut tests = vec![(
+            "upright".to_string(),
+            EvalSet {
+                data: &test,
+                idx: all.clone(),
+                elems: vec![0; test.len()],
+                corruptor: &none,
+            },
+        )];
+        if corrupt.group.is_some() {
+            tests.push((
+                corrupt.name(),
+                EvalSet {
+                    data: &test,
+                    idx: all,
+                    elems: test_elems,
+                    corruptor: &corrupt,
+                },
+            ));
+        }
+        let nv = a.val_eval.min(val_idx.len());
+        let mut vrng = output::rng_for(seed, "cnn-val-transform");
+        let val = EvalSet {
+            data: &train,
+            idx: val_idx[..nv].to_vec(),
+            elems: corrupt.draw(&mut vrng, nv),
+            corruptor: &corrupt,
+        };
+        let run_dir = path.parent().unwrap().to_path_buf();
+        let ctx = SeedCtx {
+            a,
+            p: &p,
+            cfg: &cfg,
+            sym: &sym,
+            train: &train,
+            tr_idx: &tr_idx,
+            corrupt: &corrupt,
+            tests,
+            val,
+            seed,
+            ckpt_dir: run_dir.join(format!("seed-{seed}.checkpoints")),
+        };
+        // zero-shot: every plain method in one pass over the union of copies
+        let plain: Vec<Method> = p
+            .wraps
+            .iter()
+            .filter_map(|w| match w {
+                Wrap::Plain(m) => Some(*m),
+                Wrap::Lambda => None,
+            })
+            .collect();
+        let pre_model = {
+            let (_, m) = ctx.fresh(&pre.path)?;
+            m
+        };
+        let mut zero_shot = serde_json::Map::new();
+        if !plain.is_empty() {
+            for (name, accs) in ctx.test_plain(&plain, &pre_model)? {
+                for (m, acc) in plain.iter().zip(accs) {
+                    zero_shot
+                        .entry(m.name())
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
+                        .unwrap()
+                        .insert(name.clone(), json!(acc));
+                }
+            }
+        }
+        let mut finetuned = serde_json::Map::new();
+        let mut passes = serde_json::Map::new();
+        for w in &p.wraps {
+            let rec = match w {
+                Wrap::Plain(m) => ctx.finetune_plain(*m, &pre.path)?,
+                Wrap::Lambda => {
+                    let (zs, rec) = ctx.finetune_lambda(&pre.path)?;
+                    zero_shot.insert(w.name().into(), to_map(zs));
+                    rec
+                }
+            };
+            passes.insert(w.name().into(), rec["forward_passes_per_input"].clone());
+            eprintln!(
+                "seed {seed}: {}: zero-shot {} -> finetuned {}",
+                w.name(),
+                zero_shot[w.name()],
+                rec["test"]
+            );
+            finetuned.insert(w.name().into(), rec);
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let pre_metrics = &pre.record["metrics"];
+        let record = RunRecord {
+            schema_version: output::SCHEMA_VERSION,
+            experiment: EXPERIMENT.into(),
+            seed,
+            config: base_config.clone(),
+            metrics: json!({
+                "pretrained": {
+                    "test_upright_accuracy": pre_metrics["test_upright_accuracy"],
+                    "best_val_accuracy": pre_metrics["best_val_accuracy"],
+                    "best_epoch": pre_metrics["best_epoch"],
+                    "curve": pre_metrics["curve"],
+                    "checkpoint": pre.path.display().to_string(),
+                },
+                "zero_shot": zero_shot,
+                "finetuned": finetuned,
+            }),
+            cost: json!({
+                "forward_passes_per_input": passes,
+                "pretrain_images_per_second": pre.record["cost"]["images_per_second"],
+                "wall_seconds": wall,
+                "peak_rss_mib": output::peak_rss_mib(),
+            }),
+            equirun_version: env!("CARGO_PKG_VERSION").into(),
+            started_at,
+            finished_at: output::now_rfc3339(),
+        };
+        output::write_json_atomic(&path, &record)?;
+        eprintln!("seed {seed}: done in {wall:.0}s -> {}", path.display());
+        written.push(path);
+    }
+    if let Some(dir) = written.first().and_then(|p| p.parent()) {
+        // every seed of this run folder with this config (seeds may run as separate processes)
+        let mut seeds: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                n.starts_with("seed-") && n.ends_with(".json")
+            })
+            .filter(|p| {
+                matches!(
+                    output::check_existing(p, &base_config),
+                    Ok(output::Existing::SameConfig)
+                )
+            })
+            .collect();
+        seeds.sort_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.trim_start_matches("seed-").parse::<u64>().ok())
+        });
+        let table = summary_table(&seeds)?;
+        output::write_bytes_atomic(&dir.join("table.md"), table.as_bytes())?;
+        print!("{table}");
+    }
+    Ok(written)
+}
+
+fn mean_std(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return format!("{m:.2}");
+    }
+    let s = (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)).sqrt();
+    format!("{m:.2} ± {s:.2}")
+}
+
+/// A Markdown table (mean ± sample std over the given seed files): the pretrained CNN's
+/// upright accuracy, then per method and test set the zero-shot and finetuned accuracies.
+pub fn summary_table(paths: &[PathBuf]) -> Result<String> {
+    let recs = paths
+        .iter()
+        .map(|p| -> Result<Value> {
+            Ok(serde_json::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let first = &recs[0];
+    let methods: Vec<String> = first["config"]["methods"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tests: Vec<String> = first["metrics"]["finetuned"]
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|v| v["test"].as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let seeds: Vec<String> = recs.iter().map(|r| r["seed"].to_string()).collect();
+    let ft = &first["config"]["finetune"]["schedule"];
+    let iters = ft["rounds"].as_u64().unwrap_or(0) * ft["iters_per_round"].as_u64().unwrap_or(0);
+    let mut s = String::new();
+    s.push_str(&format!(
+        "Fashion-MNIST, group {}, seeds {} (mean ± std); finetuning budget {} iterations × batch {}\n\n",
+        first["config"]["group"]["name"].as_str().unwrap_or("?"),
+        seeds.join(","),
+        iters,
+        first["config"]["finetune"]["batch_size"]
+    ));
+    let col = |f: &dyn Fn(&Value) -> Option<f64>| -> String {
+        mean_std(&recs.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    s.push_str(&format!(
+        "pretrained CNN, upright test accuracy: {} %\n\n",
+        col(&|r| r["metrics"]["pretrained"]["test_upright_accuracy"].as_f64())
+    ));
+    s.push_str("| method | test images | zero-shot | finetuned |\n|---|---|---|---|\n");
+    for m in &methods {
+        for t in &tests {
+            s.push_str(&format!(
+                "| {m} | {t} | {} | {} |\n",
+                col(&|r| r["metrics"]["zero_shot"][m][t].as_f64()),
+                col(&|r| r["metrics"]["finetuned"][m]["test"][t].as_f64()),
+            ));
+        }
+    }
+    s.push('\n');
+    Ok(s)
+}
+
+/// Training throughput of the CNN: `steps` AdamW steps on seeded random images.
+pub fn bench(b: &BenchArgs) -> Result<Value> {
+    let dev = Device::Cpu;
+    let cfg = CnnConfig::fashion_mnist();
+    let (vm, model) = Cnn::init(&cfg, 0, &dev)?;
+    let m = Method::parse(&b.method).context("--method")?;
+    if !matches!(m, Method::Vanilla | Method::Equitune) {
+        bail!("bench --method must be vanilla or equitune");
+    }
+    let group = image_group(&b.group).context("--group")?;
+    let sym = ImageSymmetry::new(group, ImageOutput::Invariant, 0);
+    let bs = b.batch_size.max(1);
+    let x = {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let n = Normal::new(0f32, 1.0).unwrap();
+        let v: Vec<f32> = (0..bs * 28 * 28).map(|_| n.sample(&mut rng)).collect();
+        Tensor::from_vec(v, (bs, 1, 28, 28), &dev)?
+    };
+    let y = Tensor::from_vec((0..bs as u32).map(|i| i % 10).collect::<Vec<_>>(), bs, &dev)?;
+    let mut opt = crate::equi::finetune::Optim::new(
+        cnn::vars(&cfg, &vm)?,
+        OptimConfig {
+            kind: OptimKind::Adamw,
+            lr: 1e-3,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+    )?;
+    let drop = RefCell::new(output::rng_for(0, "bench-dropout"));
+    let proxy = crate::equi::neg_max_confidence;
+    let mut step = || -> Result<()> {
+        let f = |z: &Tensor| model.logits(z, Some(&drop));
+        let o = train_output(m, &sym, &proxy, &f, &x)?;
+        let l = classification_loss(&o, &y, Head::Logits)?;
+        opt.step(&l.backward()?)
+    };
+    for _ in 0..b.warmup {
+        step()?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..b.steps {
+        step()?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "framework": "equirun (candle)", "method": m.name(), "group": b.group,
+        "passes_per_image": m.passes(&sym), "batch_size": bs, "steps": b.steps,
+        "threads": candle_core::utils::get_num_threads(),
+        "seconds": secs, "images_per_second": (bs * b.steps) as f64 / secs,
+        "n_params": cfg.n_params(),
+    }))
+}
