@@ -13,7 +13,8 @@
 //!
 //! Without `EQUIRUN_SLURM=1` the tests pass after printing why they were skipped (`.ci/run`
 //! passes its reason on in `EQUIRUN_SLURM_SKIPPED`). With it, a missing `SLURM_CONF` file or
-//! `sbatch` is an error, not a skip.
+//! `sbatch` is an error, not a skip. On a multi-node cluster, set `EQUIRUN_SLURM_TMPDIR` to a
+//! folder on a shared file system (the fixtures, run lists and results live there).
 
 use equirun::experiments::sweep::{expand, SweepConfig};
 use serde_json::Value;
@@ -67,9 +68,7 @@ fn text(o: &Output) -> String {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
     String::from_utf8(o.stdout).unwrap()
 }
@@ -121,7 +120,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let root = tempfile::tempdir().unwrap();
+        // on a multi-node cluster the tasks must see this folder: EQUIRUN_SLURM_TMPDIR
+        let root = match std::env::var_os("EQUIRUN_SLURM_TMPDIR") {
+            Some(d) => tempfile::tempdir_in(d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
         equirun::testing::write_tiny_clip_for_cifar10(&root.path().join("snapshot"), 3);
         equirun::testing::write_tiny_cifar10(&root.path().join("data"), 8, 5);
         Fixture { root }
@@ -152,12 +155,14 @@ impl Fixture {
     fn emit_and_submit(&self, dir: &Path, name: &str, config: &str, tasks: usize) -> String {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
-        run_ok(
-            Command::new(BIN)
-                .current_dir(dir)
-                .args(["sweep", &format!("{name}.toml"), "--emit", "slurm"]),
-        );
-        let sbatch = std::fs::read_to_string(dir.join(format!("sweeps/{name}/runs.sbatch"))).unwrap();
+        run_ok(Command::new(BIN).current_dir(dir).args([
+            "sweep",
+            &format!("{name}.toml"),
+            "--emit",
+            "slurm",
+        ]));
+        let sbatch =
+            std::fs::read_to_string(dir.join(format!("sweeps/{name}/runs.sbatch"))).unwrap();
         let want = format!("#SBATCH --array=0-{}%2\n", tasks - 1);
         assert!(sbatch.contains(&want), "{want:?} not in\n{sbatch}");
         let out = run_ok(
@@ -167,7 +172,10 @@ impl Fixture {
                 .envs(self.env()),
         );
         // "stage runs: job array 12 (8 tasks)"
-        let line = out.lines().find(|l| l.contains("job array")).unwrap_or_else(|| panic!("{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.contains("job array"))
+            .unwrap_or_else(|| panic!("{out}"));
         let id = line.split_whitespace().nth(4).unwrap().to_string();
         assert!(id.chars().all(|c| c.is_ascii_digit()), "{line}");
         assert!(line.ends_with(&format!("({tasks} tasks)")), "{line}");
@@ -186,12 +194,12 @@ impl Drop for Cancel {
     }
 }
 
-/// Polls `squeue` until none of the jobs is queued or running (or `limit` passes).
-fn wait_for(ids: &[String], limit: Duration) -> Duration {
+/// Polls `squeue` until no task of the array is queued or running (or `limit` passes).
+fn wait_for(id: &str, limit: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
         let o = Command::new("squeue")
-            .args(["-h", "-o", "%i %T", "-j", &ids.join(",")])
+            .args(["-h", "-o", "%i %T", "-j", id])
             .output()
             .unwrap();
         // squeue exits 1 with "Invalid job id" once a job has left the queue
@@ -200,7 +208,7 @@ fn wait_for(ids: &[String], limit: Duration) -> Duration {
         }
         assert!(
             t0.elapsed() < limit,
-            "arrays {ids:?} not finished after {limit:?}:\n{}",
+            "array {id} not finished after {limit:?}:\n{}",
             String::from_utf8_lossy(&o.stdout)
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -250,12 +258,20 @@ fn array_tasks(id: &str) -> Vec<Task> {
 /// The task's `--output` file (`slurm-%x-%A_%a.out` in the submit folder).
 fn task_log(dir: &Path, t: &Task) -> String {
     let p = PathBuf::from(&t.fields["StdOut"]);
-    assert!(p.starts_with(dir), "{} is not in the submit folder", p.display());
+    assert!(
+        p.starts_with(dir),
+        "{} is not in the submit folder",
+        p.display()
+    );
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn report(dir: &Path) -> String {
-    run_ok(Command::new(BIN).current_dir(dir).args(["report", "results"]))
+    run_ok(
+        Command::new(BIN)
+            .current_dir(dir)
+            .args(["report", "results"]),
+    )
 }
 
 /// 4 grid points × 2 seeds = 8 array tasks, `%2`: every task completes with exit code 0, one
@@ -300,7 +316,7 @@ fn emitted_sweep_runs_as_a_job_array() {
         "slurm: submitted job array {id}: 8 tasks (4 runs x 2 seeds, --array=0-7%2) with SLURM_CONF={}",
         conf.display()
     ));
-    wait_for(&[id.clone()], Duration::from_secs(300));
+    wait_for(&id, Duration::from_secs(300));
     let wall = t0.elapsed().as_secs_f64();
 
     let tasks = array_tasks(&id);
@@ -308,7 +324,10 @@ fn emitted_sweep_runs_as_a_job_array() {
         .iter()
         .map(|t| format!("{}:{} {}", t.index, t.state, t.exit))
         .collect();
-    ci(&format!("slurm: array {id} task states and exit codes: {}", codes.join(", ")));
+    ci(&format!(
+        "slurm: array {id} task states and exit codes: {}",
+        codes.join(", ")
+    ));
     assert_eq!(
         tasks.iter().map(|t| t.index).collect::<Vec<_>>(),
         (0..8).collect::<Vec<_>>(),
@@ -323,7 +342,10 @@ fn emitted_sweep_runs_as_a_job_array() {
             t.state,
             t.exit
         );
-        assert_eq!(t.fields["ArrayTaskThrottle"], "2", "the config's array_limit");
+        assert_eq!(
+            t.fields["ArrayTaskThrottle"], "2",
+            "the config's array_limit"
+        );
         // task i ran line i+1 of the run list: the run with stage_index i
         let run = &runs[t.index];
         assert!(
@@ -355,7 +377,10 @@ fn emitted_sweep_runs_as_a_job_array() {
     }
     let (slurm_table, local_table) = (report(&sub), report(&local));
     assert!(slurm_table.contains("equitune"), "{slurm_table}");
-    assert_eq!(slurm_table, local_table, "equirun report differs from the local sweep's");
+    assert_eq!(
+        slurm_table, local_table,
+        "equirun report differs from the local sweep's"
+    );
     ci(&format!(
         "slurm: {} result JSONs (one per run), 0 temp files; equirun report identical to the local sweep's ({} lines)",
         got.len(),
@@ -389,7 +414,7 @@ fn a_failing_cell_fails_only_its_array_task() {
     ci(&format!(
         "slurm: submitted job array {id}: 3 tasks (--group rot90 / no-such-group / flip, --array=0-2%2)"
     ));
-    wait_for(&[id.clone()], Duration::from_secs(300));
+    wait_for(&id, Duration::from_secs(300));
     let wall = t0.elapsed().as_secs_f64();
     let tasks = array_tasks(&id);
     assert_eq!(tasks.len(), 3, "{tasks:#?}");
@@ -402,7 +427,10 @@ fn a_failing_cell_fails_only_its_array_task() {
                 log.contains("unknown image group 'no-such-group'"),
                 "no clear message in the failed task's log:\n{log}"
             );
-            let msg = log.lines().find(|l| l.contains("error")).unwrap_or_default();
+            let msg = log
+                .lines()
+                .find(|l| l.contains("error"))
+                .unwrap_or_default();
             ci(&format!(
                 "slurm: failing cell: array {id} task 1 (--group no-such-group) {} with ExitCode={}; its log says: {msg}",
                 t.state, t.exit
