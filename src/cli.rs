@@ -26,6 +26,10 @@ pub enum Command {
     /// swap-consistency check.
     #[command(name = "gpt2-fairness")]
     Gpt2Fairness(FairnessArgs),
+    /// Multi-input equivariance on k-tuples of Fashion-MNIST images (CNN, CNN-Aug, Multi-GCNN,
+    /// Multi-GCNN-Fusion): per-view rot90 groups, Σ|Gᵢ| passes instead of Π|Gᵢ|.
+    #[command(name = "multi-image")]
+    MultiImage(crate::experiments::multi_image::MultiImageArgs),
     /// Regard classification of generated text and the fairness report (train the offline
     /// minilm-probe, evaluate a scorer, score samples → fractions, TVD, plots).
     #[command(subcommand)]

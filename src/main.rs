@@ -66,6 +66,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }
+        Command::MultiImage(a) => {
+            experiments::multi_image::run(&a)?;
+            Ok(0)
+        }
         Command::Regard(c) => {
             experiments::regard::run(&c)?;
             Ok(0)

@@ -73,3 +73,37 @@ pub fn write_tiny_cifar10(root: &Path, n: usize, seed: u64) {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("test_batch.bin"), bytes).unwrap();
 }
+
+/// Writes an idx file (u8 data) with the given dims.
+pub fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut b = vec![0u8, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A tiny Fashion-MNIST in `dir` (train and t10k idx files): 28×28 images of a class-dependent
+/// horizontal bar plus noise, labels cycling 0..9.
+pub fn write_tiny_fashion(dir: &Path, n_train: usize, n_test: usize) {
+    use rand::{Rng, SeedableRng};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
+        let mut px = Vec::with_capacity(n * 784);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let l = (i % 10) as u8;
+            for r in 0..28 {
+                for c in 0..28 {
+                    let bar = r == 2 + 2 * l as usize && (4..24).contains(&c);
+                    px.push(if bar { 220 } else { rng.random_range(0..40u8) });
+                }
+            }
+            labels.push(l);
+        }
+        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte")), &[n as u32, 28, 28], &px);
+        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
+    }
+}

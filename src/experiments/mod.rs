@@ -5,6 +5,7 @@ pub mod clip;
 pub mod clip_finetune;
 pub mod cnn;
 pub mod fairness;
+pub mod multi_image;
 pub mod regard;
 pub mod regard_report;
 pub mod report;

@@ -1,0 +1,553 @@
+//! `equirun multi-image`: multi-input equivariance on k-tuples of images (methods.md §1.5, §3.5;
+//! the multi-group paper's first design), on Fashion-MNIST.
+//!
+//! A sample is k *different* images of the same class (consecutive images of a class grouped into
+//! k-tuples, remainder dropped, tuples shuffled), each view rotated independently at test time
+//! (and, for `cnn-aug`, at training time). Models (the official `Gemini` structure, with equirun's
+//! small CNN as the per-view feature extractor):
+//!
+//! | model | per-view group | fusion | CNN passes per tuple |
+//! |---|---|---|---|
+//! | `cnn` | {id} | – | k |
+//! | `cnn-aug` | {id}, rot90 train augmentation | – | k |
+//! | `multi-gcnn` | rot90 (equitune per view: invariant features) | – | Σ|Gᵢ| = 4k |
+//! | `multi-gcnn-fusion` | rot90 + IS fusion branch (learnable c) | yes | 2·Σ|Gᵢ| = 8k |
+//! | `product-gcnn` | equitune of the whole k-view network over rot90^k | – | k·Π|Gᵢ| = k·4^k |
+//!
+//! Fusion (`--fusion-form official`): hᵢ ← (hᵢ + c(ū − hᵢ))/(1 + c), ū the mean of the views'
+//! fusion features; `is`: hᵢ ← hᵢ + c·mean_{j≠i} u_j (the IS sum of §1.5). Head: concat(h₁…h_k)
+//! → Linear → 64 → ReLU → Dropout 0.5 → Linear → classes. SGD (momentum 0.9, weight decay 1e-3,
+//! lr 0.01) as the official recipe, but with the epoch chosen on a validation split held out
+//! from the training images (never on the test set), separately for upright and rotated tests.
+
+use super::cnn::{make_batch, Corruptor, GrayData};
+use super::{progress_bar, RunOpts};
+use crate::data::images::Split;
+use crate::equi::finetune::{Optim, OptimConfig, OptimKind};
+use crate::equi::{ImageOutput, ImageSymmetry, Symmetry};
+use crate::groups::image::image_group;
+use crate::models::cnn::{self, dropout_mask, Cnn, CnnConfig};
+use crate::output::{self, RunRecord};
+use anyhow::{anyhow, bail, Result};
+use candle_core::{Device, Tensor, Var, D};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub const EXPERIMENT: &str = "multi-image";
+const FEAT: usize = 64;
+
+/// The models of the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    Cnn,
+    CnnAug,
+    MultiGcnn,
+    MultiGcnnFusion,
+    ProductGcnn,
+}
+
+impl ModelKind {
+    pub const ALL: [ModelKind; 5] = [
+        ModelKind::Cnn,
+        ModelKind::CnnAug,
+        ModelKind::MultiGcnn,
+        ModelKind::MultiGcnnFusion,
+        ModelKind::ProductGcnn,
+    ];
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelKind::Cnn => "cnn",
+            ModelKind::CnnAug => "cnn-aug",
+            ModelKind::MultiGcnn => "multi-gcnn",
+            ModelKind::MultiGcnnFusion => "multi-gcnn-fusion",
+            ModelKind::ProductGcnn => "product-gcnn",
+        }
+    }
+    pub fn parse_list(s: &str) -> Result<Vec<ModelKind>> {
+        let mut out = Vec::new();
+        for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let m = Self::ALL.iter().copied().find(|m| m.name() == p).ok_or_else(|| {
+                anyhow!(
+                    "unknown model '{p}': valid models are {}",
+                    Self::ALL.map(|m| m.name()).join(", ")
+                )
+            })?;
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            bail!("--models is empty");
+        }
+        Ok(out)
+    }
+    fn per_view_group(&self) -> bool {
+        matches!(self, ModelKind::MultiGcnn | ModelKind::MultiGcnnFusion)
+    }
+    fn fusion(&self) -> bool {
+        *self == ModelKind::MultiGcnnFusion
+    }
+    /// CNN passes per tuple of k views.
+    pub fn passes(&self, k: usize) -> usize {
+        match self {
+            ModelKind::Cnn | ModelKind::CnnAug => k,
+            ModelKind::MultiGcnn => 4 * k,
+            ModelKind::MultiGcnnFusion => 8 * k,
+            ModelKind::ProductGcnn => k * 4usize.pow(k as u32),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FusionForm {
+    /// The official code: hᵢ ← (hᵢ + c(ū − hᵢ))/(1 + c).
+    Official,
+    /// The IS sum of methods.md §1.5: hᵢ ← hᵢ + c·mean_{j≠i} u_j.
+    Is,
+}
+
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct MultiImageArgs {
+    /// Fashion-MNIST folder (default: $EQUIRUN_DATA, else Debian's /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Views per sample, comma-separated (one run folder per k).
+    #[arg(long, default_value = "2,3,4")]
+    pub k: String,
+    /// Models: cnn, cnn-aug, multi-gcnn, multi-gcnn-fusion, product-gcnn (k·4^k passes: small k only).
+    #[arg(long, default_value = "cnn,cnn-aug,multi-gcnn,multi-gcnn-fusion")]
+    pub models: String,
+    #[arg(long, value_enum, default_value = "official")]
+    pub fusion_form: FusionForm,
+    /// Training images (the first N of the train split), grouped into k-tuples.
+    #[arg(long, default_value_t = 6000)]
+    pub train_images: usize,
+    /// Validation images (the next N of the train split): model selection only.
+    #[arg(long, default_value_t = 1000)]
+    pub val_images: usize,
+    /// Test images (the first N of the test split).
+    #[arg(long, default_value_t = 2000)]
+    pub test_images: usize,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Tuples per SGD step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub weight_decay: f64,
+    #[command(flatten)]
+    pub run: RunOpts,
+}
+
+/// k-tuples of image indices of one class.
+#[derive(Clone, Debug)]
+pub struct Tuples {
+    pub idx: Vec<Vec<usize>>,
+    pub labels: Vec<u32>,
+}
+
+/// Groups `indices` by class (in order), chunks each class into consecutive k-tuples (remainder
+/// dropped) and shuffles the tuples with `rng`.
+pub fn make_tuples(labels: &[u32], indices: &[usize], k: usize, rng: &mut impl Rng) -> Tuples {
+    let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for &i in indices {
+        by_class.entry(labels[i]).or_default().push(i);
+    }
+    let mut t: Vec<(Vec<usize>, u32)> = Vec::new();
+    for (c, v) in by_class {
+        for chunk in v.chunks_exact(k) {
+            t.push((chunk.to_vec(), c));
+        }
+    }
+    t.shuffle(rng);
+    Tuples {
+        idx: t.iter().map(|x| x.0.clone()).collect(),
+        labels: t.iter().map(|x| x.1).collect(),
+    }
+}
+
+/// The multi-view network.
+pub struct MultiView {
+    pub kind: ModelKind,
+    pub k: usize,
+    pub form: FusionForm,
+    main: Cnn,
+    fus: Option<Cnn>,
+    c: Option<Var>,
+    head: Vec<Var>,
+    pub vars: Vec<Var>,
+    sym: ImageSymmetry,
+    /// CNN image passes so far (counted).
+    pub passes: Cell<usize>,
+}
+
+fn uniform(rng: &mut impl Rng, shape: &[usize], fan_in: usize, dev: &Device) -> Result<Var> {
+    let b = 1.0 / (fan_in as f32).sqrt();
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-b..b)).collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(v, shape, dev)?)?)
+}
+
+impl MultiView {
+    pub fn new(kind: ModelKind, k: usize, form: FusionForm, cfg: &CnnConfig, seed: u64) -> Result<Self> {
+        let dev = Device::Cpu;
+        let (vm_main, main) = Cnn::init(cfg, output::derive_seed(seed, "main-cnn"), &dev)?;
+        let mut vars = cnn::vars(cfg, &vm_main)?;
+        let (fus, c) = if kind.fusion() {
+            let (vm, f) = Cnn::init(cfg, output::derive_seed(seed, "fusion-cnn"), &dev)?;
+            vars.extend(cnn::vars(cfg, &vm)?);
+            let c = Var::from_tensor(&Tensor::new(&[0.1f32], &dev)?)?;
+            vars.push(c.clone());
+            (Some(f), Some(c))
+        } else {
+            (None, None)
+        };
+        let mut rng = output::rng_for(seed, "multi-view-head");
+        let head = vec![
+            uniform(&mut rng, &[FEAT, k * cfg.hidden], k * cfg.hidden, &dev)?,
+            uniform(&mut rng, &[FEAT], k * cfg.hidden, &dev)?,
+            uniform(&mut rng, &[cfg.classes, FEAT], FEAT, &dev)?,
+            uniform(&mut rng, &[cfg.classes], FEAT, &dev)?,
+        ];
+        vars.extend(head.iter().cloned());
+        let group = if kind.per_view_group() || kind == ModelKind::ProductGcnn {
+            image_group("rot90")?
+        } else {
+            image_group("id")?
+        };
+        Ok(Self {
+            kind,
+            k,
+            form,
+            main,
+            fus,
+            c,
+            head,
+            vars,
+            sym: ImageSymmetry::new(group, ImageOutput::Invariant, 0),
+            passes: Cell::new(0),
+        })
+    }
+
+    /// Group-mean features of every view: [k, B, hidden] (one batched CNN call).
+    fn view_features(&self, net: &Cnn, views: &[Tensor]) -> Result<Tensor> {
+        let b = views[0].dim(0)?;
+        let n = if self.kind.per_view_group() { self.sym.order() } else { 1 };
+        let mut copies = Vec::with_capacity(self.k * n);
+        for v in views {
+            for g in 0..n {
+                copies.push(self.sym.act_input(g, v)?);
+            }
+        }
+        let x = Tensor::cat(&copies, 0)?;
+        self.passes.set(self.passes.get() + x.dim(0)?);
+        let (f, _) = net.forward(&x, None)?;
+        let h = f.dim(1)?;
+        Ok(f.reshape((self.k, n, b, h))?.mean(1)?)
+    }
+
+    /// Logits [B, classes] of k views (each [B, 1, S, S]); dropout from `rng` when training.
+    fn network(&self, views: &[Tensor], rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>) -> Result<Tensor> {
+        let mut h = self.view_features(&self.main, views)?; // [k, B, H]
+        if let (Some(fus), Some(c)) = (&self.fus, &self.c) {
+            let u = self.view_features(fus, views)?;
+            let c = c.as_tensor();
+            h = match self.form {
+                FusionForm::Official => {
+                    let ubar = u.mean_keepdim(0)?;
+                    let num = (&h + ubar.broadcast_sub(&h)?.broadcast_mul(c)?)?;
+                    num.broadcast_div(&(c + 1.0)?)?
+                }
+                FusionForm::Is => {
+                    let k = self.k as f64;
+                    let others = (u.sum_keepdim(0)?.broadcast_sub(&u)? / (k - 1.0).max(1.0))?;
+                    (&h + others.broadcast_mul(c)?)?
+                }
+            };
+        }
+        let (k, b, hd) = h.dims3()?;
+        let cat = h.transpose(0, 1)?.reshape((b, k * hd))?;
+        let z = cat
+            .matmul(&self.head[0].as_tensor().t()?)?
+            .broadcast_add(self.head[1].as_tensor())?
+            .relu()?;
+        let z = match rng {
+            Some(r) => z.broadcast_mul(&dropout_mask(z.dims(), 0.5, r, z.device())?)?,
+            None => z,
+        };
+        Ok(z.matmul(&self.head[2].as_tensor().t()?)?.broadcast_add(self.head[3].as_tensor())?)
+    }
+
+    /// The model's logits: for `product-gcnn` the mean over every element of rot90^k of the
+    /// whole network on the transformed views (black-box equitune over the product).
+    pub fn logits(&self, views: &[Tensor], rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>) -> Result<Tensor> {
+        if self.kind != ModelKind::ProductGcnn {
+            return self.network(views, rng);
+        }
+        let total = 4usize.pow(self.k as u32);
+        let mut acc: Option<Tensor> = None;
+        for e in 0..total {
+            let mut code = e;
+            let moved = views
+                .iter()
+                .map(|v| {
+                    let g = code % 4;
+                    code /= 4;
+                    self.sym.act_input(g, v)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let y = self.network(&moved, rng)?;
+            acc = Some(match acc {
+                None => y,
+                Some(a) => (a + y)?,
+            });
+        }
+        Ok((acc.expect("non-empty product") / total as f64)?)
+    }
+
+    fn snapshot(&self) -> Result<Vec<Tensor>> {
+        Ok(self.vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?)
+    }
+    fn restore(&self, s: &[Tensor]) -> Result<()> {
+        for (v, t) in self.vars.iter().zip(s) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The views of a batch of tuples: k tensors [B, 1, S, S], view v of tuple `rows[j]` transformed
+/// by `elems[j][v]` (rot90 powers).
+fn views_of(d: &GrayData, tuples: &Tuples, rows: &[usize], elems: &[Vec<usize>], c: &Corruptor) -> Result<(Vec<Tensor>, Tensor)> {
+    let k = tuples.idx[0].len();
+    let dev = Device::Cpu;
+    let mut views = Vec::with_capacity(k);
+    for v in 0..k {
+        let idx: Vec<usize> = rows.iter().map(|&r| tuples.idx[r][v]).collect();
+        let el: Vec<usize> = elems.iter().map(|e| e[v]).collect();
+        views.push(make_batch(d, &idx, &el, c, &dev)?.0);
+    }
+    let labels: Vec<u32> = rows.iter().map(|&r| tuples.labels[r]).collect();
+    Ok((views, Tensor::from_vec(labels, rows.len(), &dev)?))
+}
+
+fn accuracy(m: &MultiView, d: &GrayData, t: &Tuples, elems: &[Vec<usize>], c: &Corruptor, batch: usize) -> Result<f64> {
+    let rows: Vec<usize> = (0..t.labels.len()).collect();
+    let mut correct = 0usize;
+    for chunk in rows.chunks(batch.max(1)) {
+        let (views, y) = views_of(d, t, chunk, &elems[chunk[0]..chunk[0] + chunk.len()], c)?;
+        let p = m.logits(&views, None)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        correct += p.iter().zip(y.to_vec1::<u32>()?).filter(|(a, b)| **a == *b).count();
+    }
+    Ok(100.0 * correct as f64 / t.labels.len().max(1) as f64)
+}
+
+fn draw_elems(rng: &mut impl Rng, n: usize, k: usize, rotate: bool) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|_| (0..k).map(|_| if rotate { rng.random_range(0..4) } else { 0 }).collect())
+        .collect()
+}
+
+/// Trains one model and evaluates it; returns its metrics JSON.
+#[allow(clippy::too_many_arguments)]
+fn train_eval(
+    a: &MultiImageArgs,
+    kind: ModelKind,
+    k: usize,
+    seed: u64,
+    train: &GrayData,
+    test: &GrayData,
+    sets: &Sets,
+    rot: &Corruptor,
+) -> Result<Value> {
+    let cfg = CnnConfig::fashion_mnist();
+    let m = MultiView::new(kind, k, a.fusion_form, &cfg, seed)?;
+    let mut opt = Optim::new(
+        m.vars.clone(),
+        OptimConfig { kind: OptimKind::Sgd, lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay },
+    )?;
+    let n = sets.train.labels.len();
+    let steps = n.div_ceil(a.batch_size.max(1));
+    let pb = progress_bar((a.epochs * steps) as u64, &format!("k={k} seed {seed} {}", kind.name()));
+    let mut order_rng = output::rng_for(seed, &format!("order-{}", kind.name()));
+    let mut aug_rng = output::rng_for(seed, &format!("aug-{}", kind.name()));
+    let drop_rng = RefCell::new(output::rng_for(seed, &format!("dropout-{}", kind.name())));
+    let (mut best_up, mut best_rot): ((f64, usize, Vec<Tensor>), (f64, usize, Vec<Tensor>)) =
+        ((-1.0, 0, vec![]), (-1.0, 0, vec![]));
+    let mut curve = Vec::new();
+    let mut epoch_seconds = Vec::new();
+    let mut train_passes = 0usize;
+    for epoch in 1..=a.epochs {
+        let t0 = Instant::now();
+        let mut rows: Vec<usize> = (0..n).collect();
+        rows.shuffle(&mut order_rng);
+        let mut loss_sum = 0.0;
+        let p0 = m.passes.get();
+        for chunk in rows.chunks(a.batch_size.max(1)) {
+            let elems = draw_elems(&mut aug_rng, chunk.len(), k, kind == ModelKind::CnnAug);
+            let (views, y) = views_of(train, &sets.train, chunk, &elems, rot)?;
+            let logits = m.logits(&views, Some(&drop_rng))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            opt.step(&loss.backward()?)?;
+            pb.inc(1);
+        }
+        train_passes += m.passes.get() - p0;
+        let secs = t0.elapsed().as_secs_f64();
+        epoch_seconds.push(secs);
+        let vu = accuracy(&m, train, &sets.val, &sets.val_up, rot, 256)?;
+        let vr = accuracy(&m, train, &sets.val, &sets.val_rot, rot, 256)?;
+        curve.push(json!({"epoch": epoch, "train_loss": loss_sum / n as f64, "val_upright": vu, "val_rotated": vr, "seconds": secs}));
+        if vu > best_up.0 {
+            best_up = (vu, epoch, m.snapshot()?);
+        }
+        if vr > best_rot.0 {
+            best_rot = (vr, epoch, m.snapshot()?);
+        }
+    }
+    pb.finish_and_clear();
+    m.restore(&best_up.2)?;
+    let test_up = accuracy(&m, test, &sets.test, &sets.test_up, rot, 256)?;
+    m.restore(&best_rot.2)?;
+    let test_rot = accuracy(&m, test, &sets.test, &sets.test_rot, rot, 256)?;
+    Ok(json!({
+        "test_upright": test_up, "test_rotated": test_rot,
+        "selected_epoch": {"upright": best_up.1, "rotated": best_rot.1},
+        "val_best": {"upright": best_up.0, "rotated": best_rot.0},
+        "curve": curve,
+        "passes_per_tuple": kind.passes(k),
+        "measured_train_passes_per_tuple": train_passes as f64 / (n * a.epochs) as f64,
+        "epoch_seconds": epoch_seconds,
+        "parameters": m.vars.iter().map(|v| v.elem_count()).sum::<usize>(),
+    }))
+}
+
+struct Sets {
+    train: Tuples,
+    val: Tuples,
+    test: Tuples,
+    val_up: Vec<Vec<usize>>,
+    val_rot: Vec<Vec<usize>>,
+    test_up: Vec<Vec<usize>>,
+    test_rot: Vec<Vec<usize>>,
+}
+
+pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
+    let models = ModelKind::parse_list(&a.models)?;
+    let ks: Vec<usize> = a
+        .k
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().map_err(|_| anyhow!("--k: '{s}' is not a number")))
+        .collect::<Result<_>>()?;
+    if let Some(k) = ks.iter().find(|&&k| !(1..=6).contains(&k)) {
+        bail!("--k {k}: views per sample must be between 1 and 6");
+    }
+    if models.contains(&ModelKind::ProductGcnn) && ks.iter().any(|&k| k > 4) {
+        bail!("product-gcnn costs k·4^k passes per tuple: use it with k ≤ 4");
+    }
+    if a.epochs == 0 || a.batch_size == 0 {
+        bail!("--epochs and --batch-size must be positive");
+    }
+    let seeds = output::parse_seeds(&a.run.seeds)?;
+    let train = GrayData::load(a.data_dir.as_deref(), Split::Train, Some(a.train_images + a.val_images))?;
+    if train.len() < a.train_images + a.val_images {
+        bail!(
+            "{} has {} training images; --train-images {} + --val-images {} is too many",
+            train.source.display(),
+            train.len(),
+            a.train_images,
+            a.val_images
+        );
+    }
+    let test = GrayData::load(a.data_dir.as_deref(), Split::Test, Some(a.test_images))?;
+    let rot = Corruptor::new(Some(image_group("rot90")?), train.side)?;
+    let mut written = Vec::new();
+    for &k in &ks {
+        let config = json!({
+            "dataset": "fashion-mnist", "train_source": train.source.display().to_string(),
+            "k": k, "models": models.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            "fusion_form": a.fusion_form, "train_images": a.train_images, "val_images": a.val_images,
+            "test_images": test.len(), "epochs": a.epochs, "batch_size": a.batch_size,
+            "optimizer": {"kind": "sgd", "lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay},
+            "backbone": {"cnn": CnnConfig::fashion_mnist(), "features": "penultimate (64), group mean per view"},
+            "head": "concat(k·64) → 64 → ReLU → Dropout 0.5 → 10",
+            "selection": "best validation epoch, separately for upright and per-view-rotated tests",
+            "tuples": "consecutive same-class images, remainder dropped, shuffled per seed",
+        });
+        let run_name = a
+            .run
+            .run_name
+            .clone()
+            .map(|n| format!("{n}-k{k}"))
+            .unwrap_or_else(|| format!("k{k}-{}", output::short_hash(&config)));
+        for &seed in &seeds {
+            let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
+            if !output::should_run(&path, &config, a.run.force)? {
+                eprintln!("skip: {} exists with the same config", path.display());
+                written.push(path);
+                continue;
+            }
+            let started_at = output::now_rfc3339();
+            let t0 = Instant::now();
+            let mut trng = output::rng_for(seed, "tuples");
+            let train_idx: Vec<usize> = (0..a.train_images).collect();
+            let val_idx: Vec<usize> = (a.train_images..a.train_images + a.val_images).collect();
+            let test_idx: Vec<usize> = (0..test.len()).collect();
+            let tr = make_tuples(&train.labels, &train_idx, k, &mut trng);
+            let va = make_tuples(&train.labels, &val_idx, k, &mut trng);
+            let te = make_tuples(&test.labels, &test_idx, k, &mut trng);
+            if tr.labels.is_empty() || va.labels.is_empty() || te.labels.is_empty() {
+                bail!("k = {k}: too few images for one tuple per split; raise --train-images/--val-images/--test-images");
+            }
+            let mut erng = output::rng_for(seed, "eval-rotations");
+            let sets = Sets {
+                val_up: draw_elems(&mut erng, va.labels.len(), k, false),
+                val_rot: draw_elems(&mut erng, va.labels.len(), k, true),
+                test_up: draw_elems(&mut erng, te.labels.len(), k, false),
+                test_rot: draw_elems(&mut erng, te.labels.len(), k, true),
+                train: tr,
+                val: va,
+                test: te,
+            };
+            let mut metrics = serde_json::Map::new();
+            for &kind in &models {
+                let r = train_eval(a, kind, k, seed, &train, &test, &sets, &rot)?;
+                eprintln!(
+                    "k={k} seed {seed} {:18} test upright {:.2}%  rotated {:.2}%  ({:.1} s/epoch, {} passes/tuple)",
+                    kind.name(),
+                    r["test_upright"].as_f64().unwrap_or(0.0),
+                    r["test_rotated"].as_f64().unwrap_or(0.0),
+                    r["epoch_seconds"].as_array().map(|v| v.iter().filter_map(|x| x.as_f64()).sum::<f64>() / v.len().max(1) as f64).unwrap_or(0.0),
+                    kind.passes(k)
+                );
+                metrics.insert(kind.name().into(), r);
+            }
+            let record = RunRecord {
+                schema_version: output::SCHEMA_VERSION,
+                experiment: EXPERIMENT.into(),
+                seed,
+                config: config.clone(),
+                metrics: json!({"models": metrics, "tuples": {"train": sets.train.labels.len(), "val": sets.val.labels.len(), "test": sets.test.labels.len()}}),
+                cost: json!({"seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib()}),
+                equirun_version: env!("CARGO_PKG_VERSION").into(),
+                started_at,
+                finished_at: output::now_rfc3339(),
+            };
+            output::write_json_atomic(&path, &record)?;
+            eprintln!("-> {}", path.display());
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
