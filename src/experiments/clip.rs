@@ -8,7 +8,8 @@ use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, ZeroSelect};
 use crate::groups::image::{image_group, D4};
 use crate::groups::FiniteGroup;
 use crate::hub::{ModelSource, ResolvedModel};
-use crate::models::clip::{zero_shot_probs, Clip, REQUIRED_FILES};
+use crate::device::DeviceOpts;
+use crate::models::clip::{zero_shot_probs, Clip};
 use crate::output::{self, RunRecord};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -61,6 +62,14 @@ pub struct ClipArgs {
     pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
+    /// Print the model names (RN50, RN101, ViT-B/32, ViT-B/16, ...) with the hub repo each
+    /// resolves to, and exit.
+    #[arg(long)]
+    #[serde(default)]
+    pub list_models: bool,
 }
 
 /// Parsed, validated options (cheap to build: no model or data touched).
@@ -110,20 +119,16 @@ pub fn cache_root() -> PathBuf {
     crate::hub::env_cache_dir("EQUIRUN_CACHE", "XDG_CACHE_HOME", "equirun", "equirun")
 }
 
-/// Content fingerprint of the text tower: config.json + the text projection weights.
-fn text_fingerprint(files: &ResolvedModel) -> Result<String> {
+/// Content fingerprint of the text tower: the config + the text projection weights.
+fn text_fingerprint(clip: &Clip, files: &ResolvedModel) -> Result<String> {
     use sha2::{Digest, Sha256};
+    let (config_file, weights_file, tensors) = clip.text_fingerprint_sources();
     let mut h = Sha256::new();
-    h.update(std::fs::read(files.file("config.json")?)?);
+    h.update(std::fs::read(files.file(config_file)?)?);
     h.update(std::fs::read(files.file("tokenizer.json")?)?);
-    let st = unsafe {
-        candle_core::safetensors::MmapedSafetensors::new(files.file("model.safetensors")?)?
-    };
-    for name in [
-        "text_projection.weight",
-        "text_model.final_layer_norm.weight",
-        "text_model.embeddings.token_embedding.weight",
-    ] {
+    let st =
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(files.file(weights_file)?)? };
+    for name in &tensors {
         let t = st
             .load(name, &Device::Cpu)
             .with_context(|| format!("reading {name}"))?;
@@ -151,7 +156,8 @@ fn classifier(
 ) -> Result<(Tensor, usize)> {
     let key = json!({
         "model": files.origin.id, "revision": files.origin.revision, "commit": files.origin.commit,
-        "fingerprint": text_fingerprint(files)?, "classes": classes, "templates": templates,
+        "fingerprint": text_fingerprint(clip, files)?, "classes": classes, "templates": templates,
+        "dtype": crate::device::dtype_name(clip.dtype),
     });
     let path = cache_root()
         .join("text-classifiers")
@@ -159,8 +165,8 @@ fn classifier(
     if path.is_file() {
         if let Ok(map) = candle_core::safetensors::load(&path, &Device::Cpu) {
             if let Some(t) = map.get("classifier") {
-                if t.dims() == [classes.len(), clip.config.text_config.projection_dim] {
-                    return Ok((t.clone(), 0));
+                if t.dims() == [classes.len(), clip.projection_dim()] {
+                    return Ok((t.to_device(&clip.device)?, 0));
                 }
             }
         }
@@ -229,10 +235,15 @@ fn hits(row: &[f32], label: usize) -> (bool, bool) {
 }
 
 pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
+    if a.list_models {
+        print!("{}", crate::models::zoo::format_list());
+        return Ok(Vec::new());
+    }
     let p = plan(a)?;
-    let dev = Device::Cpu;
-    let files = a.model.resolve(REQUIRED_FILES, &[])?;
-    let clip = Clip::load(&files, &dev)?;
+    let (want_dev, dtype) = a.compute.resolve()?;
+    let (files, alias) = crate::models::clip::resolve(&a.model)?;
+    let clip = Clip::load_with(&files, &want_dev, dtype)?;
+    let dev = clip.device.clone();
     let data_dir = crate::data::data_dir(a.data_dir.as_ref());
     let mut ds = images::open(a.dataset, data_dir.as_deref())?;
     if let Some(t) = &a.templates {
@@ -256,7 +267,7 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     };
     let size = clip.image_size();
 
-    let base_config = json!({
+    let mut base_config = json!({
         "model": files.origin,
         "image_size": size,
         "group": p.group.info(),
@@ -274,7 +285,12 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         "canonicaliser": "per-factor pattern argmax, pattern seeded from (seed, 'canon')",
         "preprocess": "pillow-bicubic short side, center crop, CLIP mean/std; group actions after preprocessing",
         "scoring": "softmax(scale*cos) per copy, f32",
+        "backbone": clip.spec,
+        "inference": {"device": crate::device::device_name(&dev), "dtype": crate::device::dtype_name(dtype)},
     });
+    if let Some(e) = alias {
+        base_config["model_alias"] = json!(e.name);
+    }
     let run_name = a.run.run_name.clone().unwrap_or_else(|| {
         let model_slug = files
             .origin

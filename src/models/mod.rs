@@ -1,6 +1,7 @@
 //! Models behind small traits the wrappers use.
 
 pub mod clip;
+pub mod clip_resnet;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;
@@ -8,6 +9,7 @@ pub mod gpt2_tokenizer;
 pub mod lm;
 pub mod seq2seq;
 pub mod tape;
+pub mod zoo;
 
 use anyhow::Result;
 use candle_core::{Tensor, D};
