@@ -41,10 +41,23 @@ impl Default for DeviceOpts {
 impl DeviceOpts {
     /// The candle device and dtype these options name.
     pub fn resolve(&self) -> Result<(Device, DType)> {
-        let dev = parse_device(&self.device).context("--device")?;
         let dtype = parse_dtype(&self.dtype).context("--dtype")?;
+        let dev = parse_device(&self.device).context("--device")?;
+        check_supported(&dev, dtype).context("--dtype")?;
         Ok((dev, dtype))
     }
+}
+
+/// Fails where candle cannot run a dtype on a device: bf16 matrix products do not exist in
+/// candle's CPU backend (f16 does, through the gemm crate).
+pub fn check_supported(dev: &Device, dtype: DType) -> Result<()> {
+    if dev.is_cpu() && dtype == DType::BF16 {
+        bail!(
+            "bf16 is not supported on the CPU (candle's CPU backend has no bf16 matrix product): \
+             use --dtype f16 or f32 on the CPU, bf16 on a GPU (--device cuda)"
+        );
+    }
+    Ok(())
 }
 
 /// Which backends this binary was built with, e.g. `["cpu", "cuda"]`.
@@ -169,6 +182,12 @@ mod tests {
             assert!(e.contains("--features metal"), "{e}");
         }
         assert_eq!(device_name(&Device::Cpu), "cpu");
+        let o = DeviceOpts {
+            device: "cpu".into(),
+            dtype: "bf16".into(),
+        };
+        let e = format!("{:#}", o.resolve().unwrap_err());
+        assert!(e.contains("bf16 is not supported on the CPU") && e.contains("f16"), "{e}");
         assert_eq!(dtype_name(DType::BF16), "bf16");
     }
 }
