@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
     },
+    /// Image-encoder throughput of a CLIP (any backbone) on seeded random inputs; prints JSON.
+    #[command(name = "bench-clip")]
+    BenchClip(crate::experiments::clip::BenchClipArgs),
     /// Fetch datasets (needs internet).
     #[command(subcommand)]
     Data(DataCommand),

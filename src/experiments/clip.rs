@@ -430,3 +430,78 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     }
     Ok(written)
 }
+
+/// `equirun bench-clip`: image-encoder throughput on seeded random inputs (no data, no text).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct BenchClipArgs {
+    #[command(flatten)]
+    pub model: ModelSource,
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Timed batches.
+    #[arg(long, default_value_t = 2)]
+    pub batches: usize,
+    /// Untimed warm-up batches.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Times `encode_images` on `[batch, 3, S, S]` N(0,1) inputs; returns a JSON summary.
+pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
+    use rand_distr::{Distribution, Normal};
+    if a.batch_size == 0 || a.batches == 0 {
+        bail!("--batch-size and --batches must be at least 1");
+    }
+    let (dev, dtype) = a.compute.resolve()?;
+    let (files, alias) = crate::models::clip::resolve(&a.model)?;
+    let t_load = Instant::now();
+    let clip = Clip::load_with(&files, &dev, dtype)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let s = clip.image_size();
+    let mut rng = output::rng_for(a.seed, "bench-clip");
+    let normal = Normal::new(0f32, 1.0).unwrap();
+    let n = a.batch_size * 3 * s * s;
+    let x = Tensor::from_vec(
+        (0..n).map(|_| normal.sample(&mut rng)).collect::<Vec<f32>>(),
+        (a.batch_size, 3, s, s),
+        &dev,
+    )?;
+    let sync = |t: &Tensor| -> Result<()> {
+        // a host copy of one number waits for the device
+        t.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    for _ in 0..a.warmup {
+        sync(&clip.encode_images(&x)?)?;
+    }
+    let pb = progress_bar(a.batches as u64, "bench-clip");
+    let mut per_batch = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..a.batches {
+        let t = Instant::now();
+        sync(&clip.encode_images(&x)?)?;
+        per_batch.push(t.elapsed().as_secs_f64());
+        pb.set_position(i as u64 + 1);
+    }
+    pb.finish_and_clear();
+    let total = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "framework": "equirun",
+        "model": files.origin.id,
+        "model_alias": alias.map(|e| e.name),
+        "backbone": clip.spec,
+        "device": crate::device::device_name(&dev),
+        "dtype": crate::device::dtype_name(dtype),
+        "threads": candle_core::utils::get_num_threads(),
+        "batch_size": a.batch_size,
+        "batches": a.batches,
+        "images_per_s": (a.batch_size * a.batches) as f64 / total,
+        "seconds_per_batch": per_batch,
+        "load_seconds": load_s,
+    }))
+}

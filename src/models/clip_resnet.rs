@@ -448,9 +448,57 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x
-            .conv2d(&self.w, self.padding, self.stride, 1, 1)?
-            .broadcast_add(&self.b)?)
+        Ok(conv2d_mm(x, &self.w, self.padding, self.stride)?.broadcast_add(&self.b)?)
+    }
+}
+
+/// A 2-D convolution as matrix products: `W [O, C·k·k] @ cols [C·k·k, H'·W']` per image, where
+/// `cols` stacks the k·k shifted views of the zero-padded input (explicit im2col; a 1x1
+/// convolution needs no copy), or one product over the whole batch for small feature maps.
+/// Strided convolutions (only the first stem conv here) use candle's conv2d. On this 2-core CPU
+/// the whole RN50 encoder ran at 2.70 img/s against 2.43 with candle's conv2d (best of 3
+/// interleaved runs, batch 16, shared machine: a ~10% gain, near the noise); parity with
+/// open_clip is unchanged (4e-8 on full-size RN50 features).
+pub fn conv2d_mm(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, ci, kh, kw) = w.dims4()?;
+    if ci != c {
+        bail!("convolution expects {ci} input channels, got {c}");
+    }
+    if stride != 1 {
+        return Ok(x.conv2d(w, padding, stride, 1, 1)?);
+    }
+    let (ho, wo) = (h + 2 * padding + 1 - kh, wd + 2 * padding + 1 - kw);
+    let cols = if kh == 1 && kw == 1 && padding == 0 {
+        x.reshape((n, c, h * wd))?
+    } else {
+        let xp = if padding > 0 {
+            x.pad_with_zeros(2, padding, padding)?
+                .pad_with_zeros(3, padding, padding)?
+        } else {
+            x.clone()
+        };
+        let mut taps = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                taps.push(xp.narrow(2, ky, ho)?.narrow(3, kx, wo)?);
+            }
+        }
+        Tensor::stack(&taps, 2)?.reshape((n, c * kh * kw, ho * wo))?
+    };
+    let ck = c * kh * kw;
+    let wm = w.reshape((o, ck))?;
+    if ho * wo >= 256 {
+        // one product per image: [O, CK] @ [CK, HW]
+        Ok(wm.broadcast_matmul(&cols)?.reshape((n, o, ho, wo))?)
+    } else {
+        // small feature maps: one product over the whole batch, [O, CK] @ [CK, N·HW]
+        let cols = cols.transpose(0, 1)?.contiguous()?.reshape((ck, n * ho * wo))?;
+        Ok(wm
+            .matmul(&cols)?
+            .reshape((o, n, ho, wo))?
+            .transpose(0, 1)?
+            .contiguous()?)
     }
 }
 
@@ -883,6 +931,32 @@ pub fn write_tiny_resnet_snapshot(dir: &Path, seed: u64, words: &[&str]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conv2d_mm_matches_candle_conv2d() {
+        use crate::testing::{max_abs, max_abs_diff, randn};
+        // (n, c, h, o, k, padding, stride): large maps (per-image products), small maps (one
+        // product over the batch), 1x1 without copies, and the strided fallback
+        for (i, &(n, c, h, o, k, p, s)) in [
+            (2usize, 5usize, 20usize, 7usize, 3usize, 1usize, 1usize),
+            (3, 4, 7, 6, 3, 1, 1),
+            (2, 6, 17, 9, 1, 0, 1),
+            (2, 6, 5, 3, 1, 0, 1),
+            (2, 3, 12, 4, 3, 1, 2),
+            (1, 2, 9, 3, 3, 0, 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = randn(10 + i as u64, &[n, c, h, h + 1]);
+            let w = randn(20 + i as u64, &[o, c, k, k]);
+            let want = x.conv2d(&w, p, s, 1, 1).unwrap();
+            let got = conv2d_mm(&x, &w, p, s).unwrap();
+            assert_eq!(got.dims(), want.dims(), "case {i}");
+            let d = max_abs_diff(&got, &want);
+            assert!(d <= 1e-5 * max_abs(&want).max(1.0), "case {i}: {d}");
+        }
+    }
 
     #[test]
     fn parses_hub_and_bare_configs() {
