@@ -48,8 +48,6 @@ def main() -> int:
     open_clip_cfg = os.path.join(args.model_dir, "open_clip_config.json")
     framework = "transformers"
     if os.path.isfile(open_clip_cfg) and not os.path.isfile(os.path.join(args.model_dir, "config.json")):
-        import json
-
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from gen_resnet_clip_fixture import stub_torchvision
         from safetensors.torch import load_file

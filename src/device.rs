@@ -187,7 +187,10 @@ mod tests {
             dtype: "bf16".into(),
         };
         let e = format!("{:#}", o.resolve().unwrap_err());
-        assert!(e.contains("bf16 is not supported on the CPU") && e.contains("f16"), "{e}");
+        assert!(
+            e.contains("bf16 is not supported on the CPU") && e.contains("f16"),
+            "{e}"
+        );
         assert_eq!(dtype_name(DType::BF16), "bf16");
     }
 }

@@ -63,7 +63,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::BenchClip(a) => {
-            println!("{}", serde_json::to_string(&experiments::clip::bench_encoder(&a)?)?);
+            println!(
+                "{}",
+                serde_json::to_string(&experiments::clip::bench_encoder(&a)?)?
+            );
             Ok(0)
         }
         Command::Sweep(a) => experiments::sweep::run(&a),

@@ -141,7 +141,11 @@ fn half_precision_agrees_with_f32() {
             let m = load(name, dtype);
             assert_eq!(m.dtype, dtype);
             for (what, got, want) in [
-                ("image", m.encode_images(&r["pixel_values"]).unwrap(), &ref_img),
+                (
+                    "image",
+                    m.encode_images(&r["pixel_values"]).unwrap(),
+                    &ref_img,
+                ),
                 ("text", m.encode_token_ids(&ids).unwrap(), &ref_txt),
             ] {
                 assert_eq!(got.dtype(), DType::F32, "features come back in f32");
@@ -156,9 +160,15 @@ fn half_precision_agrees_with_f32() {
                 .to_scalar::<f32>()
                 .unwrap();
                 println!("{name} {dtype:?} {what}: max rel diff {rel:.3e}, min cosine {cos:.6}");
-                assert!(rel <= tol, "{name} {dtype:?} {what}: relative diff {rel} > {tol}");
+                assert!(
+                    rel <= tol,
+                    "{name} {dtype:?} {what}: relative diff {rel} > {tol}"
+                );
                 assert!(cos >= min_cos, "{name} {dtype:?} {what}: cosine {cos}");
-                assert!(rel > 0.0, "{name} {dtype:?}: identical to f32, the dtype was not applied");
+                assert!(
+                    rel > 0.0,
+                    "{name} {dtype:?}: identical to f32, the dtype was not applied"
+                );
             }
         }
     }
@@ -197,7 +207,10 @@ fn large_vit_configs_parse_from_config_json() {
     // B/16
     let b16 = r#"{"model_type": "clip", "vision_config": {"patch_size": 16}}"#;
     let (c, _) = parse_config(b16).unwrap();
-    assert_eq!((c.vision_config.patch_size, c.vision_config.embed_dim), (16, 768));
+    assert_eq!(
+        (c.vision_config.patch_size, c.vision_config.embed_dim),
+        (16, 768)
+    );
     // unsupported activations are named
     let gelu = r#"{"model_type": "clip", "vision_config": {"hidden_act": "gelu"}}"#;
     let e = format!("{:#}", parse_config(gelu).unwrap_err());
@@ -244,7 +257,10 @@ fn resnet_backbone_wrappers_are_invariant_for_every_element() {
             let errs = invariance_errors(&model, &x, &sym, select);
             for (m, e) in Method::ALL.iter().zip(&errs) {
                 if *m == Method::Vanilla {
-                    assert!(*e > 1e-3, "{spec}: vanilla ResNet CLIP should not be invariant: {e}");
+                    assert!(
+                        *e > 1e-3,
+                        "{spec}: vanilla ResNet CLIP should not be invariant: {e}"
+                    );
                 } else {
                     assert!(*e <= 1e-5, "{spec} {select:?}: {} error {e}", m.name());
                 }
@@ -270,7 +286,8 @@ impl Env {
         let words = equirun::testing::cifar10_prompt_words();
         let refs: Vec<&str> = words.iter().map(String::as_str).collect();
         equirun::models::clip_resnet::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
-        let files: Vec<(&str, PathBuf)> = OPEN_CLIP_FILES.iter().map(|f| (*f, snap.join(f))).collect();
+        let files: Vec<(&str, PathBuf)> =
+            OPEN_CLIP_FILES.iter().map(|f| (*f, snap.join(f))).collect();
         let files: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();
         let repo = equirun::models::zoo::lookup("RN50").unwrap().repo;
         install_into_cache(&root.path().join("hf/hub"), repo, "main", COMMIT, &files).unwrap();
@@ -297,9 +314,19 @@ impl Env {
     fn clip_to(&self, out: &str, model: &str, extra: &[&str]) -> Output {
         let (data, out) = (self.p("data"), self.p(out));
         let mut args = vec![
-            "clip", "--model", model, "--dataset", "cifar10", "--data-dir",
-            data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--batch-size", "4",
-            "--group", "rot90xflip",
+            "clip",
+            "--model",
+            model,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--group",
+            "rot90xflip",
         ];
         args.extend_from_slice(extra);
         self.run(&args)
@@ -331,7 +358,12 @@ fn result_json(dir: &Path) -> Value {
 #[test]
 fn clip_cli_runs_the_rn50_alias_from_an_offline_cache() {
     let env = Env::new();
-    let o = env.clip(&["--method", "vanilla,equitune,multi-equitune", "--transform", "none"]);
+    let o = env.clip(&[
+        "--method",
+        "vanilla,equitune,multi-equitune",
+        "--transform",
+        "none",
+    ]);
     ok(&o);
     let j = result_json(&env.p("results"));
     let c = &j["config"];
@@ -349,16 +381,28 @@ fn clip_cli_runs_the_rn50_alias_from_an_offline_cache() {
         assert_eq!(j["metrics"][m]["n"], 6);
     }
     // the invariant methods score the same under a rot90xflip corruption of every image
-    let o = env.clip_to("results-t", "RN50", &["--method", "vanilla,equitune,multi-equitune"]);
+    let o = env.clip_to(
+        "results-t",
+        "RN50",
+        &["--method", "vanilla,equitune,multi-equitune"],
+    );
     ok(&o);
     let t = result_json(&env.p("results-t"));
     for m in ["equitune", "multi-equitune"] {
         assert_eq!(t["metrics"][m], j["metrics"][m], "{m}");
     }
     // f16 inference runs and is recorded
-    let o = env.clip_to("results-f16", "ViT-B-32", &["--method", "vanilla", "--dtype", "f16", "--model", "RN50"]);
+    let o = env.clip_to(
+        "results-f16",
+        "ViT-B-32",
+        &["--method", "vanilla", "--dtype", "f16", "--model", "RN50"],
+    );
     assert!(!o.status.success(), "--model twice is a usage error");
-    let o = env.clip_to("results-f16", "RN50", &["--method", "vanilla", "--dtype", "f16"]);
+    let o = env.clip_to(
+        "results-f16",
+        "RN50",
+        &["--method", "vanilla", "--dtype", "f16"],
+    );
     ok(&o);
     let b = result_json(&env.p("results-f16"));
     assert_eq!(b["config"]["inference"]["dtype"], "f16");
@@ -378,7 +422,10 @@ fn list_models_and_device_errors() {
         ("ViT-B/16", "openai/clip-vit-base-patch16"),
         ("ViT-L/14", "openai/clip-vit-large-patch14"),
     ] {
-        assert!(s.lines().any(|l| l.starts_with(name) && l.contains(repo)), "{name}: {s}");
+        assert!(
+            s.lines().any(|l| l.starts_with(name) && l.contains(repo)),
+            "{name}: {s}"
+        );
     }
     let fails = |o: &Output, needles: &[&str]| {
         let err = String::from_utf8_lossy(&o.stderr);
@@ -390,16 +437,32 @@ fn list_models_and_device_errors() {
         assert!(!env.p("results").exists(), "no result file on error");
     };
     if !cfg!(feature = "cuda") {
-        fails(&env.clip(&["--device", "cuda:0"]), &["cuda", "--features cuda", "--device cpu"]);
+        fails(
+            &env.clip(&["--device", "cuda:0"]),
+            &["cuda", "--features cuda", "--device cpu"],
+        );
     }
-    fails(&env.clip(&["--dtype", "f8"]), &["--dtype", "f32, f16 or bf16"]);
-    fails(&env.clip(&["--device", "tpu"]), &["--device", "unknown device 'tpu'"]);
+    fails(
+        &env.clip(&["--dtype", "f8"]),
+        &["--dtype", "f32, f16 or bf16"],
+    );
+    fails(
+        &env.clip(&["--device", "tpu"]),
+        &["--device", "unknown device 'tpu'"],
+    );
     // an alias whose snapshot is not cached: the error names the repo and the way out
     fails(
         &env.clip_to("results", "RN101", &[]),
-        &["timm/resnet101_clip.openai", "HF_HUB_OFFLINE", "--model-dir"],
+        &[
+            "timm/resnet101_clip.openai",
+            "HF_HUB_OFFLINE",
+            "--model-dir",
+        ],
     );
-    fails(&env.clip(&["--dtype", "bf16"]), &["bf16 is not supported on the CPU"]);
+    fails(
+        &env.clip(&["--dtype", "bf16"]),
+        &["bf16 is not supported on the CPU"],
+    );
 }
 
 #[test]
@@ -426,6 +489,13 @@ fn check_command_on_the_resnet_backbone() {
         }
     }
     // and on the RN50 snapshot through --model-dir
-    let o = env.run(&["check", "--model-dir", env.p("snapshot").to_str().unwrap(), "--json", "--batch", "2"]);
+    let o = env.run(&[
+        "check",
+        "--model-dir",
+        env.p("snapshot").to_str().unwrap(),
+        "--json",
+        "--batch",
+        "2",
+    ]);
     ok(&o);
 }

@@ -104,7 +104,10 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
                 model_dir: a.model_dir.clone(),
             };
             let (files, _) = crate::models::clip::resolve(&src)?;
-            (Clip::load_with(&files, &dev, dtype)?, files.origin.id.clone())
+            (
+                Clip::load_with(&files, &dev, dtype)?,
+                files.origin.id.clone(),
+            )
         }
     };
     let s = clip.image_size();

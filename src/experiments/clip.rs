@@ -4,11 +4,11 @@
 use super::{progress_bar, RunOpts};
 use crate::data::images::{self, DatasetKind, ImageDataset};
 use crate::data::preprocess::clip_preprocess;
+use crate::device::DeviceOpts;
 use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, ZeroSelect};
 use crate::groups::image::{image_group, D4};
 use crate::groups::FiniteGroup;
 use crate::hub::{ModelSource, ResolvedModel};
-use crate::device::DeviceOpts;
 use crate::models::clip::{zero_shot_probs, Clip};
 use crate::output::{self, RunRecord};
 use anyhow::{bail, Context, Result};
@@ -467,7 +467,9 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
     let normal = Normal::new(0f32, 1.0).unwrap();
     let n = a.batch_size * 3 * s * s;
     let x = Tensor::from_vec(
-        (0..n).map(|_| normal.sample(&mut rng)).collect::<Vec<f32>>(),
+        (0..n)
+            .map(|_| normal.sample(&mut rng))
+            .collect::<Vec<f32>>(),
         (a.batch_size, 3, s, s),
         &dev,
     )?;

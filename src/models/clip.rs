@@ -238,7 +238,11 @@ pub fn resolve(src: &ModelSource) -> Result<(ResolvedModel, Option<&'static ZooE
         let hf = dir.join("config.json").is_file();
         let oc = dir.join("open_clip_config.json").is_file();
         let use_oc = oc && (!hf || !hf_config_supported(&dir.join("config.json")));
-        let files = if use_oc { OPEN_CLIP_FILES } else { REQUIRED_FILES };
+        let files = if use_oc {
+            OPEN_CLIP_FILES
+        } else {
+            REQUIRED_FILES
+        };
         return Ok((src.resolve(files, &[])?, alias));
     }
     // hub: fetch the (small) config files first, then the weights of one layout only
@@ -250,7 +254,11 @@ pub fn resolve(src: &ModelSource) -> Result<(ResolvedModel, Option<&'static ZooE
         (None, Some(_)) => true,
         (Some(h), Some(_)) => !hf_config_supported(h),
     };
-    let files = if use_oc { OPEN_CLIP_FILES } else { REQUIRED_FILES };
+    let files = if use_oc {
+        OPEN_CLIP_FILES
+    } else {
+        REQUIRED_FILES
+    };
     let r = src.resolve(files, &[]).with_context(|| {
         if hf.is_none() && oc.is_none() {
             format!(
@@ -259,7 +267,10 @@ pub fn resolve(src: &ModelSource) -> Result<(ResolvedModel, Option<&'static ZooE
                 src.model
             )
         } else {
-            format!("resolving the {} snapshot", if use_oc { "open_clip" } else { "HF" })
+            format!(
+                "resolving the {} snapshot",
+                if use_oc { "open_clip" } else { "HF" }
+            )
         }
     })?;
     Ok((r, alias))

@@ -98,9 +98,9 @@ fn get_usize(v: &Value, key: &str, default: Option<usize>, what: &str) -> Result
 fn get_f64(v: &Value, key: &str, default: f64, what: &str) -> Result<f64> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_f64()
-            .ok_or_else(|| anyhow!("open_clip_config.json: {what}.{key} must be a number, got {x}")),
+        Some(x) => x.as_f64().ok_or_else(|| {
+            anyhow!("open_clip_config.json: {what}.{key} must be a number, got {x}")
+        }),
     }
 }
 
@@ -162,8 +162,14 @@ pub fn parse_open_clip_config(text: &str) -> Result<OpenClipConfig> {
     if m.get("init_logit_bias").is_some_and(|x| !x.is_null()) {
         bail!("open_clip_config.json: init_logit_bias is set (a SigLIP model): not supported");
     }
-    let quick_gelu = m.get("quick_gelu").and_then(Value::as_bool).unwrap_or(false);
-    let custom_text = m.get("custom_text").and_then(Value::as_bool).unwrap_or(false);
+    let quick_gelu = m
+        .get("quick_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let custom_text = m
+        .get("custom_text")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let v = m
         .get("vision_cfg")
         .ok_or_else(|| anyhow!("open_clip_config.json: model_cfg.vision_cfg is missing"))?;
@@ -218,7 +224,10 @@ pub fn parse_open_clip_config(text: &str) -> Result<OpenClipConfig> {
     let image_size = image_size(v)?;
     let vision = match v.get("layers") {
         Some(Value::Array(a)) => {
-            let l: Vec<usize> = a.iter().filter_map(|x| x.as_u64().map(|n| n as usize)).collect();
+            let l: Vec<usize> = a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|n| n as usize))
+                .collect();
             if l.len() != 4 || l.contains(&0) {
                 bail!("open_clip_config.json: vision_cfg.layers {a:?}: a ModifiedResNet needs four positive block counts");
             }
@@ -428,7 +437,9 @@ impl ConvBn {
         stride: usize,
         dt: DType,
     ) -> Result<ConvBn> {
-        let w = vb_conv.get((c_out, c_in, k, k), "weight")?.to_dtype(DType::F32)?;
+        let w = vb_conv
+            .get((c_out, c_in, k, k), "weight")?
+            .to_dtype(DType::F32)?;
         let g = |n: &str| -> Result<Tensor> { Ok(vb_bn.get(c_out, n)?.to_dtype(DType::F32)?) };
         let (gamma, beta, mean, var) = (
             g("weight")?,
@@ -493,7 +504,10 @@ pub fn conv2d_mm(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Resul
         Ok(wm.broadcast_matmul(&cols)?.reshape((n, o, ho, wo))?)
     } else {
         // small feature maps: one product over the whole batch, [O, CK] @ [CK, N·HW]
-        let cols = cols.transpose(0, 1)?.contiguous()?.reshape((ck, n * ho * wo))?;
+        let cols = cols
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((ck, n * ho * wo))?;
         Ok(wm
             .matmul(&cols)?
             .reshape((o, n, ho, wo))?
@@ -520,12 +534,39 @@ impl Bottleneck {
         stride: usize,
         dt: DType,
     ) -> Result<Bottleneck> {
-        let conv1 = ConvBn::load(&vb.pp("conv1"), &vb.pp("bn1"), inplanes, planes, 1, 0, 1, dt)?;
+        let conv1 = ConvBn::load(
+            &vb.pp("conv1"),
+            &vb.pp("bn1"),
+            inplanes,
+            planes,
+            1,
+            0,
+            1,
+            dt,
+        )?;
         let conv2 = ConvBn::load(&vb.pp("conv2"), &vb.pp("bn2"), planes, planes, 3, 1, 1, dt)?;
-        let conv3 = ConvBn::load(&vb.pp("conv3"), &vb.pp("bn3"), planes, planes * 4, 1, 0, 1, dt)?;
+        let conv3 = ConvBn::load(
+            &vb.pp("conv3"),
+            &vb.pp("bn3"),
+            planes,
+            planes * 4,
+            1,
+            0,
+            1,
+            dt,
+        )?;
         let downsample = if stride > 1 || inplanes != planes * 4 {
             let d = vb.pp("downsample");
-            Some(ConvBn::load(&d.pp("0"), &d.pp("1"), inplanes, planes * 4, 1, 0, 1, dt)?)
+            Some(ConvBn::load(
+                &d.pp("0"),
+                &d.pp("1"),
+                inplanes,
+                planes * 4,
+                1,
+                0,
+                1,
+                dt,
+            )?)
         } else {
             None
         };
@@ -574,7 +615,15 @@ struct ResNet {
 
 impl ResNet {
     #[allow(clippy::too_many_arguments)]
-    fn load(vb: &VarBuilder, layers: [usize; 4], width: usize, heads: usize, image_size: usize, out: usize, dt: DType) -> Result<ResNet> {
+    fn load(
+        vb: &VarBuilder,
+        layers: [usize; 4],
+        width: usize,
+        heads: usize,
+        image_size: usize,
+        out: usize,
+        dt: DType,
+    ) -> Result<ResNet> {
         let h = width / 2;
         let stem = [
             ConvBn::load(&vb.pp("conv1"), &vb.pp("bn1"), 3, h, 3, 1, 2, dt)?,
@@ -603,7 +652,9 @@ impl ResNet {
         Ok(ResNet {
             stem,
             stages,
-            pos: a.get((grid * grid + 1, embed), "positional_embedding")?.to_dtype(dt)?,
+            pos: a
+                .get((grid * grid + 1, embed), "positional_embedding")?
+                .to_dtype(dt)?,
             q: linear(&a.pp("q_proj"), embed, embed, dt)?,
             k: linear(&a.pp("k_proj"), embed, embed, dt)?,
             v: linear(&a.pp("v_proj"), embed, embed, dt)?,
@@ -637,7 +688,9 @@ impl ResNet {
             .to_dtype(DType::F32)?
             .mean_keepdim(1)?
             .to_dtype(x.dtype())?;
-        let x = Tensor::cat(&[&mean, &x], 1)?.broadcast_add(&self.pos)?.contiguous()?;
+        let x = Tensor::cat(&[&mean, &x], 1)?
+            .broadcast_add(&self.pos)?
+            .contiguous()?;
         let q = split_heads(&self.q.forward(&x.narrow(1, 0, 1)?)?, self.heads)?;
         let k = split_heads(&self.k.forward(&x)?, self.heads)?;
         let v = split_heads(&self.v.forward(&x)?, self.heads)?;
@@ -761,7 +814,15 @@ impl OpenClip {
                 width,
                 heads,
                 image_size,
-            } => Visual::ResNet(ResNet::load(&vv, *layers, *width, *heads, *image_size, e, dt)?),
+            } => Visual::ResNet(ResNet::load(
+                &vv,
+                *layers,
+                *width,
+                *heads,
+                *image_size,
+                e,
+                dt,
+            )?),
             VisionCfg::Vit {
                 layers,
                 width,
@@ -772,25 +833,51 @@ impl OpenClip {
             } => {
                 let g = image_size / patch_size;
                 Visual::Vit(Vit {
-                    conv1: vv.get((*width, 3, *patch_size, *patch_size), "conv1.weight")?.to_dtype(dt)?,
+                    conv1: vv
+                        .get((*width, 3, *patch_size, *patch_size), "conv1.weight")?
+                        .to_dtype(dt)?,
                     patch: *patch_size,
                     class_embedding: vv.get(*width, "class_embedding")?.to_dtype(dt)?,
-                    pos: vv.get((g * g + 1, *width), "positional_embedding")?.to_dtype(dt)?,
+                    pos: vv
+                        .get((g * g + 1, *width), "positional_embedding")?
+                        .to_dtype(dt)?,
                     ln_pre: Ln::load(&vv.pp("ln_pre"), *width)?,
-                    blocks: blocks(&vv, *layers, *width, *heads, *mlp_width, config.quick_gelu, dt)?,
+                    blocks: blocks(
+                        &vv,
+                        *layers,
+                        *width,
+                        *heads,
+                        *mlp_width,
+                        config.quick_gelu,
+                        dt,
+                    )?,
                     ln_post: Ln::load(&vv.pp("ln_post"), *width)?,
                     proj: vv.get((*width, e), "proj")?.to_dtype(dt)?,
                 })
             }
         };
-        let tv = if config.custom_text { vb.pp("text") } else { vb.clone() };
+        let tv = if config.custom_text {
+            vb.pp("text")
+        } else {
+            vb.clone()
+        };
         let c = &config.text;
         let text = TextTower {
             token_embedding: tv
                 .get((c.vocab_size, c.width), "token_embedding.weight")?
                 .to_dtype(dt)?,
-            pos: tv.get((c.context_length, c.width), "positional_embedding")?.to_dtype(dt)?,
-            blocks: blocks(&tv, c.layers, c.width, c.heads, c.mlp_width, config.quick_gelu, dt)?,
+            pos: tv
+                .get((c.context_length, c.width), "positional_embedding")?
+                .to_dtype(dt)?,
+            blocks: blocks(
+                &tv,
+                c.layers,
+                c.width,
+                c.heads,
+                c.mlp_width,
+                config.quick_gelu,
+                dt,
+            )?,
             ln_final: Ln::load(&tv.pp("ln_final"), c.width)?,
             proj: tv.get((c.width, e), "text_projection")?.to_dtype(dt)?,
         };
@@ -824,10 +911,14 @@ impl OpenClip {
     /// Tensor names that fingerprint the text tower (for the classifier cache).
     pub fn text_fingerprint_tensors(&self) -> Vec<String> {
         let p = if self.config.custom_text { "text." } else { "" };
-        ["text_projection", "ln_final.weight", "token_embedding.weight"]
-            .iter()
-            .map(|n| format!("{p}{n}"))
-            .collect()
+        [
+            "text_projection",
+            "ln_final.weight",
+            "token_embedding.weight",
+        ]
+        .iter()
+        .map(|n| format!("{p}{n}"))
+        .collect()
     }
 }
 
@@ -853,7 +944,11 @@ pub fn tiny_resnet_config_json() -> Value {
 /// Every tensor of an open_clip checkpoint for `config`, drawn from a ChaCha RNG seeded with
 /// `seed` (names sorted, so the values are deterministic): weights N(0, 1/fan_in), biases
 /// N(0, 0.02²), norm weights 1 + N(0, 0.1²), batch-norm variances in [0.5, 1.5).
-pub fn random_open_clip_varmap(config: &OpenClipConfig, seed: u64, device: &Device) -> Result<VarMap> {
+pub fn random_open_clip_varmap(
+    config: &OpenClipConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<VarMap> {
     use rand::{Rng, SeedableRng};
     use rand_distr::{Distribution, Normal};
     let varmap = VarMap::new();
@@ -981,11 +1076,28 @@ mod tests {
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}}"#;
         let c = parse_open_clip_config(vit).unwrap();
         assert!(!c.quick_gelu);
-        assert!(matches!(c.vision, VisionCfg::Vit { heads: 12, patch_size: 16, mlp_width: 3072, .. }));
-        let bad = vit.replace("\"patch_size\": 16}", "\"patch_size\": 16, \"timm_model_name\": \"convnext\"}");
+        assert!(matches!(
+            c.vision,
+            VisionCfg::Vit {
+                heads: 12,
+                patch_size: 16,
+                mlp_width: 3072,
+                ..
+            }
+        ));
+        let bad = vit.replace(
+            "\"patch_size\": 16}",
+            "\"patch_size\": 16, \"timm_model_name\": \"convnext\"}",
+        );
         let e = format!("{:#}", parse_open_clip_config(&bad).unwrap_err());
-        assert!(e.contains("timm_model_name") && e.contains("not supported"), "{e}");
-        let e = format!("{:#}", parse_open_clip_config("{\"embed_dim\": 3}").unwrap_err());
+        assert!(
+            e.contains("timm_model_name") && e.contains("not supported"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse_open_clip_config("{\"embed_dim\": 3}").unwrap_err()
+        );
         assert!(e.contains("vision_cfg is missing"), "{e}");
         let siglip = hub.replace("[0.48145466, 0.4578275, 0.40821073]", "[0.5, 0.5, 0.5]");
         let e = format!("{:#}", parse_open_clip_config(&siglip).unwrap_err());
