@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""PyTorch/transformers baseline: CLIP image-encoder throughput on CPU, f32.
+"""PyTorch baseline: CLIP image-encoder throughput on CPU, f32.
 
-Times ``CLIPModel.get_image_features`` on random [N,3,H,W] inputs under
-``torch.no_grad()``; one warmup batch is run first and excluded. Prints one
-JSON line:
+Times ``CLIPModel.get_image_features`` (transformers, HF snapshot with config.json) or
+``open_clip`` ``CLIP.encode_image`` (snapshot with open_clip_config.json, e.g. RN50) on random
+[N,3,H,W] inputs under ``torch.no_grad()``; one warmup batch is run first and excluded. Prints
+one JSON line:
 
   {"framework":"pytorch","torch":...,"transformers":...,"images_per_s":...,
    "batch_size":32,"n_images":64,...}
@@ -42,18 +43,41 @@ def main() -> int:
     except RuntimeError:
         pass
 
-    try:
-        model = CLIPModel.from_pretrained(args.model_dir, dtype=torch.float32)
-    except TypeError:  # transformers < 4.56 spells it torch_dtype
-        model = CLIPModel.from_pretrained(args.model_dir, torch_dtype=torch.float32)
-    model = model.to(torch.float32).eval()
-    size = model.config.vision_config.image_size
+    import os
+
+    open_clip_cfg = os.path.join(args.model_dir, "open_clip_config.json")
+    framework = "transformers"
+    if os.path.isfile(open_clip_cfg) and not os.path.isfile(os.path.join(args.model_dir, "config.json")):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from gen_resnet_clip_fixture import stub_torchvision
+        from safetensors.torch import load_file
+
+        stub_torchvision()
+        import open_clip
+        from open_clip.model import CLIP
+
+        with open(open_clip_cfg) as f:
+            cfg = json.load(f)["model_cfg"]
+        model = CLIP(**cfg).float()
+        model.load_state_dict(load_file(os.path.join(args.model_dir, "open_clip_model.safetensors")))
+        model = model.eval()
+        size = cfg["vision_cfg"]["image_size"]
+        framework = f"open_clip {open_clip.__version__}"
+    else:
+        try:
+            model = CLIPModel.from_pretrained(args.model_dir, dtype=torch.float32)
+        except TypeError:  # transformers < 4.56 spells it torch_dtype
+            model = CLIPModel.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+        model = model.to(torch.float32).eval()
+        size = model.config.vision_config.image_size
 
     g = torch.Generator().manual_seed(args.seed)
     images = torch.randn((args.n_images, 3, size, size), generator=g, dtype=torch.float32)
     batches = list(torch.split(images, args.batch_size))
 
     def encode(x: torch.Tensor) -> torch.Tensor:
+        if framework != "transformers":
+            return model.encode_image(x)
         out = model.get_image_features(pixel_values=x)
         if not isinstance(out, torch.Tensor):  # newer transformers: ModelOutput
             out = out.pooler_output
@@ -72,6 +96,7 @@ def main() -> int:
         "framework": "pytorch",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "implementation": framework,
         "images_per_s": round(n / elapsed, 3),
         "batch_size": args.batch_size,
         "n_images": n,

@@ -18,6 +18,9 @@ fi
 
 "$VENV/bin/python" -m pip install --upgrade pip wheel
 "$VENV/bin/python" -m pip install torch transformers safetensors numpy pillow
+# open_clip: ResNet/OpenCLIP parity fixtures and the RN50 baseline (torchvision is optional: the
+# scripts stub it when its wheel does not match the installed torch)
+"$VENV/bin/python" -m pip install --no-deps open-clip-torch ftfy regex
 
 "$VENV/bin/python" - <<'PY'
 import torch, transformers, safetensors, numpy, PIL

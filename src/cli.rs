@@ -57,6 +57,9 @@ pub enum Command {
     /// and finetuned vanilla / equitune / equizero / λ-equitune / multi-* on rot90- or
     /// flip-corrupted test images; `cnn bench` measures training throughput.
     Cnn(crate::experiments::cnn::CnnArgs),
+    /// Image-encoder throughput of a CLIP (any backbone) on seeded random inputs; prints JSON.
+    #[command(name = "bench-clip")]
+    BenchClip(crate::experiments::clip::BenchClipArgs),
     /// Fetch datasets (needs internet).
     #[command(subcommand)]
     Data(DataCommand),

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod equi;
 pub mod experiments;
 pub mod groups;

@@ -74,6 +74,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             experiments::regard::run(&c)?;
             Ok(0)
         }
+        Command::BenchClip(a) => {
+            println!(
+                "{}",
+                serde_json::to_string(&experiments::clip::bench_encoder(&a)?)?
+            );
+            Ok(0)
+        }
         Command::Sweep(a) => experiments::sweep::run(&a),
         Command::Report(a) => experiments::report::run(&a),
         Command::Check(a) => {

@@ -4,7 +4,7 @@
 use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
 use crate::groups::image::image_group;
 use crate::hub::ModelSource;
-use crate::models::clip::{tiny_clip, zero_shot_probs, Clip, REQUIRED_FILES};
+use crate::models::clip::{tiny_clip, tiny_resnet_clip, zero_shot_probs, Clip};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand_distr::{Distribution, Normal};
@@ -44,6 +44,13 @@ pub struct CheckArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Backbone of the built-in tiny random CLIP: vit or resnet (OpenAI ModifiedResNet).
+    #[arg(long, default_value = "vit")]
+    #[serde(default)]
+    pub backbone: String,
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: crate::device::DeviceOpts,
 }
 
 /// Result of a check for one method.
@@ -68,7 +75,7 @@ fn random_tensor(seed: u64, purpose: &str, shape: &[usize], dev: &Device) -> Res
 }
 
 pub fn run(a: &CheckArgs) -> Result<CheckReport> {
-    let dev = Device::Cpu;
+    let (dev, dtype) = a.compute.resolve()?;
     let group = image_group(&a.group).context("--group")?;
     let methods = if a.method.trim() == "all" {
         Method::ALL.to_vec()
@@ -76,10 +83,17 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         Method::parse_list(&a.method)?
     };
     let (clip, model_name) = match (&a.model_dir, &a.model) {
-        (None, None) => (
-            tiny_clip(a.seed, &dev)?,
-            "built-in tiny random CLIP".to_string(),
-        ),
+        (None, None) => match a.backbone.trim().to_ascii_lowercase().as_str() {
+            "vit" | "" => (
+                tiny_clip(a.seed, &dev)?,
+                "built-in tiny random CLIP".to_string(),
+            ),
+            "resnet" | "rn" | "modifiedresnet" => (
+                tiny_resnet_clip(a.seed, &dev)?,
+                "built-in tiny random ModifiedResNet CLIP".to_string(),
+            ),
+            other => anyhow::bail!("--backbone '{other}': expected vit or resnet"),
+        },
         _ => {
             let src = ModelSource {
                 model: a
@@ -89,12 +103,15 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
                 revision: a.revision.clone(),
                 model_dir: a.model_dir.clone(),
             };
-            let files = src.resolve(REQUIRED_FILES, &[])?;
-            (Clip::load(&files, &dev)?, files.origin.id.clone())
+            let (files, _) = crate::models::clip::resolve(&src)?;
+            (
+                Clip::load_with(&files, &dev, dtype)?,
+                files.origin.id.clone(),
+            )
         }
     };
     let s = clip.image_size();
-    let proj = clip.config.vision_config.projection_dim;
+    let proj = clip.projection_dim();
     let w = crate::models::l2_normalize(&random_tensor(
         a.seed,
         "check-classes",

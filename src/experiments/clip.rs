@@ -4,11 +4,12 @@
 use super::{progress_bar, RunOpts};
 use crate::data::images::{self, DatasetKind, ImageDataset};
 use crate::data::preprocess::clip_preprocess;
+use crate::device::DeviceOpts;
 use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, ZeroSelect};
 use crate::groups::image::{image_group, D4};
 use crate::groups::FiniteGroup;
 use crate::hub::{ModelSource, ResolvedModel};
-use crate::models::clip::{zero_shot_probs, Clip, REQUIRED_FILES};
+use crate::models::clip::{zero_shot_probs, Clip};
 use crate::output::{self, RunRecord};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -67,6 +68,14 @@ pub struct ClipArgs {
     pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
+    /// Print the model names (RN50, RN101, ViT-B/32, ViT-B/16, ...) with the hub repo each
+    /// resolves to, and exit.
+    #[arg(long)]
+    #[serde(default)]
+    pub list_models: bool,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -123,20 +132,16 @@ pub fn cache_root() -> PathBuf {
     crate::hub::env_cache_dir("EQUIRUN_CACHE", "XDG_CACHE_HOME", "equirun", "equirun")
 }
 
-/// Content fingerprint of the text tower: config.json + the text projection weights.
-fn text_fingerprint(files: &ResolvedModel) -> Result<String> {
+/// Content fingerprint of the text tower: the config + the text projection weights.
+fn text_fingerprint(clip: &Clip, files: &ResolvedModel) -> Result<String> {
     use sha2::{Digest, Sha256};
+    let (config_file, weights_file, tensors) = clip.text_fingerprint_sources();
     let mut h = Sha256::new();
-    h.update(std::fs::read(files.file("config.json")?)?);
+    h.update(std::fs::read(files.file(config_file)?)?);
     h.update(std::fs::read(files.file("tokenizer.json")?)?);
-    let st = unsafe {
-        candle_core::safetensors::MmapedSafetensors::new(files.file("model.safetensors")?)?
-    };
-    for name in [
-        "text_projection.weight",
-        "text_model.final_layer_norm.weight",
-        "text_model.embeddings.token_embedding.weight",
-    ] {
+    let st =
+        unsafe { candle_core::safetensors::MmapedSafetensors::new(files.file(weights_file)?)? };
+    for name in &tensors {
         let t = st
             .load(name, &Device::Cpu)
             .with_context(|| format!("reading {name}"))?;
@@ -164,7 +169,8 @@ pub(crate) fn classifier(
 ) -> Result<(Tensor, usize)> {
     let key = json!({
         "model": files.origin.id, "revision": files.origin.revision, "commit": files.origin.commit,
-        "fingerprint": text_fingerprint(files)?, "classes": classes, "templates": templates,
+        "fingerprint": text_fingerprint(clip, files)?, "classes": classes, "templates": templates,
+        "dtype": crate::device::dtype_name(clip.dtype),
     });
     let path = cache_root()
         .join("text-classifiers")
@@ -172,8 +178,8 @@ pub(crate) fn classifier(
     if path.is_file() {
         if let Ok(map) = candle_core::safetensors::load(&path, &Device::Cpu) {
             if let Some(t) = map.get("classifier") {
-                if t.dims() == [classes.len(), clip.config.text_config.projection_dim] {
-                    return Ok((t.clone(), 0));
+                if t.dims() == [classes.len(), clip.projection_dim()] {
+                    return Ok((t.to_device(&clip.device)?, 0));
                 }
             }
         }
@@ -245,10 +251,15 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     if let Some(ClipCommand::Finetune(f)) = &a.command {
         return super::clip_finetune::run(f);
     }
+    if a.list_models {
+        print!("{}", crate::models::zoo::format_list());
+        return Ok(Vec::new());
+    }
     let p = plan(a)?;
-    let dev = Device::Cpu;
-    let files = a.model.resolve(REQUIRED_FILES, &[])?;
-    let clip = Clip::load(&files, &dev)?;
+    let (want_dev, dtype) = a.compute.resolve()?;
+    let (files, alias) = crate::models::clip::resolve(&a.model)?;
+    let clip = Clip::load_with(&files, &want_dev, dtype)?;
+    let dev = clip.device.clone();
     let data_dir = crate::data::data_dir(a.data_dir.as_ref());
     let mut ds = images::open(a.dataset, data_dir.as_deref())?;
     if let Some(t) = &a.templates {
@@ -272,7 +283,7 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     };
     let size = clip.image_size();
 
-    let base_config = json!({
+    let mut base_config = json!({
         "model": files.origin,
         "image_size": size,
         "group": p.group.info(),
@@ -290,7 +301,12 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         "canonicaliser": "per-factor pattern argmax, pattern seeded from (seed, 'canon')",
         "preprocess": "pillow-bicubic short side, center crop, CLIP mean/std; group actions after preprocessing",
         "scoring": "softmax(scale*cos) per copy, f32",
+        "backbone": clip.spec,
+        "inference": {"device": crate::device::device_name(&dev), "dtype": crate::device::dtype_name(dtype)},
     });
+    if let Some(e) = alias {
+        base_config["model_alias"] = json!(e.name);
+    }
     let run_name = a.run.run_name.clone().unwrap_or_else(|| {
         let model_slug = files
             .origin
@@ -429,4 +445,81 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// `equirun bench-clip`: image-encoder throughput on seeded random inputs (no data, no text).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct BenchClipArgs {
+    #[command(flatten)]
+    pub model: ModelSource,
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Timed batches.
+    #[arg(long, default_value_t = 2)]
+    pub batches: usize,
+    /// Untimed warm-up batches.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Times `encode_images` on `[batch, 3, S, S]` N(0,1) inputs; returns a JSON summary.
+pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
+    use rand_distr::{Distribution, Normal};
+    if a.batch_size == 0 || a.batches == 0 {
+        bail!("--batch-size and --batches must be at least 1");
+    }
+    let (dev, dtype) = a.compute.resolve()?;
+    let (files, alias) = crate::models::clip::resolve(&a.model)?;
+    let t_load = Instant::now();
+    let clip = Clip::load_with(&files, &dev, dtype)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let s = clip.image_size();
+    let mut rng = output::rng_for(a.seed, "bench-clip");
+    let normal = Normal::new(0f32, 1.0).unwrap();
+    let n = a.batch_size * 3 * s * s;
+    let x = Tensor::from_vec(
+        (0..n)
+            .map(|_| normal.sample(&mut rng))
+            .collect::<Vec<f32>>(),
+        (a.batch_size, 3, s, s),
+        &dev,
+    )?;
+    let sync = |t: &Tensor| -> Result<()> {
+        // a host copy of one number waits for the device
+        t.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    };
+    for _ in 0..a.warmup {
+        sync(&clip.encode_images(&x)?)?;
+    }
+    let pb = progress_bar(a.batches as u64, "bench-clip");
+    let mut per_batch = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..a.batches {
+        let t = Instant::now();
+        sync(&clip.encode_images(&x)?)?;
+        per_batch.push(t.elapsed().as_secs_f64());
+        pb.set_position(i as u64 + 1);
+    }
+    pb.finish_and_clear();
+    let total = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "framework": "equirun",
+        "model": files.origin.id,
+        "model_alias": alias.map(|e| e.name),
+        "backbone": clip.spec,
+        "device": crate::device::device_name(&dev),
+        "dtype": crate::device::dtype_name(dtype),
+        "threads": candle_core::utils::get_num_threads(),
+        "batch_size": a.batch_size,
+        "batches": a.batches,
+        "images_per_s": (a.batch_size * a.batches) as f64 / total,
+        "seconds_per_batch": per_batch,
+        "load_seconds": load_s,
+    }))
 }

@@ -1,7 +1,12 @@
-//! CLIP (ViT) from an HF `CLIPModel` checkpoint through candle-transformers, plus the zero-shot
-//! text classifier and a deterministic tiny random checkpoint for tests and `equirun check`.
+//! CLIP behind one type, whatever the backbone: ViT from an HF `CLIPModel` checkpoint (any
+//! config.json: ViT-B/32, B/16, L/14, L/14-336) through candle-transformers, or an OpenAI /
+//! OpenCLIP checkpoint in the open_clip layout (ModifiedResNet RN50/RN101/..., or ViT) through
+//! [`super::clip_resnet`]. Plus the zero-shot text classifier and deterministic tiny random
+//! checkpoints for tests and `equirun check`.
 
-use crate::hub::ResolvedModel;
+use super::clip_resnet::{self, OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
+use super::zoo::{self, ZooEntry};
+use crate::hub::{ModelSource, ResolvedModel};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -76,8 +81,24 @@ fn check_eps(which: &str, eps: Option<f64>) -> Result<()> {
 
 /// Parses an HF `CLIPModel` config.json (HF defaults = ViT-B/32 for absent keys).
 pub fn parse_config(text: &str) -> Result<(ClipConfig, Option<u32>)> {
+    let mut raw: serde_json::Value =
+        serde_json::from_str(text).context("config.json is not valid JSON")?;
+    // old transformers configs carry overrides in `text_config_dict` / `vision_config_dict`
+    for part in ["text_config", "vision_config"] {
+        let over = raw.get(format!("{part}_dict")).cloned();
+        if let Some(serde_json::Value::Object(over)) = over {
+            let base = raw
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("config.json is not a JSON object"))?
+                .entry(part)
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(base) = base.as_object_mut() {
+                base.extend(over);
+            }
+        }
+    }
     let j: ClipJson =
-        serde_json::from_str(text).context("config.json is not a valid CLIP config")?;
+        serde_json::from_value(raw).context("config.json is not a valid CLIP config")?;
     if let Some(mt) = &j.model_type {
         if mt != "clip" {
             bail!("config.json has model_type '{mt}', expected 'clip'");
@@ -130,43 +151,235 @@ pub fn parse_config(text: &str) -> Result<(ClipConfig, Option<u32>)> {
     ))
 }
 
+/// The network behind a [`Clip`]: one variant per checkpoint layout.
+pub enum ClipBackbone {
+    /// HF `CLIPModel` (ViT) through candle-transformers.
+    Vit(ClipModel),
+    /// OpenAI / OpenCLIP layout: ModifiedResNet or ViT vision tower.
+    OpenClip(Box<OpenClip>),
+}
+
+impl ClipBackbone {
+    /// Unnormalised image features (model dtype; pixels must be on the model's device and dtype).
+    pub fn get_image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        match self {
+            ClipBackbone::Vit(m) => Ok(m.get_image_features(pixels)?),
+            ClipBackbone::OpenClip(m) => m.encode_image(pixels),
+        }
+    }
+
+    /// Unnormalised text features of token ids `[B, T]`.
+    pub fn get_text_features(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            ClipBackbone::Vit(m) => Ok(m.get_text_features(ids)?),
+            ClipBackbone::OpenClip(m) => m.encode_text(ids),
+        }
+    }
+
+    /// `(logits_per_text, logits_per_image)` with the checkpoint's learned scale, as
+    /// transformers' / open_clip's forward.
+    pub fn forward(&self, pixels: &Tensor, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            ClipBackbone::Vit(m) => Ok(m.forward(pixels, ids)?),
+            ClipBackbone::OpenClip(m) => {
+                let i = super::l2_normalize(&m.encode_image(pixels)?.to_dtype(DType::F32)?)?;
+                let t = super::l2_normalize(&m.encode_text(ids)?.to_dtype(DType::F32)?)?;
+                let per_text = (t.matmul(&i.t()?)? * (m.logit_scale as f64).exp())?;
+                let per_image = per_text.t()?;
+                Ok((per_text, per_image))
+            }
+        }
+    }
+}
+
+/// Backbone-independent facts about a loaded CLIP.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClipSpec {
+    /// Vision tower: `ViT` or `ModifiedResNet`.
+    pub family: &'static str,
+    /// Checkpoint layout: `hf` or `open_clip`.
+    pub layout: &'static str,
+    pub image_size: usize,
+    /// Joint embedding dimension.
+    pub projection_dim: usize,
+    /// Text context length.
+    pub context_length: usize,
+    pub vocab_size: usize,
+}
+
 /// A loaded CLIP model with its tokenizer.
 pub struct Clip {
-    pub model: ClipModel,
-    pub config: ClipConfig,
+    pub model: ClipBackbone,
+    pub spec: ClipSpec,
     pub tokenizer: Option<Tokenizer>,
     pub eos_id: u32,
     /// exp(logit_scale) stored in the checkpoint.
     pub model_logit_scale: f32,
     pub device: Device,
+    /// Inference dtype of the network (features are returned in f32).
+    pub dtype: DType,
+}
+
+/// Resolves a CLIP snapshot: a zoo alias (`RN50`, `ViT-B/16`, ...) or hub id through the HF
+/// cache, or `--model-dir`; either layout (HF `config.json` + `model.safetensors`, or open_clip
+/// `open_clip_config.json` + `open_clip_model.safetensors`), plus `tokenizer.json`.
+pub fn resolve(src: &ModelSource) -> Result<(ResolvedModel, Option<&'static ZooEntry>)> {
+    let (id, alias) = if src.model_dir.is_some() {
+        (src.model.clone(), None)
+    } else {
+        zoo::resolve_model_id(&src.model)
+    };
+    let src = ModelSource {
+        model: id,
+        revision: src.revision.clone(),
+        model_dir: src.model_dir.clone(),
+    };
+    if let Some(dir) = &src.model_dir {
+        let hf = dir.join("config.json").is_file();
+        let oc = dir.join("open_clip_config.json").is_file();
+        let use_oc = oc && (!hf || !hf_config_supported(&dir.join("config.json")));
+        let files = if use_oc {
+            OPEN_CLIP_FILES
+        } else {
+            REQUIRED_FILES
+        };
+        return Ok((src.resolve(files, &[])?, alias));
+    }
+    // hub: fetch the (small) config files first, then the weights of one layout only
+    let configs = src.resolve(&[], &["config.json", "open_clip_config.json"])?;
+    let hf = configs.files.get("config.json");
+    let oc = configs.files.get("open_clip_config.json");
+    let use_oc = match (hf, oc) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(h), Some(_)) => !hf_config_supported(h),
+    };
+    let files = if use_oc {
+        OPEN_CLIP_FILES
+    } else {
+        REQUIRED_FILES
+    };
+    let r = src.resolve(files, &[]).with_context(|| {
+        if hf.is_none() && oc.is_none() {
+            format!(
+                "{} has neither config.json (HF CLIPModel) nor open_clip_config.json (OpenCLIP); \
+                 see `equirun clip --list-models` for known names",
+                src.model
+            )
+        } else {
+            format!(
+                "resolving the {} snapshot",
+                if use_oc { "open_clip" } else { "HF" }
+            )
+        }
+    })?;
+    Ok((r, alias))
+}
+
+fn hf_config_supported(p: &Path) -> bool {
+    std::fs::read_to_string(p)
+        .ok()
+        .is_some_and(|t| parse_config(&t).is_ok())
+}
+
+fn load_tokenizer(files: &ResolvedModel) -> Result<Option<Tokenizer>> {
+    Ok(match files.files.get("tokenizer.json") {
+        Some(p) => Some(
+            Tokenizer::from_file(p)
+                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", p.display()))?,
+        ),
+        None => None,
+    })
+}
+
+fn mmap_weights(weights: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }.map_err(|e| {
+        anyhow!(
+            "cannot read weights file {}: {e}. The file is corrupt or not safetensors; \
+             delete it and download it again, or point --model-dir at a good snapshot",
+            weights.display()
+        )
+    })
 }
 
 impl Clip {
-    /// Loads from resolved snapshot files.
+    /// Loads from resolved snapshot files (either layout) in f32.
     pub fn load(files: &ResolvedModel, device: &Device) -> Result<Clip> {
+        Self::load_with(files, device, DType::F32)
+    }
+
+    /// Loads from resolved snapshot files (either layout), running in `dtype` on `device`.
+    pub fn load_with(files: &ResolvedModel, device: &Device, dtype: DType) -> Result<Clip> {
+        if files.files.contains_key("open_clip_config.json") {
+            return Self::load_open_clip(files, device, dtype);
+        }
         let config_path = files.file("config.json")?;
         let text = std::fs::read_to_string(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
         let (config, eos_cfg) =
             parse_config(&text).with_context(|| format!("in {}", config_path.display()))?;
         let weights = files.file("model.safetensors")?;
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
-            .map_err(|e| {
-                anyhow!(
-                    "cannot read weights file {}: {e}. The file is corrupt or not safetensors; \
-                     delete it and download it again, or point --model-dir at a good snapshot",
-                    weights.display()
-                )
-            })?;
-        let tokenizer = match files.files.get("tokenizer.json") {
-            Some(p) => Some(
-                Tokenizer::from_file(p)
-                    .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", p.display()))?,
-            ),
-            None => None,
-        };
+        let vb = mmap_weights(weights, dtype, device)?;
+        let tokenizer = load_tokenizer(files)?;
         Self::from_varbuilder(vb, config, tokenizer, eos_cfg)
             .with_context(|| format!("loading CLIP weights from {}", weights.display()))
+    }
+
+    fn load_open_clip(files: &ResolvedModel, device: &Device, dtype: DType) -> Result<Clip> {
+        let config_path = files.file("open_clip_config.json")?;
+        let text = std::fs::read_to_string(config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let config = clip_resnet::parse_open_clip_config(&text)
+            .with_context(|| format!("in {}", config_path.display()))?;
+        let weights = files.file("open_clip_model.safetensors")?;
+        // read in f32 (batch norms are folded in f32), converted to `dtype` per tensor
+        let vb = mmap_weights(weights, DType::F32, device)?;
+        let tokenizer = load_tokenizer(files)?;
+        Self::from_open_clip(vb, &config, tokenizer, dtype)
+            .with_context(|| format!("loading OpenCLIP weights from {}", weights.display()))
+    }
+
+    /// Builds from open_clip tensor names.
+    pub fn from_open_clip(
+        vb: VarBuilder,
+        config: &OpenClipConfig,
+        tokenizer: Option<Tokenizer>,
+        dtype: DType,
+    ) -> Result<Clip> {
+        for name in ["visual", "logit_scale", "text_projection"] {
+            let found = if name == "visual" {
+                vb.contains_tensor("visual.attnpool.c_proj.weight")
+                    || vb.contains_tensor("visual.proj")
+            } else {
+                vb.contains_tensor(name) || vb.contains_tensor(&format!("text.{name}"))
+            };
+            if !found {
+                bail!("'{name}' tensors are missing from the checkpoint (not an OpenAI/OpenCLIP CLIP checkpoint?)");
+            }
+        }
+        let device = vb.device().clone();
+        let model = OpenClip::new(vb, config, dtype)?;
+        let vocab = config.text.vocab_size as u32;
+        let eos_id = tokenizer
+            .as_ref()
+            .and_then(|t| t.token_to_id("<|endoftext|>"))
+            .unwrap_or(vocab - 1);
+        Ok(Clip {
+            spec: ClipSpec {
+                family: config.vision.family(),
+                layout: "open_clip",
+                image_size: config.vision.image_size(),
+                projection_dim: config.embed_dim,
+                context_length: config.text.context_length,
+                vocab_size: config.text.vocab_size,
+            },
+            model_logit_scale: model.logit_scale.exp(),
+            model: ClipBackbone::OpenClip(Box::new(model)),
+            tokenizer,
+            eos_id,
+            device,
+            dtype,
+        })
     }
 
     pub fn from_varbuilder(
@@ -180,8 +393,13 @@ impl Clip {
                 bail!("tensor '{name}' is missing from the checkpoint (not an HF CLIPModel checkpoint?)");
             }
         }
-        let model_logit_scale = vb.get((), "logit_scale")?.exp()?.to_scalar::<f32>()?;
+        let model_logit_scale = vb
+            .get((), "logit_scale")?
+            .to_dtype(DType::F32)?
+            .exp()?
+            .to_scalar::<f32>()?;
         let device = vb.device().clone();
+        let dtype = vb.dtype();
         let model = ClipModel::new(vb, &config)?;
         let vocab = config.text_config.vocab_size as u32;
         let eos_id = tokenizer
@@ -190,22 +408,61 @@ impl Clip {
             .or(eos_cfg)
             .unwrap_or(vocab - 1);
         Ok(Clip {
-            model,
-            config,
+            model: ClipBackbone::Vit(model),
+            spec: ClipSpec {
+                family: "ViT",
+                layout: "hf",
+                image_size: config.image_size,
+                projection_dim: config.vision_config.projection_dim,
+                context_length: config.text_config.max_position_embeddings,
+                vocab_size: config.text_config.vocab_size,
+            },
             tokenizer,
             eos_id,
             model_logit_scale,
             device,
+            dtype,
         })
     }
 
     pub fn image_size(&self) -> usize {
-        self.config.image_size
+        self.spec.image_size
     }
 
-    /// Unnormalised image features `[B, D]`.
+    /// Dimension of the joint embedding (image and text features).
+    pub fn projection_dim(&self) -> usize {
+        self.spec.projection_dim
+    }
+
+    /// Config and weights file names of this checkpoint's layout, and the tensors that
+    /// fingerprint its text tower (for the classifier cache).
+    pub fn text_fingerprint_sources(&self) -> (&'static str, &'static str, Vec<String>) {
+        match &self.model {
+            ClipBackbone::Vit(_) => (
+                "config.json",
+                "model.safetensors",
+                [
+                    "text_projection.weight",
+                    "text_model.final_layer_norm.weight",
+                    "text_model.embeddings.token_embedding.weight",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ),
+            ClipBackbone::OpenClip(m) => (
+                "open_clip_config.json",
+                "open_clip_model.safetensors",
+                m.text_fingerprint_tensors(),
+            ),
+        }
+    }
+
+    /// Unnormalised image features `[B, D]` in f32, on the model's device. Pixels may be f32 on
+    /// any device: they are moved and cast to the model's.
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.model.get_image_features(pixels)?)
+        let x = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(self.model.get_image_features(&x)?.to_dtype(DType::F32)?)
     }
 
     /// Token ids for texts, truncated to the context length (EOS kept) and padded with EOS.
@@ -213,7 +470,7 @@ impl Clip {
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
             anyhow!("this CLIP snapshot has no tokenizer.json, needed to encode class prompts")
         })?;
-        let max_len = self.config.text_config.max_position_embeddings;
+        let max_len = self.spec.context_length;
         let mut rows = Vec::with_capacity(texts.len());
         for t in texts {
             let enc = tok
@@ -245,9 +502,10 @@ impl Clip {
         Ok(Tensor::from_vec(flat, (texts.len(), len), &self.device)?)
     }
 
-    /// Unnormalised text features `[N, D]` for token ids `[N, T]`.
+    /// Unnormalised text features `[N, D]` in f32 for token ids `[N, T]`.
     pub fn encode_token_ids(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.model.get_text_features(ids)?)
+        let ids = ids.to_device(&self.device)?;
+        Ok(self.model.get_text_features(&ids)?.to_dtype(DType::F32)?)
     }
 
     /// The zero-shot classifier `[C, D]`: per class, every template filled with the class name,
@@ -373,6 +631,18 @@ pub fn tiny_clip(seed: u64, device: &Device) -> Result<Clip> {
     let varmap = random_clip_varmap(&config, seed, device)?;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     Clip::from_varbuilder(vb, config, None, Some(99))
+}
+
+/// An in-memory tiny ModifiedResNet CLIP (open_clip layout) with seeded random weights (no
+/// tokenizer): the ResNet counterpart of [`tiny_clip`].
+pub fn tiny_resnet_clip(seed: u64, device: &Device) -> Result<Clip> {
+    let config =
+        clip_resnet::parse_open_clip_config(&clip_resnet::tiny_resnet_config_json().to_string())?;
+    let varmap = clip_resnet::random_open_clip_varmap(&config, seed, device)?;
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let mut clip = Clip::from_open_clip(vb, &config, None, DType::F32)?;
+    clip.eos_id = 99;
+    Ok(clip)
 }
 
 /// A word-level tokenizer.json for the tiny CLIP: lowercase, whitespace/punctuation split,

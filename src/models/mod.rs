@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod clip;
 pub mod cnn;
+pub mod clip_resnet;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;
@@ -11,6 +12,7 @@ pub mod lm;
 pub mod probe;
 pub mod seq2seq;
 pub mod tape;
+pub mod zoo;
 
 use anyhow::Result;
 use candle_core::{Tensor, D};
