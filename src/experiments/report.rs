@@ -46,6 +46,8 @@ pub enum Family {
     Fairness,
     /// Regard disparity: the largest TVD between an axis' demographics.
     Regard,
+    /// Multi-image classification accuracy per model.
+    MultiImage,
 }
 
 impl Family {
@@ -55,6 +57,7 @@ impl Family {
             Family::Scan => "scan",
             Family::Fairness => "fairness",
             Family::Regard => "regard",
+            Family::MultiImage => "multi-image",
         }
     }
     fn row_fields(&self) -> &'static [&'static str] {
@@ -63,6 +66,7 @@ impl Family {
             Family::Scan => &["cell", "test split"],
             Family::Fairness => &["axes", "contexts"],
             Family::Regard => &["axis", "context"],
+            Family::MultiImage => &["k", "test tuples"],
         }
     }
     fn decimals(&self) -> usize {
@@ -83,6 +87,7 @@ impl Family {
             Family::Scan => "test accuracy (%)",
             Family::Fairness => "swap consistency",
             Family::Regard => "max TVD of regard labels",
+            Family::MultiImage => "test accuracy (%)",
         }
     }
 }
@@ -215,6 +220,7 @@ pub fn extract(rec: &Value, source: &str) -> Option<Vec<Obs>> {
             Some(o)
         }
         "regard-score" => Some(extract_regard(rec, &rec["metrics"]["regard"], source)),
+        "multi-image" => Some(extract_multi_image(rec, source)),
         _ => None,
     }
 }
@@ -380,6 +386,34 @@ fn extract_fairness(rec: &Value, source: &str) -> Vec<Obs> {
     out
 }
 
+/// Per (k, upright / rotated test tuples) and model: test accuracy at the validation-selected epoch.
+fn extract_multi_image(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let setting = vec![
+        ("train images".to_string(), s(&c["train_images"])),
+        ("epochs".into(), s(&c["epochs"])),
+        ("lr".into(), s(&c["optimizer"]["lr"])),
+        ("fusion".into(), s(&c["fusion_form"])),
+    ];
+    let mut out = Vec::new();
+    for (model, m) in rec["metrics"]["models"].as_object().into_iter().flatten() {
+        for (key, label) in [("test_upright", "upright"), ("test_rotated", "rotated per view")] {
+            let Some(x) = m[key].as_f64() else { continue };
+            out.push(Obs {
+                family: Family::MultiImage,
+                title: "Multi-image Fashion-MNIST: test accuracy (%)".into(),
+                setting: setting.clone(),
+                row: vec![s(&c["k"]), label.into()],
+                column: model.clone(),
+                seed: seed_of(rec),
+                value: x,
+                source: source.into(),
+            });
+        }
+    }
+    out
+}
+
 /// Per (axis, context) and model/method: the largest total-variation distance between the
 /// axis' demographics' regard label distributions.
 fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
@@ -428,7 +462,7 @@ fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
 // aggregation
 
 fn rank(v: &str) -> usize {
-    const ORDER: [&str; 22] = [
+    const ORDER: [&str; 29] = [
         "pretrained",
         "vanilla",
         "equitune",
@@ -451,6 +485,13 @@ fn rank(v: &str) -> usize {
         "race",
         "orientation",
         "respect",
+        "cnn",
+        "cnn-aug",
+        "multi-gcnn",
+        "multi-gcnn-fusion",
+        "product-gcnn",
+        "upright",
+        "rotated per view",
     ];
     let base = v
         .split(" (")
