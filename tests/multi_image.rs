@@ -134,3 +134,36 @@ fn multi_image_cli_end_to_end() {
     }
     assert!(!dir.path().join("bad").exists());
 }
+
+#[test]
+fn folder_dataset_excludes_background_and_runs() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("101_ObjectCategories");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for class in ["BACKGROUND_Google", "airplanes", "faces", "watch"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..20 {
+            let (w, h) = (rng.random_range(12..30u32), rng.random_range(12..30u32));
+            let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.random(), rng.random(), rng.random()]));
+            img.save(data.join(class).join(format!("image_{i:04}.png"))).unwrap();
+        }
+    }
+    let (tr, te, classes) = equirun::experiments::multi_image::folder_gray(&data, 16).unwrap();
+    assert_eq!(classes, vec!["airplanes", "faces", "watch"]);
+    assert_eq!((tr.len(), te.len()), (48, 12), "60 class images, 20% test; background excluded");
+    assert_eq!(tr.pixels.len(), 48 * 256);
+    assert!(tr.labels.iter().chain(&te.labels).all(|&l| l < 3));
+    let out = dir.path().join("res");
+    let o = equirun(&[
+        "multi-image", "--dataset", "folder", "--data-dir", data.to_str().unwrap(), "--image-size", "16",
+        "--k", "2", "--models", "multi-gcnn", "--train-images", "30", "--val-images", "12", "--test-images", "12",
+        "--epochs", "1", "--out", out.to_str().unwrap(), "--run-name", "f",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(out.join("multi-image/f-k2/seed-0.json")).unwrap()).unwrap();
+    assert_eq!(j["config"]["classes"], 3);
+    assert_eq!(j["config"]["image_size"], 16);
+    let o = equirun(&["multi-image", "--dataset", "folder", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--dataset folder needs --data-dir"));
+}

@@ -114,11 +114,28 @@ pub enum FusionForm {
     Is,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MultiDataset {
+    /// Fashion-MNIST idx files (train/test splits as shipped).
+    FashionMnist,
+    /// One sub-folder of images per class (Caltech101's 101_ObjectCategories, 15Scene), read
+    /// as grayscale, resized to --image-size, `BACKGROUND_Google` excluded, split 80/20 into
+    /// train/test with a fixed seed.
+    Folder,
+}
+
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 pub struct MultiImageArgs {
-    /// Fashion-MNIST folder (default: $EQUIRUN_DATA, else Debian's /usr/share/datasets/fashion-mnist).
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub dataset: MultiDataset,
+    /// Dataset folder (Fashion-MNIST default: $EQUIRUN_DATA, else Debian's
+    /// /usr/share/datasets/fashion-mnist; `folder` needs it).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Side of the square grayscale images of a `folder` dataset (a multiple of 4).
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
     /// Views per sample, comma-separated (one run folder per k).
     #[arg(long, default_value = "2,3,4")]
     pub k: String,
@@ -150,6 +167,51 @@ pub struct MultiImageArgs {
     pub weight_decay: f64,
     #[command(flatten)]
     pub run: RunOpts,
+}
+
+/// A folder-per-class dataset as grayscale `side`×`side` images (ITU-R 601 luma, bilinear
+/// resize), without `BACKGROUND_Google` (Caltech101's clutter folder is not a class), split into
+/// (train, test) 80/20 by a fixed-seed shuffle. Returns the class names too.
+pub fn folder_gray(dir: &std::path::Path, side: usize) -> Result<(GrayData, GrayData, Vec<String>)> {
+    use crate::data::images::{self, DatasetKind};
+    if side == 0 || side % 4 != 0 {
+        bail!("--image-size {side} must be a positive multiple of 4");
+    }
+    let ds = images::open(DatasetKind::Folder, Some(dir))?;
+    let keep: Vec<usize> = (0..ds.classes.len())
+        .filter(|&c| ds.classes[c] != "BACKGROUND Google")
+        .collect();
+    let classes: Vec<String> = keep.iter().map(|&c| ds.classes[c].clone()).collect();
+    let mut items: Vec<(Vec<u8>, u32)> = Vec::new();
+    let pb = progress_bar(ds.len() as u64, "decoding images");
+    for i in 0..ds.len() {
+        pb.inc(1);
+        let Some(c) = keep.iter().position(|&k| k == ds.label(i) as usize) else { continue };
+        let img = ds.image(i)?;
+        let luma: Vec<u8> = img
+            .data
+            .chunks_exact(3)
+            .map(|p| ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8)
+            .collect();
+        let g = image::GrayImage::from_raw(img.width as u32, img.height as u32, luma)
+            .ok_or_else(|| anyhow!("image {i} of {} has inconsistent size", dir.display()))?;
+        let r = image::imageops::resize(&g, side as u32, side as u32, image::imageops::FilterType::Triangle);
+        items.push((r.into_raw(), c as u32));
+    }
+    pb.finish_and_clear();
+    if classes.len() < 2 || items.is_empty() {
+        bail!("{}: need at least two class folders with images (BACKGROUND_Google does not count)", dir.display());
+    }
+    let mut rng = output::rng_for(1234, "folder-split");
+    items.shuffle(&mut rng);
+    let n_test = items.len() / 5;
+    let mk = |part: &[(Vec<u8>, u32)]| GrayData {
+        pixels: part.iter().flat_map(|x| x.0.iter().copied()).collect(),
+        labels: part.iter().map(|x| x.1).collect(),
+        side,
+        source: dir.to_path_buf(),
+    };
+    Ok((mk(&items[n_test..]), mk(&items[..n_test]), classes))
 }
 
 /// k-tuples of image indices of one class.
@@ -372,8 +434,9 @@ fn train_eval(
     test: &GrayData,
     sets: &Sets,
     rot: &Corruptor,
+    cfg: &CnnConfig,
 ) -> Result<Value> {
-    let cfg = CnnConfig::fashion_mnist();
+    let cfg = cfg.clone();
     let m = MultiView::new(kind, k, a.fusion_form, &cfg, seed)?;
     let mut opt = Optim::new(
         m.vars.clone(),
@@ -462,7 +525,32 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
         bail!("--epochs and --batch-size must be positive");
     }
     let seeds = output::parse_seeds(&a.run.seeds)?;
-    let train = GrayData::load(a.data_dir.as_deref(), Split::Train, Some(a.train_images + a.val_images))?;
+    let (train, test, classes) = match a.dataset {
+        MultiDataset::FashionMnist => (
+            GrayData::load(a.data_dir.as_deref(), Split::Train, Some(a.train_images + a.val_images))?,
+            GrayData::load(a.data_dir.as_deref(), Split::Test, Some(a.test_images))?,
+            10,
+        ),
+        MultiDataset::Folder => {
+            let dir = a.data_dir.as_deref().ok_or_else(|| {
+                anyhow!("--dataset folder needs --data-dir PATH (one sub-folder of images per class)")
+            })?;
+            let (mut tr, mut te, names) = folder_gray(dir, a.image_size)?;
+            let n = (a.train_images + a.val_images).min(tr.len());
+            tr.labels.truncate(n);
+            tr.pixels.truncate(n * tr.side * tr.side);
+            let m = a.test_images.min(te.len());
+            te.labels.truncate(m);
+            te.pixels.truncate(m * te.side * te.side);
+            (tr, te, names.len())
+        }
+    };
+    let cfg = CnnConfig {
+        in_channels: 1,
+        image_size: train.side,
+        classes,
+        ..CnnConfig::fashion_mnist()
+    };
     if train.len() < a.train_images + a.val_images {
         bail!(
             "{} has {} training images; --train-images {} + --val-images {} is too many",
@@ -472,17 +560,17 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             a.val_images
         );
     }
-    let test = GrayData::load(a.data_dir.as_deref(), Split::Test, Some(a.test_images))?;
     let rot = Corruptor::new(Some(image_group("rot90")?), train.side)?;
     let mut written = Vec::new();
     for &k in &ks {
         let config = json!({
-            "dataset": "fashion-mnist", "train_source": train.source.display().to_string(),
+            "dataset": a.dataset, "train_source": train.source.display().to_string(),
+            "image_size": train.side, "classes": classes,
             "k": k, "models": models.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "fusion_form": a.fusion_form, "train_images": a.train_images, "val_images": a.val_images,
             "test_images": test.len(), "epochs": a.epochs, "batch_size": a.batch_size,
             "optimizer": {"kind": "sgd", "lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay},
-            "backbone": {"cnn": CnnConfig::fashion_mnist(), "features": "penultimate (64), group mean per view"},
+            "backbone": {"cnn": cfg, "features": "penultimate (64), group mean per view"},
             "head": "concat(k·64) → 64 → ReLU → Dropout 0.5 → 10",
             "selection": "best validation epoch, separately for upright and per-view-rotated tests",
             "tuples": "consecutive same-class images, remainder dropped, shuffled per seed",
@@ -524,7 +612,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             };
             let mut metrics = serde_json::Map::new();
             for &kind in &models {
-                let r = train_eval(a, kind, k, seed, &train, &test, &sets, &rot)?;
+                let r = train_eval(a, kind, k, seed, &train, &test, &sets, &rot, &cfg)?;
                 eprintln!(
                     "k={k} seed {seed} {:18} test upright {:.2}%  rotated {:.2}%  ({:.1} s/epoch, {} passes/tuple)",
                     kind.name(),
