@@ -208,46 +208,7 @@ fn checkpoints_round_trip_and_reject_other_shapes() {
 
 // ---------- CLI ----------
 
-/// Writes an idx file (u8 data) with the given dims.
-fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
-    let mut b = vec![0u8, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        b.extend(d.to_be_bytes());
-    }
-    b.extend_from_slice(data);
-    std::fs::write(path, b).unwrap();
-}
-
-/// A tiny Fashion-MNIST: 28×28 images of a class-dependent bar plus noise.
-fn write_tiny_fashion(dir: &Path, n_train: usize, n_test: usize) {
-    use rand::{Rng, SeedableRng};
-    std::fs::create_dir_all(dir).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    for (prefix, n) in [("train", n_train), ("t10k", n_test)] {
-        let mut px = Vec::with_capacity(n * 784);
-        let mut labels = Vec::with_capacity(n);
-        for i in 0..n {
-            let l = (i % 10) as u8;
-            for r in 0..28 {
-                for c in 0..28 {
-                    let bar = r == 2 + 2 * l as usize && (4..24).contains(&c);
-                    px.push(if bar { 220 } else { rng.random_range(0..40u8) });
-                }
-            }
-            labels.push(l);
-        }
-        write_idx(
-            &dir.join(format!("{prefix}-images-idx3-ubyte")),
-            &[n as u32, 28, 28],
-            &px,
-        );
-        write_idx(
-            &dir.join(format!("{prefix}-labels-idx1-ubyte")),
-            &[n as u32],
-            &labels,
-        );
-    }
-}
+use equirun::testing::write_tiny_fashion;
 
 fn equirun(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_equirun"))
