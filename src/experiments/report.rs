@@ -48,6 +48,8 @@ pub enum Family {
     Regard,
     /// Multi-image classification accuracy per model.
     MultiImage,
+    /// The pretrained CNN, zero-shot and finetuned through the wrappers.
+    Cnn,
 }
 
 impl Family {
@@ -58,6 +60,7 @@ impl Family {
             Family::Fairness => "fairness",
             Family::Regard => "regard",
             Family::MultiImage => "multi-image",
+            Family::Cnn => "cnn",
         }
     }
     fn row_fields(&self) -> &'static [&'static str] {
@@ -67,6 +70,7 @@ impl Family {
             Family::Fairness => &["axes", "contexts"],
             Family::Regard => &["axis", "context"],
             Family::MultiImage => &["k", "test tuples"],
+            Family::Cnn => &["stage", "test images"],
         }
     }
     fn decimals(&self) -> usize {
@@ -88,6 +92,7 @@ impl Family {
             Family::Fairness => "swap consistency",
             Family::Regard => "max TVD of regard labels",
             Family::MultiImage => "test accuracy (%)",
+            Family::Cnn => "test accuracy (%)",
         }
     }
 }
@@ -221,6 +226,7 @@ pub fn extract(rec: &Value, source: &str) -> Option<Vec<Obs>> {
         }
         "regard-score" => Some(extract_regard(rec, &rec["metrics"]["regard"], source)),
         "multi-image" => Some(extract_multi_image(rec, source)),
+        "cnn" => Some(extract_cnn(rec, source)),
         _ => None,
     }
 }
@@ -386,6 +392,62 @@ fn extract_fairness(rec: &Value, source: &str) -> Vec<Obs> {
     out
 }
 
+/// Per (zero-shot / finetuned, upright / corrupted test images) and method.
+fn extract_cnn(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let group = s(&c["group"]["name"]);
+    let transform = s(&c["transform"]["name"]);
+    let setting = vec![
+        ("group".to_string(), group.clone()),
+        ("corruption".into(), transform.clone()),
+        (
+            "finetune".into(),
+            format!(
+                "{}×{} iterations, batch {}, {} lr {}",
+                s(&c["finetune"]["schedule"]["rounds"]),
+                s(&c["finetune"]["schedule"]["iters_per_round"]),
+                s(&c["finetune"]["batch_size"]),
+                s(&c["finetune"]["schedule"]["optim"]["kind"]),
+                s(&c["finetune"]["schedule"]["optim"]["lr"])
+            ),
+        ),
+    ];
+    let title = format!("CNN on Fashion-MNIST — group {group}, corruption {transform}");
+    let mut out = Vec::new();
+    let m = &rec["metrics"];
+    if let Some(x) = m["pretrained"]["test_upright_accuracy"].as_f64() {
+        out.push(Obs {
+            family: Family::Cnn,
+            title: title.clone(),
+            setting: setting.clone(),
+            row: vec!["pretrained".into(), "upright".into()],
+            column: "vanilla".into(),
+            seed: seed_of(rec),
+            value: x,
+            source: source.into(),
+        });
+    }
+    for (stage, key) in [("zero-shot", "zero_shot"), ("finetuned", "finetuned")] {
+        for (method, v) in m[key].as_object().into_iter().flatten() {
+            let t = if key == "finetuned" { &v["test"] } else { v };
+            for (set, label) in [("upright", "upright".to_string()), (transform.as_str(), transform.clone())] {
+                let Some(x) = t[set].as_f64() else { continue };
+                out.push(Obs {
+                    family: Family::Cnn,
+                    title: title.clone(),
+                    setting: setting.clone(),
+                    row: vec![stage.into(), label.clone()],
+                    column: method.clone(),
+                    seed: seed_of(rec),
+                    value: x,
+                    source: source.into(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Per (k, upright / rotated test tuples) and model: test accuracy at the validation-selected epoch.
 fn extract_multi_image(rec: &Value, source: &str) -> Vec<Obs> {
     let c = &rec["config"];
@@ -462,7 +524,7 @@ fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
 // aggregation
 
 fn rank(v: &str) -> usize {
-    const ORDER: [&str; 29] = [
+    const ORDER: [&str; 32] = [
         "pretrained",
         "vanilla",
         "equitune",
@@ -490,6 +552,9 @@ fn rank(v: &str) -> usize {
         "multi-gcnn",
         "multi-gcnn-fusion",
         "product-gcnn",
+        "lambda-equitune",
+        "zero-shot",
+        "finetuned",
         "upright",
         "rotated per view",
     ];
