@@ -198,13 +198,17 @@ pub fn metrics(
             tb.push(bt);
             gb.push(bg);
         }
+        // a pair needs two members; with one there is nothing to compare
+        let pair = |p: [usize; 2]| {
+            if dists.len() < 2 { Value::Null } else { json!([&dists[p[0]].0, &dists[p[1]].0]) }
+        };
         per_axis.push(json!({
             "model": models[*m], "context": ctx, "axis": axis,
             "members": names, "n": names.iter().map(|n| members[*n].len()).collect::<Vec<_>>(),
             "fractions": dists.iter().map(|(n, d)| (n.clone(), dist_json(d))).collect::<serde_json::Map<_, _>>(),
-            "max_tvd": t, "max_tvd_pair": [&dists[tp[0]].0, &dists[tp[1].min(dists.len() - 1)].0],
+            "max_tvd": t, "max_tvd_pair": pair(tp),
             "max_tvd_ci95": percentile_interval(&mut tb),
-            "max_gap_difference": g, "max_gap_difference_pair": [&dists[gp[0]].0, &dists[gp[1].min(dists.len() - 1)].0],
+            "max_gap_difference": g, "max_gap_difference_pair": pair(gp),
             "max_gap_difference_ci95": percentile_interval(&mut gb),
             "bootstrap": if paired { "paired (members' samples aligned by position)" } else { "independent per member" },
         }));
@@ -262,6 +266,10 @@ pub fn markdown(m: &Value) -> String {
                     a[k][1].as_f64().unwrap_or(f64::NAN)
                 )
             };
+            if a["max_tvd_pair"].is_null() {
+                let _ = writeln!(s, "- {}: one demographic only, nothing to compare", a["model"].as_str().unwrap_or(""));
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "- {}: max TVD {:.3} {} ({} vs {}); max (neg − pos) gap difference {:.3} {}",
