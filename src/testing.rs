@@ -107,3 +107,15 @@ pub fn write_tiny_fashion(dir: &Path, n_train: usize, n_test: usize) {
         write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
     }
 }
+
+/// Runs the `equirun` binary `bin` (pass `env!("CARGO_BIN_EXE_equirun")`) with `args`, offline,
+/// without progress bars and without a `$EQUIRUN_DATA` inherited from the caller.
+pub fn run_equirun(bin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .args(args)
+        .env("EQUIRUN_NO_PROGRESS", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("EQUIRUN_DATA")
+        .output()
+        .expect("running the equirun binary")
+}

@@ -8,7 +8,7 @@ use equirun::testing::{max_abs_diff, randn};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// 2×2 max-pool from reshape + max reductions. candle 0.11's own `max_pool2d` has a wrong
 /// backward pass (a unique maximum receives a quarter of the gradient: checked by finite
@@ -211,12 +211,7 @@ fn checkpoints_round_trip_and_reject_other_shapes() {
 use equirun::testing::write_tiny_fashion;
 
 fn equirun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_equirun"))
-        .args(args)
-        .env("EQUIRUN_NO_PROGRESS", "1")
-        .env_remove("EQUIRUN_DATA")
-        .output()
-        .unwrap()
+    equirun::testing::run_equirun(env!("CARGO_BIN_EXE_equirun"), args)
 }
 
 fn ok(o: &Output) {

@@ -8,7 +8,7 @@ use equirun::groups::image::image_group;
 use equirun::models::cnn::CnnConfig;
 use equirun::testing::{max_abs_diff, randn};
 use serde_json::Value;
-use std::process::{Command, Output};
+use std::process::Output;
 
 #[test]
 fn tuples_group_same_class_consecutive_images() {
@@ -66,12 +66,7 @@ fn multi_view_models_invariant_per_view_with_counted_passes() {
 }
 
 fn equirun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_equirun"))
-        .args(args)
-        .env("EQUIRUN_NO_PROGRESS", "1")
-        .env_remove("EQUIRUN_DATA")
-        .output()
-        .unwrap()
+    equirun::testing::run_equirun(env!("CARGO_BIN_EXE_equirun"), args)
 }
 
 #[test]

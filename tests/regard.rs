@@ -12,7 +12,7 @@ use equirun::models::probe::{LinearProbe, ProbeTrain};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fixture(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
@@ -200,12 +200,7 @@ fn sheng_samples_parse_and_mask_exactly_as_sheng() {
 // CLI
 
 fn equirun(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_equirun"))
-        .args(args)
-        .env("EQUIRUN_NO_PROGRESS", "1")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    equirun::testing::run_equirun(env!("CARGO_BIN_EXE_equirun"), args)
 }
 
 fn write_samples(path: &Path, n_per: usize) {
