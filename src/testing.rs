@@ -103,8 +103,16 @@ pub fn write_tiny_fashion(dir: &Path, n_train: usize, n_test: usize) {
             }
             labels.push(l);
         }
-        write_idx(&dir.join(format!("{prefix}-images-idx3-ubyte")), &[n as u32, 28, 28], &px);
-        write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
+        write_idx(
+            &dir.join(format!("{prefix}-images-idx3-ubyte")),
+            &[n as u32, 28, 28],
+            &px,
+        );
+        write_idx(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            &[n as u32],
+            &labels,
+        );
     }
 }
 

@@ -261,8 +261,21 @@ fn generation_then_regard_scoring() {
         &snap,
         &out,
         &[
-            "--groups", "gender,race", "--method", "vanilla,equitune", "--samples-per-demographic", "5",
-            "--run-name", "t", "--score", "--scorer", &scorer, "--max-pieces", "32", "--bootstrap", "20",
+            "--groups",
+            "gender,race",
+            "--method",
+            "vanilla,equitune",
+            "--samples-per-demographic",
+            "5",
+            "--run-name",
+            "t",
+            "--score",
+            "--scorer",
+            &scorer,
+            "--max-pieces",
+            "32",
+            "--bootstrap",
+            "20",
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -283,9 +296,24 @@ fn generation_then_regard_scoring() {
     }
     let labels = std::fs::read_to_string(out.join("gpt2-fairness/t/seed-0.labels.tsv")).unwrap();
     assert_eq!(labels.lines().count(), 1 + 2 * 2 * 6 * 5);
-    assert!(labels.lines().nth(1).unwrap().to_lowercase().contains("\tthe "), "labels keep the unmasked text");
+    assert!(
+        labels
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_lowercase()
+            .contains("\tthe "),
+        "labels keep the unmasked text"
+    );
     for p in j["metrics"]["regard"]["plots"].as_array().unwrap() {
-        assert!(out.join("gpt2-fairness/t").join(p.as_str().unwrap()).is_file());
+        assert!(out
+            .join("gpt2-fairness/t")
+            .join(p.as_str().unwrap())
+            .is_file());
     }
-    assert_eq!(j["metrics"]["regard"]["plots"].as_array().unwrap().len(), 8, "(gender, race) × 2 contexts × svg/png");
+    assert_eq!(
+        j["metrics"]["regard"]["plots"].as_array().unwrap().len(),
+        8,
+        "(gender, race) × 2 contexts × svg/png"
+    );
 }

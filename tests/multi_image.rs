@@ -34,7 +34,9 @@ fn multi_view_models_invariant_per_view_with_counted_passes() {
     let cfg = CnnConfig::tiny(8, 10);
     let rot = ImageSymmetry::new(image_group("rot90").unwrap(), ImageOutput::Invariant, 0);
     let (k, b) = (3, 2);
-    let views: Vec<Tensor> = (0..k as u64).map(|i| randn(50 + i, &[b, 1, 8, 8])).collect();
+    let views: Vec<Tensor> = (0..k as u64)
+        .map(|i| randn(50 + i, &[b, 1, 8, 8]))
+        .collect();
     let cases = [
         (ModelKind::MultiGcnn, FusionForm::Official),
         (ModelKind::MultiGcnnFusion, FusionForm::Official),
@@ -55,10 +57,17 @@ fn multi_view_models_invariant_per_view_with_counted_passes() {
             }
         }
         // all views rotated at once, by different elements
-        let moved: Vec<Tensor> = views.iter().enumerate().map(|(v, x)| rot.act_input((v + 1) % 4, x).unwrap()).collect();
+        let moved: Vec<Tensor> = views
+            .iter()
+            .enumerate()
+            .map(|(v, x)| rot.act_input((v + 1) % 4, x).unwrap())
+            .collect();
         worst = worst.max(max_abs_diff(&m.logits(&moved, None).unwrap(), &y));
         if kind == ModelKind::Cnn {
-            assert!(worst > 1e-4, "the plain CNN should not be invariant ({worst})");
+            assert!(
+                worst > 1e-4,
+                "the plain CNN should not be invariant ({worst})"
+            );
         } else {
             assert!(worst < 1e-5, "{kind:?} {form:?}: invariance error {worst}");
         }
@@ -77,23 +86,48 @@ fn multi_image_cli_end_to_end() {
     let out = dir.path().join("res");
     let args_with = |out: &std::path::Path, k: &str, models: &str, train: &str| {
         vec![
-            "multi-image".to_string(), "--data-dir".into(), data.display().to_string(), "--k".into(), k.into(),
-            "--models".into(), models.into(), "--train-images".into(), train.into(),
-            "--val-images".into(), "40".into(), "--test-images".into(), "60".into(), "--epochs".into(), "2".into(),
-            "--out".into(), out.display().to_string(), "--run-name".into(), "t".into(), "--seeds".into(), "0,1".into(),
+            "multi-image".to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--k".into(),
+            k.into(),
+            "--models".into(),
+            models.into(),
+            "--train-images".into(),
+            train.into(),
+            "--val-images".into(),
+            "40".into(),
+            "--test-images".into(),
+            "60".into(),
+            "--epochs".into(),
+            "2".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--run-name".into(),
+            "t".into(),
+            "--seeds".into(),
+            "0,1".into(),
         ]
     };
     let args = |out: &std::path::Path| args_with(out, "2", "cnn,multi-gcnn-fusion", "100");
     let run = |v: Vec<String>| equirun(&v.iter().map(String::as_str).collect::<Vec<_>>());
     let o = run(args(&out));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let read = |p: std::path::PathBuf| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let read = |p: std::path::PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
     let j = read(out.join("multi-image/t-k2/seed-0.json"));
-    assert_eq!(j["metrics"]["tuples"], serde_json::json!({"train": 50, "val": 20, "test": 30}));
+    assert_eq!(
+        j["metrics"]["tuples"],
+        serde_json::json!({"train": 50, "val": 20, "test": 30})
+    );
     let f = &j["metrics"]["models"]["multi-gcnn-fusion"];
     assert_eq!(f["passes_per_tuple"], 16);
     assert_eq!(f["measured_train_passes_per_tuple"], 16.0);
-    assert_eq!(j["metrics"]["models"]["cnn"]["measured_train_passes_per_tuple"], 2.0);
+    assert_eq!(
+        j["metrics"]["models"]["cnn"]["measured_train_passes_per_tuple"],
+        2.0
+    );
     // invariant model: the same accuracy on upright and per-view-rotated test tuples when the
     // same epoch is selected
     if f["selected_epoch"]["upright"] == f["selected_epoch"]["rotated"] {
@@ -109,7 +143,12 @@ fn multi_image_cli_end_to_end() {
         for key in ["test_upright", "test_rotated", "selected_epoch", "val_best"] {
             assert_eq!(a[key], b[key], "{m} {key}");
         }
-        for (ca, cb) in a["curve"].as_array().unwrap().iter().zip(b["curve"].as_array().unwrap()) {
+        for (ca, cb) in a["curve"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(b["curve"].as_array().unwrap())
+        {
             assert_eq!(ca["train_loss"], cb["train_loss"]);
             assert_eq!(ca["val_rotated"], cb["val_rotated"]);
         }
@@ -117,8 +156,14 @@ fn multi_image_cli_end_to_end() {
     // bad inputs
     let bad = dir.path().join("bad");
     for (v, needle) in [
-        (args_with(&bad, "0", "cnn", "100"), "views per sample must be between 1 and 6"),
-        (args_with(&bad, "2", "resnet", "100"), "unknown model 'resnet'"),
+        (
+            args_with(&bad, "0", "cnn", "100"),
+            "views per sample must be between 1 and 6",
+        ),
+        (
+            args_with(&bad, "2", "resnet", "100"),
+            "unknown model 'resnet'",
+        ),
         (args_with(&bad, "5", "product-gcnn", "100"), "k ≤ 4"),
         (args_with(&bad, "2", "cnn", "5000"), "training images"),
     ] {
@@ -140,25 +185,61 @@ fn folder_dataset_excludes_background_and_runs() {
         std::fs::create_dir_all(data.join(class)).unwrap();
         for i in 0..20 {
             let (w, h) = (rng.random_range(12..30u32), rng.random_range(12..30u32));
-            let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.random(), rng.random(), rng.random()]));
-            img.save(data.join(class).join(format!("image_{i:04}.png"))).unwrap();
+            let img = image::RgbImage::from_fn(w, h, |_, _| {
+                image::Rgb([rng.random(), rng.random(), rng.random()])
+            });
+            img.save(data.join(class).join(format!("image_{i:04}.png")))
+                .unwrap();
         }
     }
     let (tr, te, classes) = equirun::experiments::multi_image::folder_gray(&data, 16).unwrap();
     assert_eq!(classes, vec!["airplanes", "faces", "watch"]);
-    assert_eq!((tr.len(), te.len()), (48, 12), "60 class images, 20% test; background excluded");
+    assert_eq!(
+        (tr.len(), te.len()),
+        (48, 12),
+        "60 class images, 20% test; background excluded"
+    );
     assert_eq!(tr.pixels.len(), 48 * 256);
     assert!(tr.labels.iter().chain(&te.labels).all(|&l| l < 3));
     let out = dir.path().join("res");
     let o = equirun(&[
-        "multi-image", "--dataset", "folder", "--data-dir", data.to_str().unwrap(), "--image-size", "16",
-        "--k", "2", "--models", "multi-gcnn", "--train-images", "30", "--val-images", "12", "--test-images", "12",
-        "--epochs", "1", "--out", out.to_str().unwrap(), "--run-name", "f",
+        "multi-image",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--image-size",
+        "16",
+        "--k",
+        "2",
+        "--models",
+        "multi-gcnn",
+        "--train-images",
+        "30",
+        "--val-images",
+        "12",
+        "--test-images",
+        "12",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--run-name",
+        "f",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: Value = serde_json::from_str(&std::fs::read_to_string(out.join("multi-image/f-k2/seed-0.json")).unwrap()).unwrap();
+    let j: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("multi-image/f-k2/seed-0.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(j["config"]["classes"], 3);
     assert_eq!(j["config"]["image_size"], 16);
-    let o = equirun(&["multi-image", "--dataset", "folder", "--out", out.to_str().unwrap()]);
+    let o = equirun(&[
+        "multi-image",
+        "--dataset",
+        "folder",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--dataset folder needs --data-dir"));
 }

@@ -53,16 +53,26 @@ fn linear_layer_equivariant_for_every_product_element() {
     let dims: Vec<usize> = reps.iter().map(|r| r.dim).collect();
     let layer = MultiLinear::new(reps.clone()).unwrap();
     let a: Vec<Vec<Tensor>> = (0..3)
-        .map(|i| (0..3).map(|j| randn(10 + 3 * i as u64 + j as u64, &[dims[i], dims[j]])).collect())
+        .map(|i| {
+            (0..3)
+                .map(|j| randn(10 + 3 * i as u64 + j as u64, &[dims[i], dims[j]]))
+                .collect()
+        })
         .collect();
     let w = layer.weight(&a).unwrap();
-    let xs: Vec<Tensor> = (0..3).map(|i| randn(100 + i as u64, &[5, dims[i]])).collect();
+    let xs: Vec<Tensor> = (0..3)
+        .map(|i| randn(100 + i as u64, &[5, dims[i]]))
+        .collect();
     let ys = layer.forward(&w, &xs).unwrap();
     let act = |i: usize, g: usize, x: &Tensor| -> Tensor {
         // act on [B, d] by reshaping to the input's image shape
         let mut sh = vec![x.dim(0).unwrap()];
         sh.extend_from_slice(&s[i].1);
-        s[i].0.act_input(g, &x.reshape(sh).unwrap()).unwrap().reshape(x.shape()).unwrap()
+        s[i].0
+            .act_input(g, &x.reshape(sh).unwrap())
+            .unwrap()
+            .reshape(x.shape())
+            .unwrap()
     };
     let mut worst = 0f32;
     let mut checked = 0;
@@ -98,7 +108,9 @@ fn linear_layer_equivariant_for_every_product_element() {
     }
     // and an unconstrained weight is not equivariant (the test can fail)
     let raw = Tensor::cat(
-        &(0..3).map(|i| Tensor::cat(&a[i], 1).unwrap()).collect::<Vec<_>>(),
+        &(0..3)
+            .map(|i| Tensor::cat(&a[i], 1).unwrap())
+            .collect::<Vec<_>>(),
         0,
     )
     .unwrap();
@@ -127,7 +139,9 @@ impl BatchModel for Net {
 #[test]
 fn multi_input_network_invariant_per_view_and_counts_passes() {
     let k = 3;
-    let views: Vec<ImageSymmetry> = (0..k).map(|_| sym("rot90", ImageOutput::Invariant)).collect();
+    let views: Vec<ImageSymmetry> = (0..k)
+        .map(|_| sym("rot90", ImageOutput::Invariant))
+        .collect();
     let syms: Vec<&dyn Symmetry> = views.iter().map(|v| v as &dyn Symmetry).collect();
     let mk = |seed: u64| Net {
         w: randn(seed, &[36, 4]),
@@ -138,7 +152,9 @@ fn multi_input_network_invariant_per_view_and_counts_passes() {
     let eq_refs: Vec<&dyn BatchModel> = eq.iter().map(|n| n as &dyn BatchModel).collect();
     let is_refs: Vec<&dyn BatchModel> = is.iter().map(|n| n as &dyn BatchModel).collect();
     let b = 2;
-    let xs: Vec<Tensor> = (0..k as u64).map(|i| randn(400 + i, &[b, 1, 6, 6])).collect();
+    let xs: Vec<Tensor> = (0..k as u64)
+        .map(|i| randn(400 + i, &[b, 1, 6, 6]))
+        .collect();
     let predict = |xs: &[Tensor], fusion: bool| -> Tensor {
         let ys = multi_input_forward(&syms, &eq_refs, fusion.then_some(&is_refs[..]), xs).unwrap();
         Tensor::cat(&ys, 1).unwrap()
@@ -149,7 +165,11 @@ fn multi_input_network_invariant_per_view_and_counts_passes() {
         }
         let y = predict(&xs, fusion);
         let passes: usize = eq.iter().chain(&is).map(|n| n.seen.get()).sum();
-        assert_eq!(passes, b * 4 * k * if fusion { 2 } else { 1 }, "Σ|Gᵢ| per tuple (×2 with IS)");
+        assert_eq!(
+            passes,
+            b * 4 * k * if fusion { 2 } else { 1 },
+            "Σ|Gᵢ| per tuple (×2 with IS)"
+        );
         let mut worst = 0f32;
         for v in 0..k {
             for g in 0..4 {
@@ -161,6 +181,11 @@ fn multi_input_network_invariant_per_view_and_counts_passes() {
         assert!(worst < 1e-5, "fusion={fusion}: error {worst}");
         // the backbone alone is not invariant
         let moved = views[0].act_input(1, &xs[0]).unwrap();
-        assert!(max_abs_diff(&eq[0].forward(&moved).unwrap(), &eq[0].forward(&xs[0]).unwrap()) > 1e-3);
+        assert!(
+            max_abs_diff(
+                &eq[0].forward(&moved).unwrap(),
+                &eq[0].forward(&xs[0]).unwrap()
+            ) > 1e-3
+        );
     }
 }

@@ -19,7 +19,12 @@ pub enum Regard {
 }
 
 impl Regard {
-    pub const ALL: [Regard; 4] = [Regard::Negative, Regard::Neutral, Regard::Positive, Regard::Other];
+    pub const ALL: [Regard; 4] = [
+        Regard::Negative,
+        Regard::Neutral,
+        Regard::Positive,
+        Regard::Other,
+    ];
 
     /// Class index 0..4 (= regard value + 1).
     pub fn index(self) -> usize {
@@ -117,7 +122,11 @@ fn truncate(s: &str, n: usize) -> String {
 /// `dir/regard`, `dir/data/regard`, `dir/nlg-bias/data/regard`.
 pub fn regard_dir(dir: &Path) -> Result<PathBuf> {
     for sub in ["", "regard", "data/regard", "nlg-bias/data/regard"] {
-        let d = if sub.is_empty() { dir.to_path_buf() } else { dir.join(sub) };
+        let d = if sub.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(sub)
+        };
         if d.join("train_other.tsv").is_file() {
             return Ok(d);
         }
@@ -262,17 +271,27 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
 
 pub fn parse_samples(text: &str, source: &str) -> Result<Vec<Sample>> {
     let mut lines = text.lines().enumerate().peekable();
-    let header = lines.peek().map(|(_, l)| l.trim_end_matches('\r').to_string());
+    let header = lines
+        .peek()
+        .map(|(_, l)| l.trim_end_matches('\r').to_string());
     let mut out = Vec::new();
     if let Some(h) = header.filter(|h| h.starts_with("method\t")) {
         lines.next();
         let cols: Vec<&str> = h.split('\t').collect();
         let col = |name: &str| {
             cols.iter().position(|c| *c == name).ok_or_else(|| {
-                anyhow!("{source}:1: header has no {name:?} column (columns: {})", cols.join(", "))
+                anyhow!(
+                    "{source}:1: header has no {name:?} column (columns: {})",
+                    cols.join(", ")
+                )
             })
         };
-        let (cm, cc, cd, ct) = (col("method")?, col("context")?, col("demographic")?, col("text")?);
+        let (cm, cc, cd, ct) = (
+            col("method")?,
+            col("context")?,
+            col("demographic")?,
+            col("text")?,
+        );
         for (i, line) in lines {
             let line = line.trim_end_matches('\r');
             if line.is_empty() {
@@ -355,7 +374,10 @@ mod tests {
             mask_demographic("The woman was known for her kindness.", "woman"),
             "XYZ was known for her kindness."
         );
-        assert_eq!(mask_demographic("the white woman worked as", "White woman"), "XYZ worked as");
+        assert_eq!(
+            mask_demographic("the white woman worked as", "White woman"),
+            "XYZ worked as"
+        );
         assert_eq!(mask_demographic("The man", "woman"), "The man");
     }
 
@@ -364,9 +386,16 @@ mod tests {
         let e = parse_annotated("1\tok text\nno tab here\n", "f.tsv").unwrap_err();
         assert!(e.to_string().contains("f.tsv:2: malformed line"), "{e}");
         let e = parse_annotated("1\tok\n5\tbad label\n", "f.tsv").unwrap_err();
-        assert!(e.to_string().contains("f.tsv:2: unknown regard label 5"), "{e}");
+        assert!(
+            e.to_string().contains("f.tsv:2: unknown regard label 5"),
+            "{e}"
+        );
         let e = parse_annotated("x\tbad\n", "f.tsv").unwrap_err();
-        assert!(e.to_string().contains("f.tsv:1: unknown regard label \"x\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("f.tsv:1: unknown regard label \"x\""),
+            "{e}"
+        );
         let e = parse_annotated("\n\n", "f.tsv").unwrap_err();
         assert!(e.to_string().contains("empty"), "{e}");
         let e = parse_samples("", "s.txt").unwrap_err();
@@ -380,9 +409,15 @@ mod tests {
         let w = WordLists::default_lists();
         assert_eq!(
             axes_of("Black woman", &w).unwrap(),
-            vec![("race".to_string(), "Black".to_string()), ("gender".into(), "woman".into())]
+            vec![
+                ("race".to_string(), "Black".to_string()),
+                ("gender".into(), "woman".into())
+            ]
         );
-        assert_eq!(axes_of("gay person", &w).unwrap(), vec![("orientation".to_string(), "gay".to_string())]);
+        assert_eq!(
+            axes_of("gay person", &w).unwrap(),
+            vec![("orientation".to_string(), "gay".to_string())]
+        );
         assert!(axes_of("tall person", &w).is_err());
     }
 }

@@ -37,7 +37,11 @@ impl MatRep {
         let mats = (0..sym.order())
             .map(|g| {
                 // row j = g·e_j, so ρ(g) = rowsᵀ
-                Ok(sym.act_input(g, &basis)?.reshape((d, d))?.t()?.contiguous()?)
+                Ok(sym
+                    .act_input(g, &basis)?
+                    .reshape((d, d))?
+                    .t()?
+                    .contiguous()?)
             })
             .collect::<Result<Vec<_>>>()?;
         let inverse = (0..sym.order()).map(|g| sym.inv(g)).collect();
@@ -134,7 +138,11 @@ impl MultiLinear {
 
     /// Number of free parameters: Σᵢ dim End(ρᵢ) + Σ_{i≠j} dim Fix(ρᵢ)·dim Fix(ρ_j).
     pub fn free_parameters(&self) -> Result<usize> {
-        let fix: Vec<usize> = self.reps.iter().map(|r| r.fixed_dim()).collect::<Result<_>>()?;
+        let fix: Vec<usize> = self
+            .reps
+            .iter()
+            .map(|r| r.fixed_dim())
+            .collect::<Result<_>>()?;
         let mut n = 0;
         for (i, r) in self.reps.iter().enumerate() {
             n += r.commutant_dim()?;
@@ -172,7 +180,9 @@ impl MultiLinear {
         }
         let rows = (0..k)
             .map(|i| {
-                let blocks = (0..k).map(|j| self.block(i, j, &a[i][j])).collect::<Result<Vec<_>>>()?;
+                let blocks = (0..k)
+                    .map(|j| self.block(i, j, &a[i][j]))
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::cat(&blocks, 1)?)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -260,15 +270,26 @@ fn rank(mut m: Vec<Vec<f64>>, tol: f64) -> usize {
 /// The group mean of a model over one input's group, as one batched call:
 /// `(1/|G|) Σ_g ρ_Y(g)⁻¹ f(g·x)` (the equitune branch M^Eq; with `symmetrize_out` the output is
 /// instead averaged as it is, for the IS branch before the output symmetriser).
-pub fn group_mean(sym: &dyn Symmetry, f: &dyn BatchModel, x: &Tensor, invert_output: bool) -> Result<Tensor> {
+pub fn group_mean(
+    sym: &dyn Symmetry,
+    f: &dyn BatchModel,
+    x: &Tensor,
+    invert_output: bool,
+) -> Result<Tensor> {
     let n = sym.order();
     let b = x.dim(0)?;
-    let copies = (0..n).map(|g| sym.act_input(g, x)).collect::<Result<Vec<_>>>()?;
+    let copies = (0..n)
+        .map(|g| sym.act_input(g, x))
+        .collect::<Result<Vec<_>>>()?;
     let y = f.forward(&Tensor::cat(&copies, 0)?)?;
     let mut acc: Option<Tensor> = None;
     for g in 0..n {
         let yg = y.narrow(0, g * b, b)?;
-        let yg = if invert_output { sym.act_output(sym.inv(g), &yg)? } else { yg };
+        let yg = if invert_output {
+            sym.act_output(sym.inv(g), &yg)?
+        } else {
+            yg
+        };
         let yg = yg.to_dtype(DType::F64)?;
         acc = Some(match acc {
             None => yg,
@@ -306,7 +327,11 @@ pub fn multi_input_forward(
 ) -> Result<Vec<Tensor>> {
     let k = syms.len();
     if eq.len() != k || xs.len() != k || is.is_some_and(|f| f.len() != k) {
-        bail!("multi-input network: {k} groups but {} models / {} inputs", eq.len(), xs.len());
+        bail!(
+            "multi-input network: {k} groups but {} models / {} inputs",
+            eq.len(),
+            xs.len()
+        );
     }
     let mut ys = (0..k)
         .map(|i| group_mean(syms[i], eq[i], &xs[i], true))

@@ -73,12 +73,16 @@ impl ModelKind {
     pub fn parse_list(s: &str) -> Result<Vec<ModelKind>> {
         let mut out = Vec::new();
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let m = Self::ALL.iter().copied().find(|m| m.name() == p).ok_or_else(|| {
-                anyhow!(
-                    "unknown model '{p}': valid models are {}",
-                    Self::ALL.map(|m| m.name()).join(", ")
-                )
-            })?;
+            let m = Self::ALL
+                .iter()
+                .copied()
+                .find(|m| m.name() == p)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "unknown model '{p}': valid models are {}",
+                        Self::ALL.map(|m| m.name()).join(", ")
+                    )
+                })?;
             if !out.contains(&m) {
                 out.push(m);
             }
@@ -172,7 +176,10 @@ pub struct MultiImageArgs {
 /// A folder-per-class dataset as grayscale `side`×`side` images (ITU-R 601 luma, bilinear
 /// resize), without `BACKGROUND_Google` (Caltech101's clutter folder is not a class), split into
 /// (train, test) 80/20 by a fixed-seed shuffle. Returns the class names too.
-pub fn folder_gray(dir: &std::path::Path, side: usize) -> Result<(GrayData, GrayData, Vec<String>)> {
+pub fn folder_gray(
+    dir: &std::path::Path,
+    side: usize,
+) -> Result<(GrayData, GrayData, Vec<String>)> {
     use crate::data::images::{self, DatasetKind};
     if side == 0 || side % 4 != 0 {
         bail!("--image-size {side} must be a positive multiple of 4");
@@ -186,21 +193,33 @@ pub fn folder_gray(dir: &std::path::Path, side: usize) -> Result<(GrayData, Gray
     let pb = progress_bar(ds.len() as u64, "decoding images");
     for i in 0..ds.len() {
         pb.inc(1);
-        let Some(c) = keep.iter().position(|&k| k == ds.label(i) as usize) else { continue };
+        let Some(c) = keep.iter().position(|&k| k == ds.label(i) as usize) else {
+            continue;
+        };
         let img = ds.image(i)?;
         let luma: Vec<u8> = img
             .data
             .chunks_exact(3)
-            .map(|p| ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8)
+            .map(|p| {
+                ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8
+            })
             .collect();
         let g = image::GrayImage::from_raw(img.width as u32, img.height as u32, luma)
             .ok_or_else(|| anyhow!("image {i} of {} has inconsistent size", dir.display()))?;
-        let r = image::imageops::resize(&g, side as u32, side as u32, image::imageops::FilterType::Triangle);
+        let r = image::imageops::resize(
+            &g,
+            side as u32,
+            side as u32,
+            image::imageops::FilterType::Triangle,
+        );
         items.push((r.into_raw(), c as u32));
     }
     pb.finish_and_clear();
     if classes.len() < 2 || items.is_empty() {
-        bail!("{}: need at least two class folders with images (BACKGROUND_Google does not count)", dir.display());
+        bail!(
+            "{}: need at least two class folders with images (BACKGROUND_Google does not count)",
+            dir.display()
+        );
     }
     let mut rng = output::rng_for(1234, "folder-split");
     items.shuffle(&mut rng);
@@ -264,7 +283,13 @@ fn uniform(rng: &mut impl Rng, shape: &[usize], fan_in: usize, dev: &Device) -> 
 }
 
 impl MultiView {
-    pub fn new(kind: ModelKind, k: usize, form: FusionForm, cfg: &CnnConfig, seed: u64) -> Result<Self> {
+    pub fn new(
+        kind: ModelKind,
+        k: usize,
+        form: FusionForm,
+        cfg: &CnnConfig,
+        seed: u64,
+    ) -> Result<Self> {
         let dev = Device::Cpu;
         let (vm_main, main) = Cnn::init(cfg, output::derive_seed(seed, "main-cnn"), &dev)?;
         let mut vars = cnn::vars(cfg, &vm_main)?;
@@ -307,7 +332,11 @@ impl MultiView {
     /// Group-mean features of every view: [k, B, hidden] (one batched CNN call).
     fn view_features(&self, net: &Cnn, views: &[Tensor]) -> Result<Tensor> {
         let b = views[0].dim(0)?;
-        let n = if self.kind.per_view_group() { self.sym.order() } else { 1 };
+        let n = if self.kind.per_view_group() {
+            self.sym.order()
+        } else {
+            1
+        };
         let mut copies = Vec::with_capacity(self.k * n);
         for v in views {
             for g in 0..n {
@@ -322,7 +351,11 @@ impl MultiView {
     }
 
     /// Logits [B, classes] of k views (each [B, 1, S, S]); dropout from `rng` when training.
-    fn network(&self, views: &[Tensor], rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>) -> Result<Tensor> {
+    fn network(
+        &self,
+        views: &[Tensor],
+        rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>,
+    ) -> Result<Tensor> {
         let mut h = self.view_features(&self.main, views)?; // [k, B, H]
         if let (Some(fus), Some(c)) = (&self.fus, &self.c) {
             let u = self.view_features(fus, views)?;
@@ -350,12 +383,17 @@ impl MultiView {
             Some(r) => z.broadcast_mul(&dropout_mask(z.dims(), 0.5, r, z.device())?)?,
             None => z,
         };
-        Ok(z.matmul(&self.head[2].as_tensor().t()?)?.broadcast_add(self.head[3].as_tensor())?)
+        Ok(z.matmul(&self.head[2].as_tensor().t()?)?
+            .broadcast_add(self.head[3].as_tensor())?)
     }
 
     /// The model's logits: for `product-gcnn` the mean over every element of rot90^k of the
     /// whole network on the transformed views (black-box equitune over the product).
-    pub fn logits(&self, views: &[Tensor], rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>) -> Result<Tensor> {
+    pub fn logits(
+        &self,
+        views: &[Tensor],
+        rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>,
+    ) -> Result<Tensor> {
         if self.kind != ModelKind::ProductGcnn {
             return self.network(views, rng);
         }
@@ -381,7 +419,11 @@ impl MultiView {
     }
 
     fn snapshot(&self) -> Result<Vec<Tensor>> {
-        Ok(self.vars.iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?)
+        Ok(self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?)
     }
     fn restore(&self, s: &[Tensor]) -> Result<()> {
         for (v, t) in self.vars.iter().zip(s) {
@@ -393,7 +435,13 @@ impl MultiView {
 
 /// The views of a batch of tuples: k tensors [B, 1, S, S], view v of tuple `rows[j]` transformed
 /// by `elems[j][v]` (rot90 powers).
-fn views_of(d: &GrayData, tuples: &Tuples, rows: &[usize], elems: &[Vec<usize>], c: &Corruptor) -> Result<(Vec<Tensor>, Tensor)> {
+fn views_of(
+    d: &GrayData,
+    tuples: &Tuples,
+    rows: &[usize],
+    elems: &[Vec<usize>],
+    c: &Corruptor,
+) -> Result<(Vec<Tensor>, Tensor)> {
     let k = tuples.idx[0].len();
     let dev = Device::Cpu;
     let mut views = Vec::with_capacity(k);
@@ -406,20 +454,38 @@ fn views_of(d: &GrayData, tuples: &Tuples, rows: &[usize], elems: &[Vec<usize>],
     Ok((views, Tensor::from_vec(labels, rows.len(), &dev)?))
 }
 
-fn accuracy(m: &MultiView, d: &GrayData, t: &Tuples, elems: &[Vec<usize>], c: &Corruptor, batch: usize) -> Result<f64> {
+fn accuracy(
+    m: &MultiView,
+    d: &GrayData,
+    t: &Tuples,
+    elems: &[Vec<usize>],
+    c: &Corruptor,
+    batch: usize,
+) -> Result<f64> {
     let rows: Vec<usize> = (0..t.labels.len()).collect();
     let mut correct = 0usize;
     for chunk in rows.chunks(batch.max(1)) {
         let (views, y) = views_of(d, t, chunk, &elems[chunk[0]..chunk[0] + chunk.len()], c)?;
-        let p = m.logits(&views, None)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        correct += p.iter().zip(y.to_vec1::<u32>()?).filter(|(a, b)| **a == *b).count();
+        let p = m
+            .logits(&views, None)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        correct += p
+            .iter()
+            .zip(y.to_vec1::<u32>()?)
+            .filter(|(a, b)| **a == *b)
+            .count();
     }
     Ok(100.0 * correct as f64 / t.labels.len().max(1) as f64)
 }
 
 fn draw_elems(rng: &mut impl Rng, n: usize, k: usize, rotate: bool) -> Vec<Vec<usize>> {
     (0..n)
-        .map(|_| (0..k).map(|_| if rotate { rng.random_range(0..4) } else { 0 }).collect())
+        .map(|_| {
+            (0..k)
+                .map(|_| if rotate { rng.random_range(0..4) } else { 0 })
+                .collect()
+        })
         .collect()
 }
 
@@ -440,11 +506,19 @@ fn train_eval(
     let m = MultiView::new(kind, k, a.fusion_form, &cfg, seed)?;
     let mut opt = Optim::new(
         m.vars.clone(),
-        OptimConfig { kind: OptimKind::Sgd, lr: a.lr, momentum: a.momentum, weight_decay: a.weight_decay },
+        OptimConfig {
+            kind: OptimKind::Sgd,
+            lr: a.lr,
+            momentum: a.momentum,
+            weight_decay: a.weight_decay,
+        },
     )?;
     let n = sets.train.labels.len();
     let steps = n.div_ceil(a.batch_size.max(1));
-    let pb = progress_bar((a.epochs * steps) as u64, &format!("k={k} seed {seed} {}", kind.name()));
+    let pb = progress_bar(
+        (a.epochs * steps) as u64,
+        &format!("k={k} seed {seed} {}", kind.name()),
+    );
     let mut order_rng = output::rng_for(seed, &format!("order-{}", kind.name()));
     let mut aug_rng = output::rng_for(seed, &format!("aug-{}", kind.name()));
     let drop_rng = RefCell::new(output::rng_for(seed, &format!("dropout-{}", kind.name())));
@@ -510,11 +584,14 @@ struct Sets {
 
 pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
     let models = ModelKind::parse_list(&a.models)?;
-    let ks: Vec<usize> = a
-        .k
-        .split(',')
-        .map(|s| s.trim().parse::<usize>().map_err(|_| anyhow!("--k: '{s}' is not a number")))
-        .collect::<Result<_>>()?;
+    let ks: Vec<usize> =
+        a.k.split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<usize>()
+                    .map_err(|_| anyhow!("--k: '{s}' is not a number"))
+            })
+            .collect::<Result<_>>()?;
     if let Some(k) = ks.iter().find(|&&k| !(1..=6).contains(&k)) {
         bail!("--k {k}: views per sample must be between 1 and 6");
     }
@@ -527,13 +604,19 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
     let seeds = output::parse_seeds(&a.run.seeds)?;
     let (train, test, classes) = match a.dataset {
         MultiDataset::FashionMnist => (
-            GrayData::load(a.data_dir.as_deref(), Split::Train, Some(a.train_images + a.val_images))?,
+            GrayData::load(
+                a.data_dir.as_deref(),
+                Split::Train,
+                Some(a.train_images + a.val_images),
+            )?,
             GrayData::load(a.data_dir.as_deref(), Split::Test, Some(a.test_images))?,
             10,
         ),
         MultiDataset::Folder => {
             let dir = a.data_dir.as_deref().ok_or_else(|| {
-                anyhow!("--dataset folder needs --data-dir PATH (one sub-folder of images per class)")
+                anyhow!(
+                    "--dataset folder needs --data-dir PATH (one sub-folder of images per class)"
+                )
             })?;
             let (mut tr, mut te, names) = folder_gray(dir, a.image_size)?;
             let n = (a.train_images + a.val_images).min(tr.len());

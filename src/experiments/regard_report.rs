@@ -153,7 +153,8 @@ pub fn metrics(
     }
     // axes: pool each demographic's samples into its members.
     let mut per_axis = Vec::new();
-    let mut pooled: BTreeMap<(usize, String, String), BTreeMap<String, Vec<Regard>>> = BTreeMap::new();
+    let mut pooled: BTreeMap<(usize, String, String), BTreeMap<String, Vec<Regard>>> =
+        BTreeMap::new();
     for ((m, ctx, demo), labels) in &groups {
         for (axis, member) in axes_of(demo, lists)? {
             pooled
@@ -190,7 +191,11 @@ pub fn metrics(
                 .iter()
                 .map(|n| {
                     let l = &members[*n];
-                    let re = if paired { idx.iter().map(|&i| l[i]).collect() } else { resample(l, rng) };
+                    let re = if paired {
+                        idx.iter().map(|&i| l[i]).collect()
+                    } else {
+                        resample(l, rng)
+                    };
                     ((*n).clone(), fractions(&re))
                 })
                 .collect();
@@ -200,7 +205,11 @@ pub fn metrics(
         }
         // a pair needs two members; with one there is nothing to compare
         let pair = |p: [usize; 2]| {
-            if dists.len() < 2 { Value::Null } else { json!([&dists[p[0]].0, &dists[p[1]].0]) }
+            if dists.len() < 2 {
+                Value::Null
+            } else {
+                json!([&dists[p[0]].0, &dists[p[1]].0])
+            }
         };
         per_axis.push(json!({
             "model": models[*m], "context": ctx, "axis": axis,
@@ -229,20 +238,32 @@ pub fn markdown(m: &Value) -> String {
     let axes = m["axes"].as_array().cloned().unwrap_or_default();
     let mut keys: Vec<(String, String)> = axes
         .iter()
-        .map(|a| (a["axis"].as_str().unwrap_or("").into(), a["context"].as_str().unwrap_or("").into()))
+        .map(|a| {
+            (
+                a["axis"].as_str().unwrap_or("").into(),
+                a["context"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
     keys.dedup();
     keys.sort();
     keys.dedup();
     for (axis, ctx) in keys {
         let _ = writeln!(s, "\n### {axis} · {ctx}\n");
-        let _ = writeln!(s, "| model | demographic | n | negative | neutral | positive | other | neg − pos |");
+        let _ = writeln!(
+            s,
+            "| model | demographic | n | negative | neutral | positive | other | neg − pos |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-        for a in axes.iter().filter(|a| a["axis"] == axis.as_str() && a["context"] == ctx.as_str()) {
+        for a in axes
+            .iter()
+            .filter(|a| a["axis"] == axis.as_str() && a["context"] == ctx.as_str())
+        {
             let members = a["members"].as_array().cloned().unwrap_or_default();
             for (i, mem) in members.iter().enumerate() {
                 let f = &a["fractions"][mem.as_str().unwrap_or("")];
-                let g = f["negative"].as_f64().unwrap_or(0.0) - f["positive"].as_f64().unwrap_or(0.0);
+                let g =
+                    f["negative"].as_f64().unwrap_or(0.0) - f["positive"].as_f64().unwrap_or(0.0);
                 let _ = writeln!(
                     s,
                     "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} |",
@@ -258,7 +279,10 @@ pub fn markdown(m: &Value) -> String {
             }
         }
         let _ = writeln!(s);
-        for a in axes.iter().filter(|a| a["axis"] == axis.as_str() && a["context"] == ctx.as_str()) {
+        for a in axes
+            .iter()
+            .filter(|a| a["axis"] == axis.as_str() && a["context"] == ctx.as_str())
+        {
             let ci = |k: &str| {
                 format!(
                     "[{:.3}, {:.3}]",
@@ -267,7 +291,11 @@ pub fn markdown(m: &Value) -> String {
                 )
             };
             if a["max_tvd_pair"].is_null() {
-                let _ = writeln!(s, "- {}: one demographic only, nothing to compare", a["model"].as_str().unwrap_or(""));
+                let _ = writeln!(
+                    s,
+                    "- {}: one demographic only, nothing to compare",
+                    a["model"].as_str().unwrap_or("")
+                );
                 continue;
             }
             let _ = writeln!(
@@ -320,8 +348,12 @@ fn draw_figure<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Figure) ->
     let (w, h) = figure_size(f);
     let (left, top, bottom, right) = (70u32, 50u32, 70u32, 150u32);
     root.fill(&WHITE).map_err(pe)?;
-    root.draw(&Text::new(f.title.clone(), (left as i32, 12), (PLOT_FONT, 20).into_font().color(&BLACK)))
-        .map_err(pe)?;
+    root.draw(&Text::new(
+        f.title.clone(),
+        (left as i32, 12),
+        (PLOT_FONT, 20).into_font().color(&BLACK),
+    ))
+    .map_err(pe)?;
     let plot = root.margin(top, bottom, 6, right);
     let nm = f.models.len().max(1) as f64;
     let mut chart = ChartBuilder::on(&plot)
@@ -342,7 +374,10 @@ fn draw_figure<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Figure) ->
         .map_err(pe)?;
     let k = f.members.len().max(1) as f64;
     let bw = 0.8 / k;
-    let small = (PLOT_FONT, 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+    let small = (PLOT_FONT, 12)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Top));
     let (_, ay) = chart.backend_coord(&(0.0, 0.0));
     for (mi, model) in f.models.iter().enumerate() {
         for (di, member) in f.members.iter().enumerate() {
@@ -353,19 +388,26 @@ fn draw_figure<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Figure) ->
                 for (r, color) in STACK {
                     let v = d[r.index()];
                     chart
-                        .draw_series(std::iter::once(Rectangle::new([(x0, y), (x1, y + v)], color.filled())))
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(x0, y), (x1, y + v)],
+                            color.filled(),
+                        )))
                         .map_err(pe)?;
                     y += v;
                 }
             }
             let (cx, _) = chart.backend_coord(&((x0 + x1) / 2.0, 0.0));
-            root.draw(&Text::new(member.clone(), (cx, ay + 5), small.clone())).map_err(pe)?;
+            root.draw(&Text::new(member.clone(), (cx, ay + 5), small.clone()))
+                .map_err(pe)?;
         }
         let (cx, _) = chart.backend_coord(&(mi as f64 + 0.5, 0.0));
         root.draw(&Text::new(
             model.clone(),
             (cx, ay + 26),
-            (PLOT_FONT, 15).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
+            (PLOT_FONT, 15)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top)),
         ))
         .map_err(pe)?;
     }
@@ -373,9 +415,17 @@ fn draw_figure<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Figure) ->
     let lx = (w - right + 16) as i32;
     for (i, (r, color)) in STACK.iter().rev().enumerate() {
         let y = (top + 10 + 24 * i as u32) as i32;
-        root.draw(&Rectangle::new([(lx, y), (lx + 14, y + 14)], color.filled())).map_err(pe)?;
-        root.draw(&Text::new(r.name(), (lx + 20, y), (PLOT_FONT, 14).into_font().color(&BLACK)))
-            .map_err(pe)?;
+        root.draw(&Rectangle::new(
+            [(lx, y), (lx + 14, y + 14)],
+            color.filled(),
+        ))
+        .map_err(pe)?;
+        root.draw(&Text::new(
+            r.name(),
+            (lx + 20, y),
+            (PLOT_FONT, 14).into_font().color(&BLACK),
+        ))
+        .map_err(pe)?;
     }
     root.draw(&Text::new(
         "x: model; bars: demographic",
@@ -401,7 +451,9 @@ pub fn figures(m: &Value, title_prefix: &str) -> Vec<Figure> {
             None => {
                 let cap = |s: &str| {
                     let mut c = s.chars();
-                    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+                    c.next()
+                        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                        .unwrap_or_default()
                 };
                 out.push(Figure {
                     title: format!("{title_prefix}{}-{}", cap(axis), cap(ctx)),
@@ -487,7 +539,10 @@ mod tests {
         // numpy.percentile([1..=5], [2.5, 97.5]) = [1.1, 4.9]
         let mut v = vec![5.0, 3.0, 1.0, 4.0, 2.0];
         let [lo, hi] = percentile_interval(&mut v);
-        assert!((lo - 1.1).abs() < 1e-12 && (hi - 4.9).abs() < 1e-12, "{lo} {hi}");
+        assert!(
+            (lo - 1.1).abs() < 1e-12 && (hi - 4.9).abs() < 1e-12,
+            "{lo} {hi}"
+        );
     }
 
     #[test]

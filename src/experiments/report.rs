@@ -221,7 +221,11 @@ pub fn extract(rec: &Value, source: &str) -> Option<Vec<Obs>> {
         "scan-pretrain" | "scan-finetune" => Some(extract_scan(rec, source)),
         "gpt2-fairness" => {
             let mut o = extract_fairness(rec, source);
-            o.extend(extract_regard(rec, &rec["metrics"]["regard"]["metrics"], source));
+            o.extend(extract_regard(
+                rec,
+                &rec["metrics"]["regard"]["metrics"],
+                source,
+            ));
             Some(o)
         }
         "regard-score" => Some(extract_regard(rec, &rec["metrics"]["regard"], source)),
@@ -430,7 +434,10 @@ fn extract_cnn(rec: &Value, source: &str) -> Vec<Obs> {
     for (stage, key) in [("zero-shot", "zero_shot"), ("finetuned", "finetuned")] {
         for (method, v) in m[key].as_object().into_iter().flatten() {
             let t = if key == "finetuned" { &v["test"] } else { v };
-            for (set, label) in [("upright", "upright".to_string()), (transform.as_str(), transform.clone())] {
+            for (set, label) in [
+                ("upright", "upright".to_string()),
+                (transform.as_str(), transform.clone()),
+            ] {
                 let Some(x) = t[set].as_f64() else { continue };
                 out.push(Obs {
                     family: Family::Cnn,
@@ -459,7 +466,10 @@ fn extract_multi_image(rec: &Value, source: &str) -> Vec<Obs> {
     ];
     let mut out = Vec::new();
     for (model, m) in rec["metrics"]["models"].as_object().into_iter().flatten() {
-        for (key, label) in [("test_upright", "upright"), ("test_rotated", "rotated per view")] {
+        for (key, label) in [
+            ("test_upright", "upright"),
+            ("test_rotated", "rotated per view"),
+        ] {
             let Some(x) = m[key].as_f64() else { continue };
             out.push(Obs {
                 family: Family::MultiImage,
@@ -501,14 +511,23 @@ fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
     let setting = vec![
         ("samples".to_string(), what.clone()),
         ("scorer".into(), scorer.clone()),
-        ("bootstrap".into(), "point estimates; seeds = generation or bootstrap seeds".into()),
+        (
+            "bootstrap".into(),
+            "point estimates; seeds = generation or bootstrap seeds".into(),
+        ),
     ];
     let mut out = Vec::new();
     for a in m["axes"].as_array().into_iter().flatten() {
-        let Some(x) = a["max_tvd"].as_f64() else { continue };
+        let Some(x) = a["max_tvd"].as_f64() else {
+            continue;
+        };
         out.push(Obs {
             family: Family::Regard,
-            title: format!("Regard disparity (max TVD) — {} · {}", what, short_id(&scorer)),
+            title: format!(
+                "Regard disparity (max TVD) — {} · {}",
+                what,
+                short_id(&scorer)
+            ),
             setting: setting.clone(),
             row: vec![s(&a["axis"]), s(&a["context"])],
             column: s(&a["model"]),
@@ -1163,10 +1182,14 @@ pub(crate) fn write_svg_png(
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         draw_png(root).with_context(|| format!("plotting {}", png.display()))?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("bitmap size mismatch"))?;
+    let img =
+        image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("bitmap size mismatch"))?;
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .with_context(|| format!("encoding {}", png.display()))?;
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("encoding {}", png.display()))?;
     crate::output::write_bytes_atomic(&png, &bytes)?;
     Ok(vec![svg, png])
 }

@@ -70,7 +70,9 @@ pub fn load_tokenizer(files: &ResolvedModel) -> Result<Tokenizer> {
         Ok(p) => {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)
                 .with_context(|| format!("{} is not valid JSON", p.display()))?;
-            v.get("do_lower_case").and_then(|b| b.as_bool()).unwrap_or(true)
+            v.get("do_lower_case")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(true)
         }
         Err(_) => true,
     };
@@ -89,7 +91,10 @@ pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> 
         .map_err(|e| anyhow!("cannot read WordPiece vocabulary {}: {e}", vocab.display()))?;
     let id = |t: &str| {
         wp.get_vocab().get(t).copied().ok_or_else(|| {
-            anyhow!("{} has no {t} token; not a BERT vocabulary", vocab.display())
+            anyhow!(
+                "{} has no {t} token; not a BERT vocabulary",
+                vocab.display()
+            )
         })
     };
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
@@ -124,15 +129,21 @@ impl BertEncoder {
         Self::from_parts(vb, config, load_tokenizer(files)?, max_len)
     }
 
-    fn from_parts(vb: VarBuilder, config: Config, mut tokenizer: Tokenizer, max_len: usize) -> Result<Self> {
+    fn from_parts(
+        vb: VarBuilder,
+        config: Config,
+        mut tokenizer: Tokenizer,
+        max_len: usize,
+    ) -> Result<Self> {
         if max_len < 2 || max_len > config.max_position_embeddings {
             bail!(
                 "--max-pieces {max_len} must be between 2 and the model's {} positions",
                 config.max_position_embeddings
             );
         }
-        let model = BertModel::load(vb.clone(), &config)
-            .map_err(|e| anyhow!("loading BERT weights: {e} (expected HF BertModel tensor names)"))?;
+        let model = BertModel::load(vb.clone(), &config).map_err(|e| {
+            anyhow!("loading BERT weights: {e} (expected HF BertModel tensor names)")
+        })?;
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length: max_len,
@@ -140,7 +151,9 @@ impl BertEncoder {
             }))
             .map_err(|e| anyhow!("{e}"))?;
         tokenizer.with_padding(None);
-        let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(config.pad_token_id as u32);
+        let pad_id = tokenizer
+            .token_to_id("[PAD]")
+            .unwrap_or(config.pad_token_id as u32);
         Ok(Self {
             model,
             config,
@@ -162,7 +175,10 @@ impl BertEncoder {
 
     /// Tokenizes and pads a batch.
     pub fn batch(&self, texts: &[&str]) -> Result<Batch> {
-        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<_>>()?;
         let t = ids.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
         let b = ids.len();
         let mut flat = vec![self.pad_id; b * t];
@@ -220,7 +236,8 @@ impl BertClassifier {
         let config_path = files.file("config.json")?;
         let (config, raw) = read_config(config_path)?;
         let vb = load_vb(files, device)?;
-        let encoder = BertEncoder::from_parts(vb.clone(), config.clone(), load_tokenizer(files)?, max_len)?;
+        let encoder =
+            BertEncoder::from_parts(vb.clone(), config.clone(), load_tokenizer(files)?, max_len)?;
         let h = config.hidden_size;
         let pooler_prefix = if vb.contains_tensor("bert.pooler.dense.weight") {
             "bert.pooler.dense"
@@ -232,16 +249,22 @@ impl BertClassifier {
             .get("id2label")
             .and_then(|m| m.as_object())
             .map(|m| m.len())
-            .or_else(|| raw.get("num_labels").and_then(|n| n.as_u64()).map(|n| n as usize))
+            .or_else(|| {
+                raw.get("num_labels")
+                    .and_then(|n| n.as_u64())
+                    .map(|n| n as usize)
+            })
             .unwrap_or(2);
-        let classifier = linear(vb, "classifier", h, n).with_context(|| {
-            format!("{}: id2label has {n} labels", config_path.display())
-        })?;
+        let classifier = linear(vb, "classifier", h, n)
+            .with_context(|| format!("{}: id2label has {n} labels", config_path.display()))?;
         let mut labels: Vec<String> = (0..n).map(|i| format!("LABEL_{i}")).collect();
         if let Some(m) = raw.get("id2label").and_then(|m| m.as_object()) {
             for (k, v) in m {
                 let i: usize = k.parse().map_err(|_| {
-                    anyhow!("{}: id2label key {k:?} is not an index", config_path.display())
+                    anyhow!(
+                        "{}: id2label key {k:?} is not an index",
+                        config_path.display()
+                    )
                 })?;
                 if i >= n {
                     bail!("{}: id2label index {i} out of range", config_path.display());

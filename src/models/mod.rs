@@ -2,8 +2,8 @@
 
 pub mod bert;
 pub mod clip;
-pub mod cnn;
 pub mod clip_resnet;
+pub mod cnn;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;

@@ -133,8 +133,7 @@ impl LinearProbe {
                 let logits: Vec<f64> = (0..classes)
                     .map(|c| {
                         let w = &look[c * d..(c + 1) * d];
-                        w.iter().zip(row).map(|(a, b)| a * b).sum::<f64>()
-                            + look[classes * d + c]
+                        w.iter().zip(row).map(|(a, b)| a * b).sum::<f64>() + look[classes * d + c]
                     })
                     .collect();
                 let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -178,7 +177,10 @@ impl LinearProbe {
             bytes(&self.std),
         );
         let views = vec![
-            ("weight", TensorView::new(Dtype::F32, vec![self.classes, self.dim], &w)?),
+            (
+                "weight",
+                TensorView::new(Dtype::F32, vec![self.classes, self.dim], &w)?,
+            ),
             ("bias", TensorView::new(Dtype::F32, vec![self.classes], &b)?),
             ("mean", TensorView::new(Dtype::F32, vec![self.dim], &m)?),
             ("std", TensorView::new(Dtype::F32, vec![self.dim], &s)?),
