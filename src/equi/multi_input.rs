@@ -13,7 +13,7 @@
 //!
 //! Everything here consumes a [`Symmetry`]; nothing is model-specific.
 
-use super::{BatchModel, Symmetry};
+use super::{mean_of, BatchModel, Symmetry};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -267,9 +267,9 @@ fn rank(mut m: Vec<Vec<f64>>, tol: f64) -> usize {
     r
 }
 
-/// The group mean of a model over one input's group, as one batched call:
-/// `(1/|G|) Σ_g ρ_Y(g)⁻¹ f(g·x)` (the equitune branch M^Eq; with `symmetrize_out` the output is
-/// instead averaged as it is, for the IS branch before the output symmetriser).
+/// The group mean of a model over one input's group, as one batched call, accumulated in f64:
+/// `(1/|G|) Σ_g ρ_Y(g)⁻¹ f(g·x)` with `invert_output` (the equitune branch M^Eq), else
+/// `(1/|G|) Σ_g f(g·x)` (the IS branch, before its output symmetriser).
 pub fn group_mean(
     sym: &dyn Symmetry,
     f: &dyn BatchModel,
@@ -282,21 +282,17 @@ pub fn group_mean(
         .map(|g| sym.act_input(g, x))
         .collect::<Result<Vec<_>>>()?;
     let y = f.forward(&Tensor::cat(&copies, 0)?)?;
-    let mut acc: Option<Tensor> = None;
-    for g in 0..n {
-        let yg = y.narrow(0, g * b, b)?;
-        let yg = if invert_output {
-            sym.act_output(sym.inv(g), &yg)?
-        } else {
-            yg
-        };
-        let yg = yg.to_dtype(DType::F64)?;
-        acc = Some(match acc {
-            None => yg,
-            Some(s) => (s + yg)?,
-        });
-    }
-    Ok((acc.expect("non-empty group") / n as f64)?.to_dtype(y.dtype())?)
+    let ys = (0..n)
+        .map(|g| {
+            let yg = y.narrow(0, g * b, b)?;
+            if invert_output {
+                sym.act_output(sym.inv(g), &yg)
+            } else {
+                Ok(yg)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    mean_of(&ys)
 }
 
 /// `S_G(y) = (1/|G|) Σ_g ρ_Y(g) y`: makes an output fixed by G.
@@ -304,15 +300,10 @@ pub fn symmetrize_output(sym: &dyn Symmetry, y: &Tensor) -> Result<Tensor> {
     if sym.invariant_output() {
         return Ok(y.clone());
     }
-    let mut acc: Option<Tensor> = None;
-    for g in 0..sym.order() {
-        let t = sym.act_output(g, y)?.to_dtype(DType::F64)?;
-        acc = Some(match acc {
-            None => t,
-            Some(s) => (s + t)?,
-        });
-    }
-    Ok((acc.expect("non-empty group") / sym.order() as f64)?.to_dtype(y.dtype())?)
+    let ys = (0..sym.order())
+        .map(|g| sym.act_output(g, y))
+        .collect::<Result<Vec<_>>>()?;
+    mean_of(&ys)
 }
 
 /// The non-linear multi-input network: `Yᵢ = M^Eqᵢ(Xᵢ) + Σ_{j≠i} S_{Gᵢ}(u_j)` with
