@@ -261,6 +261,35 @@ impl Schedule {
     pub fn iterations(&self) -> usize {
         self.rounds * self.iters_per_round
     }
+
+    /// A schedule from command-line values, validated (`what` names the flags in the error);
+    /// momentum only applies to SGD and is recorded as 0 otherwise.
+    pub fn from_flags(
+        rounds: usize,
+        iters_per_round: usize,
+        kind: OptimKind,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        what: &str,
+    ) -> Result<Schedule> {
+        let optim = OptimConfig {
+            kind,
+            lr,
+            momentum: if kind == OptimKind::Sgd {
+                momentum
+            } else {
+                0.0
+            },
+            weight_decay,
+        };
+        optim.validate(what)?;
+        Ok(Schedule {
+            rounds,
+            iters_per_round,
+            optim,
+        })
+    }
 }
 
 /// Which parameters a finished phase keeps.

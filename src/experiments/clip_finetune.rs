@@ -23,8 +23,7 @@ use super::RunOpts;
 use crate::data::images::{self, DatasetKind, ImageDataset, Split};
 use crate::data::preprocess::clip_preprocess;
 use crate::equi::finetune::{
-    classification_loss, run_phase, train_output, OptimConfig, OptimKind, PhaseOutcome, Schedule,
-    Select, Wrap,
+    classification_loss, run_phase, train_output, OptimKind, PhaseOutcome, Schedule, Select, Wrap,
 };
 use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaForm, LambdaNet};
 use crate::equi::{ImageOutput, ImageSymmetry, Method, Symmetry};
@@ -345,40 +344,24 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
     if a.batch_size == 0 || a.eval_batch_size == 0 || a.val_size == 0 {
         bail!("--batch-size, --eval-batch-size and --val-size must be at least 1");
     }
-    let schedule = Schedule {
-        rounds: a.rounds,
-        iters_per_round: a.iters,
-        optim: OptimConfig {
-            kind: a.optim,
-            lr: a.lr,
-            momentum: if a.optim == OptimKind::Sgd {
-                a.momentum
-            } else {
-                0.0
-            },
-            weight_decay: a.weight_decay,
-        },
-    };
-    schedule
-        .optim
-        .validate("finetuning (--lr, --momentum, --weight-decay)")?;
-    let lambda_schedule = Schedule {
-        rounds: a.lambda_rounds,
-        iters_per_round: a.lambda_iters,
-        optim: OptimConfig {
-            kind: a.lambda_optim,
-            lr: a.lambda_lr,
-            momentum: if a.lambda_optim == OptimKind::Sgd {
-                a.lambda_momentum
-            } else {
-                0.0
-            },
-            weight_decay: 0.0,
-        },
-    };
-    lambda_schedule
-        .optim
-        .validate("λ-net training (--lambda-lr, --lambda-momentum)")?;
+    let schedule = Schedule::from_flags(
+        a.rounds,
+        a.iters,
+        a.optim,
+        a.lr,
+        a.momentum,
+        a.weight_decay,
+        "finetuning (--lr, --momentum, --weight-decay)",
+    )?;
+    let lambda_schedule = Schedule::from_flags(
+        a.lambda_rounds,
+        a.lambda_iters,
+        a.lambda_optim,
+        a.lambda_lr,
+        a.lambda_momentum,
+        0.0,
+        "λ-net training (--lambda-lr, --lambda-momentum)",
+    )?;
     let scale_fixed = match a.logit_scale.trim() {
         "model" => None,
         s => {

@@ -334,40 +334,24 @@ fn plan(a: &CnnArgs) -> Result<Plan> {
             bail!("{name} must be at least 1");
         }
     }
-    let finetune = Schedule {
-        rounds: a.rounds,
-        iters_per_round: a.iters,
-        optim: OptimConfig {
-            kind: a.optim,
-            lr: a.lr,
-            momentum: if a.optim == OptimKind::Sgd {
-                a.momentum
-            } else {
-                0.0
-            },
-            weight_decay: a.weight_decay,
-        },
-    };
-    finetune
-        .optim
-        .validate("finetuning (--lr, --momentum, --weight-decay)")?;
-    let lambda = Schedule {
-        rounds: a.lambda_rounds,
-        iters_per_round: a.lambda_iters,
-        optim: OptimConfig {
-            kind: a.lambda_optim,
-            lr: a.lambda_lr,
-            momentum: if a.lambda_optim == OptimKind::Sgd {
-                a.lambda_momentum
-            } else {
-                0.0
-            },
-            weight_decay: 0.0,
-        },
-    };
-    lambda
-        .optim
-        .validate("λ-net training (--lambda-lr, --lambda-momentum)")?;
+    let finetune = Schedule::from_flags(
+        a.rounds,
+        a.iters,
+        a.optim,
+        a.lr,
+        a.momentum,
+        a.weight_decay,
+        "finetuning (--lr, --momentum, --weight-decay)",
+    )?;
+    let lambda = Schedule::from_flags(
+        a.lambda_rounds,
+        a.lambda_iters,
+        a.lambda_optim,
+        a.lambda_lr,
+        a.lambda_momentum,
+        0.0,
+        "λ-net training (--lambda-lr, --lambda-momentum)",
+    )?;
     if !(a.pretrain_lr.is_finite() && a.pretrain_lr > 0.0) {
         bail!("--pretrain-lr must be positive");
     }

@@ -489,6 +489,16 @@ fn draw_elems(rng: &mut impl Rng, n: usize, k: usize, rotate: bool) -> Vec<Vec<u
         .collect()
 }
 
+/// The SGD recipe of the run (methods.md §3.5).
+fn sgd(a: &MultiImageArgs) -> OptimConfig {
+    OptimConfig {
+        kind: OptimKind::Sgd,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+    }
+}
+
 /// Trains one model and evaluates it; returns its metrics JSON.
 #[allow(clippy::too_many_arguments)]
 fn train_eval(
@@ -504,15 +514,7 @@ fn train_eval(
 ) -> Result<Value> {
     let cfg = cfg.clone();
     let m = MultiView::new(kind, k, a.fusion_form, &cfg, seed)?;
-    let mut opt = Optim::new(
-        m.vars.clone(),
-        OptimConfig {
-            kind: OptimKind::Sgd,
-            lr: a.lr,
-            momentum: a.momentum,
-            weight_decay: a.weight_decay,
-        },
-    )?;
+    let mut opt = Optim::new(m.vars.clone(), sgd(a))?;
     let n = sets.train.labels.len();
     let steps = n.div_ceil(a.batch_size.max(1));
     let pb = progress_bar(
@@ -601,6 +603,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
     if a.epochs == 0 || a.batch_size == 0 {
         bail!("--epochs and --batch-size must be positive");
     }
+    sgd(a).validate("--lr, --momentum, --weight-decay")?;
     let seeds = output::parse_seeds(&a.run.seeds)?;
     let (train, test, classes) = match a.dataset {
         MultiDataset::FashionMnist => (
