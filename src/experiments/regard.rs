@@ -83,24 +83,50 @@ pub fn classify_all(
     batch_size: usize,
     what: &str,
 ) -> Result<Vec<Regard>> {
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    in_length_order(
+        &texts,
+        batch_size,
+        what,
+        |t| scorer.pieces(t),
+        |b| scorer.classify_batch(b),
+    )
+}
+
+/// Runs `batch_fn` over `texts` in batches of similar length (sorted by `len`, ties by
+/// position: less padding, same results), with a progress bar; outputs in input order.
+fn in_length_order<T>(
+    texts: &[&str],
+    batch_size: usize,
+    what: &str,
+    len: impl Fn(&str) -> Result<usize>,
+    batch_fn: impl Fn(&[&str]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
     let mut order: Vec<(usize, usize)> = texts
         .iter()
         .enumerate()
-        .map(|(i, t)| Ok((scorer.pieces(t)?, i)))
+        .map(|(i, t)| Ok((len(t)?, i)))
         .collect::<Result<_>>()?;
     order.sort();
     let pb = progress_bar(texts.len() as u64, what);
-    let mut out = vec![Regard::Other; texts.len()];
+    let mut out: Vec<Option<T>> = texts.iter().map(|_| None).collect();
     for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<&str> = chunk.iter().map(|(_, i)| texts[*i].as_str()).collect();
-        let labels = scorer.classify_batch(&batch)?;
-        for ((_, i), l) in chunk.iter().zip(labels) {
-            out[*i] = l;
+        let batch: Vec<&str> = chunk.iter().map(|(_, i)| texts[*i]).collect();
+        let ys = batch_fn(&batch)?;
+        if ys.len() != chunk.len() {
+            bail!(
+                "{what}: a batch of {} texts gave {} outputs",
+                chunk.len(),
+                ys.len()
+            );
+        }
+        for ((_, i), y) in chunk.iter().zip(ys) {
+            out[*i] = Some(y);
         }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
 }
 
 // --------------------------------------------------------------------------------------------
@@ -262,23 +288,13 @@ impl MiniLm {
 
     /// Embeddings of many texts in length-sorted batches.
     pub fn embed_all(&self, texts: &[&str], batch: usize, what: &str) -> Result<Vec<Vec<f32>>> {
-        let mut order: Vec<(usize, usize)> = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Ok((self.encoder.token_ids(t)?.len(), i)))
-            .collect::<Result<_>>()?;
-        order.sort();
-        let pb = progress_bar(texts.len() as u64, what);
-        let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(batch.max(1)) {
-            let b: Vec<&str> = chunk.iter().map(|(_, i)| texts[*i]).collect();
-            for ((_, i), e) in chunk.iter().zip(self.embed(&b)?) {
-                out[*i] = e;
-            }
-            pb.inc(chunk.len() as u64);
-        }
-        pb.finish_and_clear();
-        Ok(out)
+        in_length_order(
+            texts,
+            batch,
+            what,
+            |t| Ok(self.encoder.token_ids(t)?.len()),
+            |b| self.embed(b),
+        )
     }
 }
 
