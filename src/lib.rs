@@ -10,5 +10,6 @@ pub mod groups;
 pub mod hub;
 pub mod models;
 pub mod output;
+pub mod parse;
 pub mod pypi;
 pub mod testing;

@@ -236,31 +236,7 @@ pub fn open_split(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result
                 bytes.extend(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
             }
             let record = header + 3072;
-            if bytes.is_empty() || bytes.len() % record != 0 {
-                bail!(
-                    "malformed CIFAR file {}: {} bytes is not a multiple of the {}-byte record \
-                     ({} label byte(s) + 3072 pixels); is this the binary version of {}?",
-                    path.display(),
-                    bytes.len(),
-                    record,
-                    header,
-                    kind.name()
-                );
-            }
-            let n = bytes.len() / record;
-            let mut labels = Vec::with_capacity(n);
-            for i in 0..n {
-                let l = bytes[i * record + header - 1] as u32;
-                if l >= n_classes {
-                    bail!(
-                        "malformed CIFAR file {}: record {} has label {l}, but {} has {n_classes} classes",
-                        path.display(),
-                        i,
-                        kind.name()
-                    );
-                }
-                labels.push(l);
-            }
+            let labels = parse_cifar_labels(&bytes, header, n_classes, &path, kind.name())?;
             Ok(ImageDataset {
                 kind,
                 source: path,
@@ -415,42 +391,122 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The largest decompressed idx file read (1 GiB; Fashion-MNIST's train images are 47 MB):
+/// a gzip bomb or a header claiming terabytes is an error, not an out-of-memory abort.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
 /// Reads an idx file (optionally gzipped) with `ndim` dimensions of u8 data.
 pub fn read_idx(path: &Path, ndim: usize) -> Result<(Vec<u8>, Vec<usize>)> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
             .with_context(|| format!("{} is not a valid gzip file", path.display()))?;
+        if out.len() as u64 > MAX_IDX_BYTES {
+            bail!(
+                "malformed idx file {}: decompresses to more than {} bytes",
+                path.display(),
+                MAX_IDX_BYTES
+            );
+        }
         out
     } else {
         raw
     };
+    let dims = parse_idx_header(&bytes, ndim, path)?;
+    Ok((bytes[4 + 4 * ndim..].to_vec(), dims))
+}
+
+/// Checks an idx buffer (magic, `ndim` big-endian u32 dimensions, u8 data) and returns the
+/// dimensions. The data size is the *checked* product of the dimensions and must equal the
+/// bytes after the header; every dimension must be at least 1 (an empty idx file is an error
+/// naming the file). Never panics, whatever the bytes.
+pub fn parse_idx_header(bytes: &[u8], ndim: usize, path: &Path) -> Result<Vec<usize>> {
     let header = 4 + 4 * ndim;
-    if bytes.len() < header
+    if ndim == 0
+        || ndim > 255
+        || bytes.len() < header
         || bytes[0] != 0
         || bytes[1] != 0
         || bytes[2] != 0x08
         || bytes[3] as usize != ndim
     {
         bail!(
-            "malformed idx file {}: expected magic 0x0000080{ndim} (u8 data, {ndim} dims)",
+            "malformed idx file {}: expected magic 0x0000080{ndim} (u8 data, {ndim} dims) and a \
+             {header}-byte header",
             path.display()
         );
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() != header + n {
+    if let Some(i) = dims.iter().position(|&d| d == 0) {
         bail!(
+            "malformed idx file {}: dimension {i} of {:?} is 0 (no {})",
+            path.display(),
+            dims,
+            if i == 0 { "examples" } else { "pixels" }
+        );
+    }
+    let data = bytes.len() - header;
+    let n = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n == data);
+    match n {
+        Some(_) => Ok(dims),
+        None => bail!(
             "malformed idx file {}: header says {:?} ({} bytes of data) but the file has {}",
             path.display(),
             dims,
-            n,
-            bytes.len() - header
+            dims.iter()
+                .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "an overflowing number of".into()),
+            data
+        ),
+    }
+}
+
+/// Checks CIFAR binary records (`header` label bytes, the last the class, then 3072 pixels)
+/// and returns the labels. `path` and `dataset` only name things in errors. Never panics.
+pub fn parse_cifar_labels(
+    bytes: &[u8],
+    header: usize,
+    n_classes: u32,
+    path: &Path,
+    dataset: &str,
+) -> Result<Vec<u32>> {
+    if header == 0 {
+        bail!("CIFAR records need at least one label byte");
+    }
+    let record = header + 3072;
+    if bytes.is_empty() || bytes.len() % record != 0 {
+        bail!(
+            "malformed CIFAR file {}: {} bytes is not a multiple of the {}-byte record \
+             ({} label byte(s) + 3072 pixels); is this the binary version of {}?",
+            path.display(),
+            bytes.len(),
+            record,
+            header,
+            dataset
         );
     }
-    Ok((bytes[header..].to_vec(), dims))
+    let mut labels = Vec::with_capacity(bytes.len() / record);
+    for (i, rec) in bytes.chunks_exact(record).enumerate() {
+        let l = rec[header - 1] as u32;
+        if l >= n_classes {
+            bail!(
+                "malformed CIFAR file {}: record {} has label {l}, but {} has {n_classes} classes",
+                path.display(),
+                i,
+                dataset
+            );
+        }
+        labels.push(l);
+    }
+    Ok(labels)
 }

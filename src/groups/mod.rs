@@ -14,8 +14,19 @@ pub mod scan;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-/// An element of a concrete transformation group: it composes and inverts exactly.
-pub trait GroupElement: Clone + PartialEq + std::fmt::Debug {
+/// The largest group order [`FiniteGroup::product`] builds. Every element costs one forward
+/// pass per input (equitune/equizero run |G| copies) and the multiplication table |G|² entries,
+/// so a product of more than 1,024 elements is a mistake (e.g. a spec repeating a factor many
+/// times), not an experiment; the order is computed with checked arithmetic and compared with
+/// this bound before any element is enumerated.
+pub const MAX_GROUP_ORDER: usize = 1024;
+
+/// The most factors a product group may have (the papers use at most three).
+pub const MAX_GROUP_FACTORS: usize = 32;
+
+/// An element of a concrete transformation group: it composes and inverts exactly. Elements
+/// are hashable so that building a group's multiplication table is O(|G|²), not O(|G|³).
+pub trait GroupElement: Clone + PartialEq + Eq + std::hash::Hash + std::fmt::Debug {
     /// `self ∘ other`: apply `other` first, then `self`.
     fn compose(&self, other: &Self) -> Self;
     fn inverse(&self) -> Self;
@@ -61,12 +72,30 @@ pub struct FactorInfo {
     pub elements: Vec<String>,
 }
 
+/// Π sizes as text, saturating into "more than 10^k" when it overflows u128.
+fn order_text(sizes: &[usize]) -> String {
+    let mut acc: u128 = 1;
+    for &n in sizes {
+        match acc.checked_mul(n as u128) {
+            Some(v) => acc = v,
+            None => return "more than 10^38".into(),
+        }
+    }
+    acc.to_string()
+}
+
 impl<E: GroupElement> FiniteGroup<E> {
     /// Builds the product group of `factors`, checking that each factor starts with its
     /// identity, that the products are distinct (order = Π|Gᵢ|) and that the set is closed.
     pub fn product(name: &str, factors: Vec<Factor<E>>) -> Result<Self> {
         if factors.is_empty() {
             bail!("group '{name}' has no factors");
+        }
+        if factors.len() > MAX_GROUP_FACTORS {
+            bail!(
+                "group '{name}' has {} factors; at most {MAX_GROUP_FACTORS} are supported",
+                factors.len()
+            );
         }
         for f in &factors {
             if f.elements.is_empty() || f.elements.len() != f.element_names.len() {
@@ -84,7 +113,27 @@ impl<E: GroupElement> FiniteGroup<E> {
             }
         }
         let sizes: Vec<usize> = factors.iter().map(|f| f.elements.len()).collect();
-        let order: usize = sizes.iter().product();
+        // bound the order before enumerating anything (checked: many factors overflow usize)
+        let order = sizes
+            .iter()
+            .try_fold(1usize, |acc, &n| {
+                acc.checked_mul(n).filter(|&o| o <= MAX_GROUP_ORDER)
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "group '{name}' would have {} elements (factor orders {}), more than the \
+                     supported maximum of {MAX_GROUP_ORDER}: each element is one forward pass per \
+                     input; use fewer factors",
+                    order_text(&sizes),
+                    sizes
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" × ")
+                )
+            })?;
+        let mut index: std::collections::HashMap<E, usize> =
+            std::collections::HashMap::with_capacity(order);
         let mut elements = Vec::with_capacity(order);
         let mut coords = Vec::with_capacity(order);
         for flat in 0..order {
@@ -99,16 +148,17 @@ impl<E: GroupElement> FiniteGroup<E> {
             for i in 1..sizes.len() {
                 el = el.compose(&factors[i].elements[c[i]]);
             }
-            if elements.contains(&el) {
+            if index.contains_key(&el) {
                 bail!(
                     "the factors of group '{name}' are not independent: two products give the same \
                      transformation, so the group would have fewer than {order} elements"
                 );
             }
+            index.insert(el.clone(), elements.len());
             elements.push(el);
             coords.push(c);
         }
-        let find = |x: &E, elements: &[E]| elements.iter().position(|y| y == x);
+        let find = |x: &E, _elements: &[E]| index.get(x).copied();
         let mut mul = vec![vec![0; order]; order];
         for a in 0..order {
             for b in 0..order {

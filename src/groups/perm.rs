@@ -119,8 +119,11 @@ pub fn cyclic_factor(name: &str, action: &str, generator: TokenPerm) -> Result<F
     while cur != id {
         elements.push(cur.clone());
         cur = generator.compose(&cur);
-        if elements.len() > 10_000 {
-            bail!("swap factor '{name}' has an unreasonably large order");
+        if elements.len() > super::MAX_GROUP_ORDER {
+            bail!(
+                "swap factor '{name}' has order above {}, the largest group equirun builds",
+                super::MAX_GROUP_ORDER
+            );
         }
     }
     let element_names = (0..elements.len())

@@ -36,6 +36,48 @@ pub struct BertEncoder {
     pub device: Device,
 }
 
+/// Sanity of a BERT config's sizes: no zero or absurd sizes, heads divide the width. Errors
+/// name the file and the key.
+fn validate_config(cfg: &Config, path: &Path) -> Result<()> {
+    let f = path.display().to_string();
+    crate::parse::check_sizes(
+        &f,
+        &[
+            ("vocab_size", cfg.vocab_size, 1, 10_000_000),
+            ("hidden_size", cfg.hidden_size, 1, 1 << 16),
+            ("num_hidden_layers", cfg.num_hidden_layers, 1, 1024),
+            ("intermediate_size", cfg.intermediate_size, 1, 1 << 18),
+            (
+                "max_position_embeddings",
+                cfg.max_position_embeddings,
+                1,
+                1 << 20,
+            ),
+            ("type_vocab_size", cfg.type_vocab_size, 1, 1 << 16),
+        ],
+    )?;
+    crate::parse::check_heads(
+        &f,
+        "hidden_size",
+        cfg.hidden_size,
+        "num_attention_heads",
+        cfg.num_attention_heads,
+    )
+}
+
+/// Checks that `num_hidden_layers` matches the numbered layers in the weights file.
+fn validate_layers(cfg: &Config, config_path: &Path, weights: &Path) -> Result<()> {
+    let names = crate::parse::safetensors_names(weights)?;
+    crate::parse::check_block_count(
+        &names,
+        weights,
+        &config_path.display().to_string(),
+        "num_hidden_layers",
+        cfg.num_hidden_layers,
+        &["encoder.layer.", "bert.encoder.layer."],
+    )
+}
+
 /// Reads config.json as candle's BERT config, with a clear error for unsupported fields.
 pub fn read_config(path: &Path) -> Result<(Config, serde_json::Value)> {
     let text =
@@ -49,6 +91,7 @@ pub fn read_config(path: &Path) -> Result<(Config, serde_json::Value)> {
             path.display()
         )
     })?;
+    validate_config(&cfg, path)?;
     Ok((cfg, raw))
 }
 
@@ -112,6 +155,9 @@ pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> 
 
 fn load_vb<'a>(files: &ResolvedModel, device: &Device) -> Result<VarBuilder<'a>> {
     let weights = files.file("model.safetensors")?;
+    if let Ok(config_path) = files.file("config.json") {
+        validate_layers(&read_config(config_path)?.0, config_path, weights)?;
+    }
     unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }.map_err(|e| {
         anyhow!(
             "cannot read weights file {}: {e}. The file is corrupt or not safetensors \

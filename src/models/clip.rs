@@ -61,6 +61,111 @@ struct ClipJson {
     model_type: Option<String>,
 }
 
+impl ClipJson {
+    /// Sanity of the sizes (HF defaults for absent keys): no zero or absurd sizes, heads divide
+    /// the width, the patch tiles the image. Errors name config.json and the key.
+    fn validate(&self) -> Result<()> {
+        use crate::parse::{check_heads, check_sizes};
+        let (t, v) = (&self.text_config, &self.vision_config);
+        let f = "config.json";
+        let t_width = t.hidden_size.unwrap_or(512);
+        let v_width = v.hidden_size.unwrap_or(768);
+        let image = v.image_size.unwrap_or(224);
+        let patch = v.patch_size.unwrap_or(32);
+        check_sizes(
+            f,
+            &[
+                (
+                    "projection_dim",
+                    self.projection_dim.unwrap_or(512),
+                    1,
+                    1 << 16,
+                ),
+                (
+                    "text_config.vocab_size",
+                    t.vocab_size.unwrap_or(49408),
+                    1,
+                    10_000_000,
+                ),
+                ("text_config.hidden_size", t_width, 1, 1 << 16),
+                (
+                    "text_config.intermediate_size",
+                    t.intermediate_size.unwrap_or(2048),
+                    1,
+                    1 << 18,
+                ),
+                (
+                    "text_config.num_hidden_layers",
+                    t.num_hidden_layers.unwrap_or(12),
+                    1,
+                    1024,
+                ),
+                (
+                    "text_config.max_position_embeddings",
+                    t.max_position_embeddings.unwrap_or(77),
+                    1,
+                    1 << 16,
+                ),
+                ("vision_config.hidden_size", v_width, 1, 1 << 16),
+                (
+                    "vision_config.intermediate_size",
+                    v.intermediate_size.unwrap_or(3072),
+                    1,
+                    1 << 18,
+                ),
+                (
+                    "vision_config.num_hidden_layers",
+                    v.num_hidden_layers.unwrap_or(12),
+                    1,
+                    1024,
+                ),
+                (
+                    "vision_config.num_channels",
+                    v.num_channels.unwrap_or(3),
+                    1,
+                    64,
+                ),
+                ("vision_config.image_size", image, 1, 4096),
+                ("vision_config.patch_size", patch, 1, image),
+            ],
+        )?;
+        check_heads(
+            f,
+            "text_config.hidden_size",
+            t_width,
+            "text_config.num_attention_heads",
+            t.num_attention_heads.unwrap_or(8),
+        )?;
+        check_heads(
+            f,
+            "vision_config.hidden_size",
+            v_width,
+            "vision_config.num_attention_heads",
+            v.num_attention_heads.unwrap_or(12),
+        )
+    }
+}
+
+/// Checks that config.json's layer counts match the numbered layers in the weights.
+fn validate_layers(config: &ClipConfig, weights: &Path) -> Result<()> {
+    let names = crate::parse::safetensors_names(weights)?;
+    for (key, n, prefix) in [
+        (
+            "text_config.num_hidden_layers",
+            config.text_config.num_hidden_layers,
+            "text_model.encoder.layers.",
+        ),
+        (
+            "vision_config.num_hidden_layers",
+            config.vision_config.num_hidden_layers,
+            "vision_model.encoder.layers.",
+        ),
+    ] {
+        crate::parse::check_block_count(&names, weights, "config.json", key, n, &[prefix])?;
+    }
+    Ok(())
+}
+
 fn check_act(which: &str, act: &Option<String>) -> Result<()> {
     match act.as_deref() {
         None | Some("quick_gelu") => Ok(()),
@@ -104,6 +209,7 @@ pub fn parse_config(text: &str) -> Result<(ClipConfig, Option<u32>)> {
             bail!("config.json has model_type '{mt}', expected 'clip'");
         }
     }
+    j.validate()?;
     check_act("text", &j.text_config.hidden_act)?;
     check_act("vision", &j.vision_config.hidden_act)?;
     check_eps("text", j.text_config.layer_norm_eps)?;
@@ -319,6 +425,8 @@ impl Clip {
         let (config, eos_cfg) =
             parse_config(&text).with_context(|| format!("in {}", config_path.display()))?;
         let weights = files.file("model.safetensors")?;
+        validate_layers(&config, weights)
+            .with_context(|| format!("in {}", config_path.display()))?;
         let vb = mmap_weights(weights, dtype, device)?;
         let tokenizer = load_tokenizer(files)?;
         Self::from_varbuilder(vb, config, tokenizer, eos_cfg)
@@ -332,6 +440,9 @@ impl Clip {
         let config = clip_resnet::parse_open_clip_config(&text)
             .with_context(|| format!("in {}", config_path.display()))?;
         let weights = files.file("open_clip_model.safetensors")?;
+        config
+            .validate_layers(weights)
+            .with_context(|| format!("in {}", config_path.display()))?;
         // read in f32 (batch norms are folded in f32), converted to `dtype` per tensor
         let vb = mmap_weights(weights, DType::F32, device)?;
         let tokenizer = load_tokenizer(files)?;

@@ -81,6 +81,127 @@ pub struct OpenClipConfig {
     pub text: TextCfg,
 }
 
+impl OpenClipConfig {
+    /// Sanity of the sizes: no zero or absurd sizes, heads divide widths, patches tile the
+    /// image. Errors name open_clip_config.json and the key.
+    pub fn validate(&self) -> Result<()> {
+        use crate::parse::{check_heads, check_sizes};
+        let f = "open_clip_config.json";
+        let t = &self.text;
+        check_sizes(
+            f,
+            &[
+                ("model_cfg.embed_dim", self.embed_dim, 1, 1 << 16),
+                ("text_cfg.context_length", t.context_length, 1, 1 << 16),
+                ("text_cfg.vocab_size", t.vocab_size, 1, 10_000_000),
+                ("text_cfg.width", t.width, 1, 1 << 16),
+                ("text_cfg.layers", t.layers, 1, 1024),
+                ("text_cfg.width × mlp_ratio", t.mlp_width, 1, 1 << 18),
+            ],
+        )?;
+        check_heads(f, "text_cfg.width", t.width, "text_cfg.heads", t.heads)?;
+        match &self.vision {
+            VisionCfg::ResNet {
+                layers,
+                width,
+                heads,
+                image_size,
+            } => {
+                check_sizes(
+                    f,
+                    &[
+                        ("vision_cfg.width", *width, 1, 1 << 14),
+                        ("vision_cfg.image_size", *image_size, 32, 4096),
+                    ],
+                )?;
+                for (i, &l) in layers.iter().enumerate() {
+                    check_sizes(
+                        f,
+                        &[(
+                            [
+                                "vision_cfg.layers[0]",
+                                "vision_cfg.layers[1]",
+                                "vision_cfg.layers[2]",
+                                "vision_cfg.layers[3]",
+                            ][i],
+                            l,
+                            1,
+                            1024,
+                        )],
+                    )?;
+                }
+                check_heads(
+                    f,
+                    "vision_cfg.width × 32",
+                    width * 32,
+                    "vision_cfg heads",
+                    *heads,
+                )?;
+            }
+            VisionCfg::Vit {
+                layers,
+                width,
+                heads,
+                mlp_width,
+                patch_size,
+                image_size,
+            } => {
+                check_sizes(
+                    f,
+                    &[
+                        ("vision_cfg.width", *width, 1, 1 << 16),
+                        ("vision_cfg.layers", *layers, 1, 1024),
+                        ("vision_cfg.width × mlp_ratio", *mlp_width, 1, 1 << 18),
+                        ("vision_cfg.image_size", *image_size, 1, 4096),
+                        ("vision_cfg.patch_size", *patch_size, 1, *image_size),
+                    ],
+                )?;
+                check_heads(
+                    f,
+                    "vision_cfg.width",
+                    *width,
+                    "vision_cfg heads (width / head_width)",
+                    *heads,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the layer counts match the numbered blocks in the weights file.
+    pub fn validate_layers(&self, weights: &Path) -> Result<()> {
+        use crate::parse::check_block_count;
+        let f = "open_clip_config.json";
+        let names = crate::parse::safetensors_names(weights)?;
+        check_block_count(
+            &names,
+            weights,
+            f,
+            "text_cfg.layers",
+            self.text.layers,
+            &["transformer.resblocks.", "text.transformer.resblocks."],
+        )?;
+        match &self.vision {
+            VisionCfg::Vit { layers, .. } => check_block_count(
+                &names,
+                weights,
+                f,
+                "vision_cfg.layers",
+                *layers,
+                &["visual.transformer.resblocks."],
+            )?,
+            VisionCfg::ResNet { layers, .. } => {
+                for (i, &l) in layers.iter().enumerate() {
+                    let key = format!("vision_cfg.layers[{i}]");
+                    let prefix = format!("visual.layer{}.", i + 1);
+                    check_block_count(&names, weights, f, &key, l, &[prefix.as_str()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 const OPENAI_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
 const OPENAI_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
@@ -277,13 +398,15 @@ pub fn parse_open_clip_config(text: &str) -> Result<OpenClipConfig> {
         layers: get_usize(t, "layers", Some(12), "text_cfg")?,
         mlp_width: (tw as f64 * get_f64(t, "mlp_ratio", 4.0, "text_cfg")?) as usize,
     };
-    Ok(OpenClipConfig {
+    let config = OpenClipConfig {
         embed_dim,
         quick_gelu,
         custom_text,
         vision,
         text,
-    })
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -81,7 +81,30 @@ impl Gpt2Config {
             self.vocab_size > 0 && self.n_positions > 0,
             "GPT-2 config: vocab_size and n_positions must be positive"
         );
+        crate::parse::check_sizes(
+            "config.json",
+            &[
+                ("vocab_size", self.vocab_size, 1, 10_000_000),
+                ("n_embd", self.n_embd, 1, 1 << 16),
+                ("n_layer", self.n_layer, 1, 1024),
+                ("n_positions", self.n_positions, 1, 1 << 20),
+                ("n_inner", self.n_inner, 1, 1 << 18),
+            ],
+        )?;
         Ok(())
+    }
+
+    /// Checks that `n_layer` matches the numbered blocks (`h.{i}.`) in the weights file.
+    fn validate_layers(&self, weights: &std::path::Path) -> Result<()> {
+        let names = crate::parse::safetensors_names(weights)?;
+        crate::parse::check_block_count(
+            &names,
+            weights,
+            "config.json",
+            "n_layer",
+            self.n_layer,
+            &["h.", "transformer.h."],
+        )
     }
 }
 
@@ -552,6 +575,8 @@ pub fn load_gpt2(files: &ResolvedModel, device: &Device) -> Result<Gpt2Lm> {
         .with_context(|| format!("reading {}", config_path.display()))?;
     let cfg = parse_config(&text).with_context(|| format!("in {}", config_path.display()))?;
     let weights = files.file("model.safetensors")?;
+    cfg.validate_layers(weights)
+        .with_context(|| format!("in {}", config_path.display()))?;
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
         .map_err(|e| {
             anyhow!(
