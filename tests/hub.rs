@@ -35,6 +35,21 @@ struct Req {
     auth: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Fault {
+    #[default]
+    None,
+    /// every file body: half of it, then the connection closes (Content-Length announced)
+    AllMidFile,
+    /// LFS blobs only: half, then close
+    BlobMidFile,
+    /// LFS blobs only: no Content-Length, half, then close (a close-delimited body that looks
+    /// complete to an HTTP client; only X-Linked-Size tells)
+    BlobMidFileNoLength,
+    /// LFS blobs only: the full length, but wrong bytes
+    BlobCorrupt,
+}
+
 #[derive(Default)]
 struct State {
     /// file name -> content
@@ -42,8 +57,8 @@ struct State {
     /// revision (branch/tag/commit) -> commit
     revisions: BTreeMap<String, String>,
     requests: Vec<Req>,
-    /// send only half of every blob body, then close the connection
-    die_mid_file: bool,
+    /// how file bodies fail (default: they don't)
+    fault: Fault,
 }
 
 struct Hub {
@@ -109,8 +124,8 @@ impl Hub {
     fn requests(&self) -> Vec<Req> {
         self.state.lock().unwrap().requests.clone()
     }
-    fn set_die(&self, v: bool) {
-        self.state.lock().unwrap().die_mid_file = v;
+    fn set_fault(&self, f: Fault) {
+        self.state.lock().unwrap().fault = f;
     }
     fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -157,15 +172,24 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
         auth,
     });
     let head = method == "HEAD";
-    let mut respond = |status: &str, headers: &[(String, String)], body: &[u8], die: bool| {
+    let mut respond = |status: &str, headers: &[(String, String)], body: &[u8], fault: Fault| {
         let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
         for (k, v) in headers {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
-        out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        if fault != Fault::BlobMidFileNoLength {
+            out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        out.push_str("\r\n");
         let _ = s.write_all(out.as_bytes());
         if !head {
-            let body = if die { &body[..body.len() / 2] } else { body };
+            let half = &body[..body.len() / 2];
+            let corrupt: Vec<u8> = body.iter().map(|b| b ^ 0x55).collect();
+            let body: &[u8] = match fault {
+                Fault::None => body,
+                Fault::BlobCorrupt => &corrupt,
+                _ => half,
+            };
             let _ = s.write_all(body);
         }
         let _ = s.flush();
@@ -174,8 +198,14 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
     if let Some(sha) = path.strip_prefix("/blobs/") {
         let found = state.files.values().find(|c| sha256_hex(c) == sha).cloned();
         match found {
-            Some(c) => respond("200 OK", &[], &c, state.die_mid_file),
-            None => respond("404 Not Found", &[], b"no such blob", false),
+            Some(c) => {
+                let f = match state.fault {
+                    Fault::AllMidFile => Fault::BlobMidFile,
+                    f => f,
+                };
+                respond("200 OK", &[], &c, f)
+            }
+            None => respond("404 Not Found", &[], b"no such blob", Fault::None),
         }
         return Ok(());
     }
@@ -186,7 +216,7 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
                 ("X-Error-Code".into(), "RepositoryNotFound".into()),
                 ("X-Error-Message".into(), "Repository not found".into()),
             ];
-            respond("401 Unauthorized", &h, b"Repository not found", false);
+            respond("401 Unauthorized", &h, b"Repository not found", Fault::None);
             return Ok(());
         }
     };
@@ -199,7 +229,7 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
                 ("X-Error-Code".into(), "RevisionNotFound".into()),
                 ("X-Error-Message".into(), format!("Invalid rev id: {rev}")),
             ];
-            respond("404 Not Found", &h, b"Invalid rev id", false);
+            respond("404 Not Found", &h, b"Invalid rev id", Fault::None);
             return Ok(());
         }
     };
@@ -211,7 +241,7 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
                 ("X-Error-Message".into(), "Entry not found".into()),
                 ("X-Repo-Commit".into(), commit.clone()),
             ];
-            respond("404 Not Found", &h, b"Entry not found", false);
+            respond("404 Not Found", &h, b"Entry not found", Fault::None);
             return Ok(());
         }
     };
@@ -227,14 +257,17 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
                 format!("http://127.0.0.1:{port}/blobs/{sha}"),
             ),
         ];
-        respond("302 Found", &h, b"Found. Redirecting", false);
+        respond("302 Found", &h, b"Found. Redirecting", Fault::None);
     } else {
         let h: Vec<(String, String)> = vec![
             ("X-Repo-Commit".into(), commit.clone()),
             ("ETag".into(), format!("\"{}\"", small_etag(&content))),
         ];
-        let die = state.die_mid_file;
-        respond("200 OK", &h, &content, die);
+        let f = match state.fault {
+            Fault::AllMidFile => Fault::AllMidFile,
+            _ => Fault::None,
+        };
+        respond("200 OK", &h, &content, f);
     }
     Ok(())
 }
@@ -569,25 +602,48 @@ fn not_found_errors() {
 fn server_dying_mid_file_leaves_no_corrupt_file() {
     let env = Env::new();
     let hub = Hub::start(env.files.clone());
-    hub.set_die(true);
-    let o = env.clip(&hub, &[], REPO, "main", "a");
-    fails(
-        &o,
-        "server dies mid-file",
-        &["failed after", "nothing was written to the HF cache"],
-    );
-    assert!(!env.p("a").exists());
     let repo = env.repo_dir();
-    let files = tree(&repo);
-    eprintln!("[cache after failure] {}", files.join("  "));
-    assert!(
-        !files
-            .iter()
-            .any(|f| f.starts_with("blobs/") || f.starts_with("snapshots/")),
-        "no blob or snapshot file after a failed download: {files:?}"
-    );
+    for (fault, needles) in [
+        (
+            Fault::AllMidFile,
+            &[
+                "config.json of org/tiny@main",
+                "failed after 360 of 720 bytes",
+            ][..],
+        ),
+        (
+            Fault::BlobMidFile,
+            &["model.safetensors of org/tiny@main", "failed after"][..],
+        ),
+        (
+            Fault::BlobMidFileNoLength,
+            &[
+                "model.safetensors",
+                "the connection closed before the end of the file",
+            ][..],
+        ),
+        (
+            Fault::BlobCorrupt,
+            &["model.safetensors", "its sha256 is"][..],
+        ),
+    ] {
+        let _ = std::fs::remove_dir_all(&repo);
+        hub.set_fault(fault);
+        let what = format!("server fault {fault:?}");
+        let e = fails(&env.clip(&hub, &[], REPO, "main", "a"), &what, needles);
+        assert!(e.contains("nothing was written to the HF cache"), "{e}");
+        assert!(!env.p("a").exists());
+        let files = tree(&repo);
+        eprintln!("[cache after {fault:?}] {}", files.join("  "));
+        assert!(
+            !files.iter().any(|f| f.contains("model.safetensors")
+                || f.contains(&sha256_hex(&env.files["model.safetensors"]))
+                || f.contains("incomplete")),
+            "no partial or corrupt weights in the cache: {files:?}"
+        );
+    }
     // the server recovers: the next run downloads and succeeds
-    hub.set_die(false);
+    hub.set_fault(Fault::None);
     ok(
         &env.clip(&hub, &[], REPO, "main", "b"),
         "retry after failure",
