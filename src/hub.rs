@@ -10,7 +10,9 @@
 //!   .no_exist/<commit>/<file>}`.
 //!
 //! A 40-hex `--revision` is a commit and resolves to `snapshots/<commit>` without a request;
-//! a branch or tag goes through `refs/<name>`. A file that is in the snapshot, or that the
+//! a branch or tag goes through `refs/<name>` (while every file of the commit it points at is
+//! cached, a branch is not re-checked for newer commits: pin a commit, or delete
+//! `refs/<branch>` to pick up a new one). A file that is in the snapshot, or that the
 //! hub said does not exist at that commit (`.no_exist/`, as huggingface_hub records it), is
 //! never asked for again, so a fully cached model runs without a single request. Offline and
 //! uncached is an error saying the files are "not downloaded yet" and how to get them.
@@ -104,9 +106,15 @@ pub fn env_cache_dir(direct: &str, parent: &str, sub: &str, home_sub: &str) -> P
         .join(home_sub)
 }
 
-/// The HF hub cache folder, honouring `HF_HUB_CACHE` and `HF_HOME`.
+/// The HF hub cache folder as huggingface_hub finds it: `HF_HUB_CACHE` (or the legacy
+/// `HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+/// `~/.cache/huggingface/hub`.
 pub fn hf_cache_dir() -> PathBuf {
-    env_cache_dir("HF_HUB_CACHE", "HF_HOME", "hub", "huggingface/hub")
+    if let Some(p) = env_nonempty("HF_HUB_CACHE").or_else(|| env_nonempty("HUGGINGFACE_HUB_CACHE"))
+    {
+        return PathBuf::from(p);
+    }
+    env_cache_dir("HF_HOME", "XDG_CACHE_HOME", "huggingface", "huggingface").join("hub")
 }
 
 impl ModelSource {

@@ -209,6 +209,12 @@ fn serve(mut s: TcpStream, port: u16, st: &Mutex<State>) -> std::io::Result<()> 
         }
         return Ok(());
     }
+    // a renamed repo: the hub answers with a relative redirect to the new name
+    if let Some(rest) = path.strip_prefix("/org/old-name/resolve/") {
+        let h: Vec<(String, String)> = vec![("Location".into(), format!("/{REPO}/resolve/{rest}"))];
+        respond("307 Temporary Redirect", &h, b"", Fault::None);
+        return Ok(());
+    }
     let rest = match path.strip_prefix(&format!("/{REPO}/resolve/")) {
         Some(r) => r.to_string(),
         None => {
@@ -717,4 +723,45 @@ fn token_sent_as_bearer() {
     assert!(later
         .iter()
         .all(|r| r.auth.as_deref() == Some("Bearer hf_from_path")));
+}
+
+#[test]
+fn hf_hub_cache_trailing_slash_endpoint_and_renamed_repo() {
+    let env = Env::new();
+    let hub = Hub::start(env.files.clone());
+    let cache = env.p("elsewhere");
+    let endpoint = format!("{}/", hub.endpoint());
+    let o = env.clip(
+        &hub,
+        &[
+            ("HF_HUB_CACHE", cache.to_str().unwrap()),
+            ("HF_ENDPOINT", &endpoint),
+        ],
+        "org/old-name",
+        "main",
+        "a",
+    );
+    ok(&o, "HF_HUB_CACHE, endpoint with '/', renamed repo");
+    assert_eq!(env.result("a")["config"]["model"]["commit"], COMMIT_A);
+    let snap = cache.join("models--org--old-name/snapshots").join(COMMIT_A);
+    for f in FILES {
+        assert!(snap.join(f).is_file(), "{f} in HF_HUB_CACHE");
+    }
+    assert!(!env.p("hf/hub").exists(), "HF_HUB_CACHE wins over HF_HOME");
+    let reqs = hub.requests();
+    assert!(reqs.iter().any(|r| r.path.starts_with("/org/old-name/")));
+    assert!(reqs.iter().any(|r| r.path.starts_with("/org/tiny/")));
+    // a bad endpoint is a clear error
+    let o = env.clip(
+        &hub,
+        &[("HF_ENDPOINT", "ftp://mirror")],
+        REPO,
+        COMMIT_B,
+        "b",
+    );
+    fails(
+        &o,
+        "bad HF_ENDPOINT",
+        &["HF_ENDPOINT 'ftp://mirror' is not an http(s) URL"],
+    );
 }

@@ -67,7 +67,10 @@ fn validate_config(cfg: &Config, path: &Path) -> Result<()> {
 
 /// Checks that `num_hidden_layers` matches the numbered layers in the weights file.
 fn validate_layers(cfg: &Config, config_path: &Path, weights: &Path) -> Result<()> {
-    let names = crate::parse::safetensors_names(weights)?;
+    // an unreadable weights file is reported by the loader itself
+    let Ok(names) = crate::parse::safetensors_names(weights) else {
+        return Ok(());
+    };
     crate::parse::check_block_count(
         &names,
         weights,
