@@ -584,12 +584,24 @@ impl<'a> HubClient<'a> {
             .suffix(".incomplete")
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        if std::env::var_os("EQUIRUN_NO_PROGRESS").is_none() {
+        // a byte progress bar on stderr (hidden when it is not a terminal or with
+        // EQUIRUN_NO_PROGRESS), after one log line naming the download
+        let pb = if std::env::var_os("EQUIRUN_NO_PROGRESS").is_some() {
+            indicatif::ProgressBar::hidden()
+        } else {
             eprintln!(
                 "downloading {what}{}",
                 size.map(|s| format!(" ({s} bytes)")).unwrap_or_default()
             );
-        }
+            let pb = indicatif::ProgressBar::new(size.unwrap_or(0));
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} {bar:30} {bytes}/{total_bytes} [{elapsed_precise}<{eta_precise}, {bytes_per_sec}]",
+            ) {
+                pb.set_style(style);
+            }
+            pb.set_message(what.to_string());
+            pb
+        };
         let check_sha = etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit());
         let mut hasher = Sha256::new();
         let mut reader = resp.body_mut().as_reader();
@@ -610,6 +622,7 @@ impl<'a> HubClient<'a> {
                 Err(e) => return Err(failed(got, e.to_string())),
             };
             got += n as u64;
+            pb.set_position(got);
             if size.is_some_and(|s| got > s) {
                 return Err(failed(
                     got,
@@ -622,6 +635,7 @@ impl<'a> HubClient<'a> {
             tmp.write_all(&buf[..n])
                 .with_context(|| format!("writing {}", tmp.path().display()))?;
         }
+        pb.finish_and_clear();
         if let Some(s) = size {
             if got != s {
                 return Err(failed(
