@@ -142,6 +142,25 @@ const CASES: &[Case] = &[
         needles: &["t10k-images-idx3-ubyte", "is 0"],
     },
     Case {
+        // before: exit 0, every method reported 0.00% with n: 0
+        name: "folder dataset without images",
+        args: |r| {
+            let d = r.join("folder");
+            for c in ["cat", "dog"] {
+                std::fs::create_dir_all(d.join(c)).unwrap();
+            }
+            std::fs::write(d.join("cat").join("notes.txt"), "not an image").unwrap();
+            let m = tiny_clip(r, |_| {});
+            let mut a = clip_args(r, &m);
+            let i = a.iter().position(|x| x == "cifar10").unwrap();
+            a[i] = "folder".into();
+            let i = a.iter().position(|x| x == "--data-dir").unwrap();
+            a[i + 1] = p(d);
+            a
+        },
+        needles: &["folder dataset", "has 2 class subfolders but no images"],
+    },
+    Case {
         // before: 4^40 overflowed (order wrapped to 0): an empty "group" (exit 101 later)
         name: "group with 40 factors",
         args: |_| {

@@ -330,6 +330,12 @@ pub fn open_split(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result
                     labels.push(c);
                 }
             }
+            if files.is_empty() {
+                bail!(
+                    "ImageNet-V2 folder {} has its 1000 class folders but no images (.jpg/.jpeg/.png)",
+                    root.display()
+                );
+            }
             Ok(ImageDataset {
                 kind,
                 source: root,
@@ -359,6 +365,13 @@ pub fn open_split(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result
                     files.push(f);
                     labels.push(c as u32);
                 }
+            }
+            if files.is_empty() {
+                bail!(
+                    "folder dataset {} has {} class subfolders but no images (.jpg/.jpeg/.png) in them",
+                    d.display(),
+                    class_dirs.len()
+                );
             }
             Ok(ImageDataset {
                 kind,
