@@ -842,3 +842,56 @@ pub fn install_into_cache(
     }
     Ok(snap)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_revisions_and_urls() {
+        for ok in [
+            "org/name",
+            "gpt2",
+            "openai/clip-vit-base-patch32",
+            "a.b/c_d",
+        ] {
+            assert!(validate_repo_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/x", "a/b/c", "../x", "a/..", "a--b/c", "a b/c", "a/.x", "a/b.",
+        ] {
+            assert!(validate_repo_id(bad).is_err(), "{bad:?}");
+        }
+        for ok in [
+            "main",
+            "v1.0",
+            "refs/pr/1",
+            "0123456789abcdef0123456789abcdef01234567",
+        ] {
+            assert!(validate_revision(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/main", "main/", "a/../b", "..", "a//b", "a\\b", "a b", "x\n",
+        ] {
+            assert!(validate_revision(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_commit_hash("0123456789abcdef0123456789ABCDEF01234567"));
+        assert!(!is_commit_hash("main"));
+        assert_eq!(url_encode("refs/pr/1", false), "refs%2Fpr%2F1");
+        assert_eq!(url_encode("sub dir/f.json", true), "sub%20dir/f.json");
+        assert_eq!(repo_folder_name("org/name"), "models--org--name");
+        let cfg = |e: &str| HubConfig {
+            endpoint: e.into(),
+            token: None,
+            offline: false,
+            cache: PathBuf::new(),
+        };
+        assert_eq!(cfg("https://hf.co").origin(), "https://hf.co");
+        assert_eq!(
+            cfg("http://127.0.0.1:8080/mirror/hf").origin(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(safe_component("0d370e4d4b01"));
+        assert!(!safe_component("../x") && !safe_component("a/b") && !safe_component(""));
+    }
+}

@@ -110,6 +110,38 @@ mod tests {
         let e = parse_seeds("0-4000000000").unwrap_err().to_string();
         assert!(e.contains("10000"), "{e}");
     }
+
+    #[test]
+    fn block_counts_and_sizes() {
+        let names: Vec<String> = [
+            "text_model.encoder.layers.0.mlp.fc1.weight",
+            "text_model.encoder.layers.1.mlp.fc1.weight",
+            "text_model.encoder.layers.x.bogus",
+            "vision_model.encoder.layers.0.mlp.fc1.weight",
+            "h.3.attn.c_attn.weight",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(block_count(&names, "text_model.encoder.layers."), 2);
+        assert_eq!(block_count(&names, "vision_model.encoder.layers."), 1);
+        assert_eq!(block_count(&names, "h."), 4);
+        assert_eq!(block_count(&names, "nothing."), 0);
+        let w = std::path::Path::new("w.safetensors");
+        let p = ["text_model.encoder.layers."];
+        assert!(check_block_count(&names, w, "config.json", "k", 2, &p).is_ok());
+        let e = check_block_count(&names, w, "config.json", "k", 1, &p).unwrap_err();
+        assert!(e.to_string().contains("k = 1") && e.to_string().contains("has 2 layers"));
+        assert!(check_block_count(&names, w, "config.json", "k", 3, &["nothing."]).is_ok());
+        assert!(check_sizes("c.json", &[("a", 0, 1, 4)])
+            .unwrap_err()
+            .to_string()
+            .contains("a is 0"));
+        assert!(check_sizes("c.json", &[("a", 5, 1, 4)]).is_err());
+        assert!(check_heads("c.json", "w", 64, "h", 3).is_err());
+        assert!(check_heads("c.json", "w", 64, "h", 0).is_err());
+        assert!(check_heads("c.json", "w", 64, "h", 4).is_ok());
+    }
 }
 
 /// The largest safetensors JSON header read (100 MB; real headers are a few hundred kB).
