@@ -12,3 +12,5 @@ pub mod models;
 pub mod output;
 pub mod pypi;
 pub mod testing;
+pub mod tools;
+pub mod train;

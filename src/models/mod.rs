@@ -12,6 +12,7 @@ pub mod lm;
 pub mod probe;
 pub mod seq2seq;
 pub mod tape;
+pub mod tiny_tokenizer;
 pub mod zoo;
 
 use anyhow::Result;
