@@ -13,7 +13,7 @@ use crate::groups::image::D4;
 use crate::groups::FiniteGroup;
 use crate::models::clip::{zero_shot_probs, Clip};
 use crate::output::{self, progress_bar};
-use crate::tools::table::{s, seed_of, Family, Obs};
+use crate::tools::table::{group_name, model_name, s, seed_of, Family, Obs};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use rand::Rng;
@@ -384,16 +384,8 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
 pub fn extract_clip(rec: &Value, source: &str) -> Vec<Obs> {
     let c = &rec["config"];
     let dataset = s(&c["dataset"]["name"]);
-    let model = c["model"]["id"]
-        .as_str()
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .unwrap_or_else(|| s(&c["model"]["path"]));
-    let transform = if c["transform"].is_null() {
-        "none".to_string()
-    } else {
-        s(&c["transform"]["name"])
-    };
+    let model = model_name(&c["model"]);
+    let transform = group_name(&c["transform"]);
     let group = s(&c["group"]["name"]);
     let scale = &c["logit_scale"];
     let setting = vec![

@@ -33,7 +33,7 @@ use crate::groups::FiniteGroup;
 use crate::models::clip::{parse_config, Clip, REQUIRED_FILES};
 use crate::models::l2_normalize;
 use crate::output;
-use crate::tools::table::{s, seed_of, Family, Obs};
+use crate::tools::table::{group_name, model_name, s, seed_of, Family, Obs};
 use crate::train::{
     classification_loss, lambda_two_phase, run_phase, train_output, Phase, PhaseOutcome,
 };
@@ -580,16 +580,8 @@ pub const ENTRY: Experiment = Experiment {
 pub fn extract_clip_finetune(rec: &Value, source: &str) -> Vec<Obs> {
     let c = &rec["config"];
     let dataset = s(&c["dataset"]["name"]);
-    let model = c["model"]["id"]
-        .as_str()
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .unwrap_or_else(|| s(&c["model"]["path"]));
-    let transform = if c["transform"].is_null() {
-        "none".to_string()
-    } else {
-        s(&c["transform"]["name"])
-    };
+    let model = model_name(&c["model"]);
+    let transform = group_name(&c["transform"]);
     let ft = &c["finetune"];
     let setting = vec![
         ("dataset".to_string(), dataset.clone()),

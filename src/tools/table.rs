@@ -115,3 +115,21 @@ pub fn names(v: &Value) -> String {
         other => s(other),
     }
 }
+
+/// A model's name in a table: its hub id, else its local path (`config.model` of a CLIP run).
+pub fn model_name(m: &Value) -> String {
+    m["id"]
+        .as_str()
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .unwrap_or_else(|| s(&m["path"]))
+}
+
+/// A recorded group's name (`none` for no group).
+pub fn group_name(g: &Value) -> String {
+    if g.is_null() {
+        "none".to_string()
+    } else {
+        s(&g["name"])
+    }
+}
