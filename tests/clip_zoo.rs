@@ -14,7 +14,7 @@ use equirun::hub::{install_into_cache, ModelSource};
 use equirun::models::clip::{
     parse_config, tiny_resnet_clip, zero_shot_probs, Clip, REQUIRED_FILES,
 };
-use equirun::models::clip_resnet::{parse_open_clip_config, OPEN_CLIP_FILES};
+use equirun::models::open_clip::{parse_open_clip_config, OPEN_CLIP_FILES};
 use equirun::testing::{max_abs, max_abs_diff, randn};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -285,7 +285,7 @@ impl Env {
         let snap = root.path().join("snapshot");
         let words = equirun::testing::cifar10_prompt_words();
         let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-        equirun::models::clip_resnet::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
+        equirun::models::open_clip::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
         let files: Vec<(&str, PathBuf)> =
             OPEN_CLIP_FILES.iter().map(|f| (*f, snap.join(f))).collect();
         let files: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();

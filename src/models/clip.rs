@@ -1,10 +1,10 @@
 //! CLIP behind one type, whatever the backbone: ViT from an HF `CLIPModel` checkpoint (any
 //! config.json: ViT-B/32, B/16, L/14, L/14-336) through candle-transformers, or an OpenAI /
 //! OpenCLIP checkpoint in the open_clip layout (ModifiedResNet RN50/RN101/..., or ViT) through
-//! [`super::clip_resnet`]. Plus the zero-shot text classifier and deterministic tiny random
+//! [`super::open_clip`]. Plus the zero-shot text classifier and deterministic tiny random
 //! checkpoints for tests and `equirun check`.
 
-use super::clip_resnet::{self, OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
+use super::open_clip::{self, OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
 use super::zoo::{self, ZooEntry};
 use crate::hub::{ModelSource, ResolvedModel};
 use anyhow::{anyhow, bail, Context, Result};
@@ -329,7 +329,7 @@ impl Clip {
         let config_path = files.file("open_clip_config.json")?;
         let text = std::fs::read_to_string(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let config = clip_resnet::parse_open_clip_config(&text)
+        let config = open_clip::parse_open_clip_config(&text)
             .with_context(|| format!("in {}", config_path.display()))?;
         let weights = files.file("open_clip_model.safetensors")?;
         // read in f32 (batch norms are folded in f32), converted to `dtype` per tensor
@@ -637,8 +637,8 @@ pub fn tiny_clip(seed: u64, device: &Device) -> Result<Clip> {
 /// tokenizer): the ResNet counterpart of [`tiny_clip`].
 pub fn tiny_resnet_clip(seed: u64, device: &Device) -> Result<Clip> {
     let config =
-        clip_resnet::parse_open_clip_config(&clip_resnet::tiny_resnet_config_json().to_string())?;
-    let varmap = clip_resnet::random_open_clip_varmap(&config, seed, device)?;
+        open_clip::parse_open_clip_config(&open_clip::tiny_resnet_config_json().to_string())?;
+    let varmap = open_clip::random_open_clip_varmap(&config, seed, device)?;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let mut clip = Clip::from_open_clip(vb, &config, None, DType::F32)?;
     clip.eos_id = 99;
