@@ -13,3 +13,5 @@ pub mod output;
 pub mod parse;
 pub mod pypi;
 pub mod testing;
+pub mod tools;
+pub mod train;

@@ -1,77 +1,39 @@
-use clap::Parser;
+use clap::FromArgMatches;
 use equirun::cli::{Cli, Command};
 use equirun::experiments;
 
+/// The non-experiment commands.
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Clip(a) => {
-            experiments::clip::run(&a)?;
-            Ok(0)
-        }
-        Command::Scan(c) => {
-            use experiments::scan::{self, ScanCommand};
-            match c {
-                ScanCommand::Generate(a) => scan::generate(&a)?,
-                ScanCommand::Pretrain(a) => {
-                    scan::pretrain(&a)?;
-                }
-                ScanCommand::Finetune(a) => {
-                    scan::finetune(&a)?;
-                }
-                ScanCommand::Quick(a) => scan::quick(&a)?,
-            }
-            Ok(0)
-        }
         Command::Data(equirun::cli::DataCommand::Scan { out, base_url }) => {
             for (f, n) in equirun::data::download::download_scan(&out, &base_url)? {
                 println!("{}\t{n}", out.join(f).display());
             }
             Ok(0)
         }
-        Command::Cnn(a) => {
-            experiments::cnn::run(&a)?;
-            Ok(0)
-        }
-        Command::Gpt2Fairness(a) => {
-            experiments::fairness::run(&a)?;
-            Ok(0)
-        }
         Command::BenchLm {
             model_dir,
             gguf,
+            compute,
             batch,
             prompt_len,
             new_tokens,
         } => {
-            let dev = candle_core::Device::Cpu;
-            let mut lm: Box<dyn equirun::models::lm::CausalLm> = match (model_dir, gguf) {
-                (_, Some(g)) => Box::new(equirun::models::gguf::load_gguf(&g, &dev)?.0),
-                (Some(d), None) => {
-                    let src = equirun::hub::ModelSource {
-                        model: String::new(),
-                        revision: "main".into(),
-                        model_dir: Some(d),
-                    };
-                    Box::new(equirun::models::gpt2::load_gpt2(
-                        &src.resolve(equirun::models::gpt2::REQUIRED_FILES, &[])?,
-                        &dev,
-                    )?)
-                }
-                (None, None) => {
-                    anyhow::bail!("bench-lm needs --model-dir (GPT-2 snapshot) or --gguf FILE")
-                }
+            compute.require_cpu_f32("bench-lm")?;
+            if model_dir.is_none() && gguf.is_none() {
+                anyhow::bail!("bench-lm needs --model-dir (GPT-2 snapshot) or --gguf FILE");
+            }
+            let src = equirun::hub::ModelSource {
+                model: String::new(),
+                revision: "main".into(),
+                model_dir,
             };
+            let dev = candle_core::Device::Cpu;
+            let (mut lm, _, _) =
+                equirun::experiments::fairness::load_lm(&src, gguf.as_deref(), &dev)?;
             let r =
                 equirun::models::lm::bench_greedy(lm.as_mut(), batch, prompt_len, new_tokens, 0)?;
             println!("{}", serde_json::to_string(&r)?);
-            Ok(0)
-        }
-        Command::MultiImage(a) => {
-            experiments::multi_image::run(&a)?;
-            Ok(0)
-        }
-        Command::Regard(c) => {
-            experiments::regard::run(&c)?;
             Ok(0)
         }
         Command::BenchClip(a) => {
@@ -81,8 +43,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::Sweep(a) => experiments::sweep::run(&a),
-        Command::Report(a) => experiments::report::run(&a),
+        Command::Sweep(a) => equirun::tools::sweep::run(&a),
+        Command::Report(a) => equirun::tools::report::run(&a),
         Command::Check(a) => {
             let r = experiments::check::run(&a)?;
             if a.json {
@@ -96,13 +58,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = equirun::cli::command().get_matches();
+    let name = matches.subcommand_name().unwrap_or_default().to_string();
     // The SCAN seq2seq is made of many tiny ops: a second worker thread only adds
     // synchronisation (measured: 230 vs 141 examples/s at batch 1). Users can override.
-    if matches!(cli.command, Command::Scan(_)) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+    if name == "scan" && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
-    match run(cli) {
+    let result = match (experiments::registry::command(&name), matches.subcommand()) {
+        (Some(c), Some((_, sub))) => (c.run)(sub),
+        _ => Cli::from_arg_matches(&matches)
+            .map_err(anyhow::Error::from)
+            .and_then(run),
+    };
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,107 +1,81 @@
-//! The output contract: one JSON per seed at `<out>/<experiment>/<run-name>/seed-<n>.json`,
-//! written atomically (temp file in the same folder, then rename), skipped when a file with
-//! the same config exists unless `--force`.
+//! Files and run-level utilities below every experiment: atomic writes (JSON, bytes,
+//! safetensors — a temp file in the target's folder, fsync, rename, so a crash never leaves a
+//! half-written file), config hashes, per-purpose seeded RNGs, `--seeds` parsing, peak memory and
+//! progress bars. The per-seed result contract is `crate::experiments::harness`.
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 
-pub const SCHEMA_VERSION: u32 = 1;
-
-#[derive(Serialize)]
-pub struct RunRecord {
-    pub schema_version: u32,
-    pub experiment: String,
-    pub seed: u64,
-    pub config: Value,
-    pub metrics: Value,
-    pub cost: Value,
-    pub equirun_version: String,
-    pub started_at: String,
-    pub finished_at: String,
-}
-
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn result_path(out: &Path, experiment: &str, run_name: &str, seed: u64) -> PathBuf {
-    out.join(experiment)
-        .join(run_name)
-        .join(format!("seed-{seed}.json"))
-}
-
-/// What is already on disk for a run.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Existing {
-    Missing,
-    SameConfig,
-    DifferentConfig,
-}
-
-pub fn check_existing(path: &Path, config: &Value) -> Result<Existing> {
-    if !path.exists() {
-        return Ok(Existing::Missing);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(_) => return Ok(Existing::DifferentConfig),
-    };
-    Ok(if v.get("config") == Some(config) {
-        Existing::SameConfig
-    } else {
-        Existing::DifferentConfig
-    })
-}
-
-/// Decides whether to run: `Ok(false)` = skip (done), error = a different run holds the path.
-pub fn should_run(path: &Path, config: &Value, force: bool) -> Result<bool> {
-    if force {
-        return Ok(true);
-    }
-    match check_existing(path, config)? {
-        Existing::Missing => Ok(true),
-        Existing::SameConfig => Ok(false),
-        Existing::DifferentConfig => bail!(
-            "{} already exists with a different config; pass --force to overwrite it or --run-name to choose another name",
-            path.display()
-        ),
-    }
-}
-
-/// Writes JSON atomically: a temp file beside the target, fsync, rename.
+/// Writes JSON (pretty, newline-terminated) atomically.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let dir = path.parent().context("result path has no parent folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".json")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
-    Ok(())
+    write_bytes_atomic(path, text.as_bytes())
 }
 
 /// Writes bytes atomically.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, "", |tmp| {
+        std::fs::write(tmp, bytes)?;
+        Ok(())
+    })
+}
+
+/// Writes a file atomically through `write(temp path)`: the temp file (`.tmp-*<suffix>`) sits
+/// beside the target (parallel runs get unique names), is synced, then renamed over `path`.
+pub fn write_atomic_with(
+    path: &Path,
+    suffix: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let dir = path.parent().context("path has no parent folder")?;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(suffix)
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::File::open(tmp.path())?.sync_all()?;
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
+}
+
+/// Saves named tensors as safetensors, atomically.
+pub fn save_safetensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    write_atomic_with(path, ".safetensors", |tmp| {
+        candle_core::safetensors::save(tensors, tmp)?;
+        Ok(())
+    })
+}
+
+/// Saves every variable of a `VarMap` as safetensors, atomically.
+pub fn save_varmap_atomic(varmap: &candle_nn::VarMap, path: &Path) -> Result<()> {
+    write_atomic_with(path, ".safetensors", |tmp| {
+        varmap.save(tmp)?;
+        Ok(())
+    })
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal or EQUIRUN_NO_PROGRESS is set).
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    if std::env::var_os("EQUIRUN_NO_PROGRESS").is_some() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}] {{msg}}"
+        ))
+        .unwrap(),
+    );
+    pb
 }
 
 /// First 12 hex digits of the SHA-256 of a value's canonical JSON.

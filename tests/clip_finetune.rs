@@ -146,6 +146,42 @@ fn clip_finetune_runs_on_the_tiny_checkpoint_and_writes_a_valid_json() {
     let again = equirun(&args, Path::new(&cache));
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("skip:"));
+
+    // `equirun report` tabulates clip-finetune results (zero-shot and finetuned rows per method)
+    let rep = Path::new(&out).join("report");
+    let o = equirun(
+        &["report", &out, "--out", rep.to_str().unwrap()],
+        Path::new(&cache),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        md.contains("CLIP finetuned through the wrappers") && !md.contains("not covered"),
+        "{md}"
+    );
+    let t = equirun::tools::report::report(Path::new(&out), &rep).unwrap();
+    let table = t
+        .tables
+        .iter()
+        .find(|t| t.family == equirun::tools::table::Family::ClipFinetune)
+        .expect("a clip-finetune table");
+    for m in ["vanilla", "equitune", "equizero", "lambda-equitune"] {
+        for stage in ["zero-shot", "finetuned"] {
+            let row = table.rows.iter().find(|r| r[1] == stage).expect(stage);
+            let row: Vec<&str> = row.iter().map(String::as_str).collect();
+            let c = table.cell(&row, m).unwrap_or_else(|| panic!("{m} {stage}"));
+            let key = if stage == "zero-shot" {
+                "zero_shot_test_top1"
+            } else {
+                "test_top1"
+            };
+            assert_eq!(
+                c.mean,
+                r["metrics"][m][key].as_f64().unwrap(),
+                "{m} {stage}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use equirun::hub::{install_into_cache, ModelSource};
 use equirun::models::clip::{
     parse_config, tiny_resnet_clip, zero_shot_probs, Clip, REQUIRED_FILES,
 };
-use equirun::models::clip_resnet::{parse_open_clip_config, OPEN_CLIP_FILES};
+use equirun::models::open_clip::{parse_open_clip_config, OPEN_CLIP_FILES};
 use equirun::testing::{max_abs, max_abs_diff, randn};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -230,11 +230,11 @@ fn invariance_errors(
         proxy: &proxy,
         select,
     };
-    let (base, _) = ev.run(&Method::ALL, model, x).unwrap();
-    let mut errs = vec![0f32; Method::ALL.len()];
+    let (base, _) = ev.run(&Method::EVALUATOR, model, x).unwrap();
+    let mut errs = vec![0f32; Method::EVALUATOR.len()];
     for g in 0..sym.order() {
         let (outs, _) = ev
-            .run(&Method::ALL, model, &sym.act_input(g, x).unwrap())
+            .run(&Method::EVALUATOR, model, &sym.act_input(g, x).unwrap())
             .unwrap();
         for (i, (o, b)) in outs.iter().zip(&base).enumerate() {
             errs[i] = errs[i].max(max_abs_diff(o, &sym.act_output(g, b).unwrap()));
@@ -255,7 +255,7 @@ fn resnet_backbone_wrappers_are_invariant_for_every_element() {
         let sym = ImageSymmetry::new(image_group(spec).unwrap(), ImageOutput::Invariant, 11);
         for select in [ZeroSelect::WholeCopy, ZeroSelect::Elementwise] {
             let errs = invariance_errors(&model, &x, &sym, select);
-            for (m, e) in Method::ALL.iter().zip(&errs) {
+            for (m, e) in Method::EVALUATOR.iter().zip(&errs) {
                 if *m == Method::Vanilla {
                     assert!(
                         *e > 1e-3,
@@ -285,7 +285,7 @@ impl Env {
         let snap = root.path().join("snapshot");
         let words = equirun::testing::cifar10_prompt_words();
         let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-        equirun::models::clip_resnet::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
+        equirun::models::open_clip::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
         let files: Vec<(&str, PathBuf)> =
             OPEN_CLIP_FILES.iter().map(|f| (*f, snap.join(f))).collect();
         let files: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();

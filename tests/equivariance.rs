@@ -52,8 +52,8 @@ fn tiny_clip_wrappers_are_invariant_for_every_element() {
     for spec in ["rot90", "flip", "rot90xflip"] {
         let sym = ImageSymmetry::new(image_group(spec).unwrap(), ImageOutput::Invariant, 11);
         for select in [ZeroSelect::WholeCopy, ZeroSelect::Elementwise] {
-            let errs = errors(&sym, &Method::ALL, &model, &x, select);
-            for (m, e) in Method::ALL.iter().zip(&errs) {
+            let errs = errors(&sym, &Method::EVALUATOR, &model, &x, select);
+            for (m, e) in Method::EVALUATOR.iter().zip(&errs) {
                 if *m == Method::Vanilla {
                     assert!(
                         *e > 1e-3,
@@ -112,7 +112,7 @@ fn forward_pass_counts_are_measured() {
     }
     // all five together share copies: 8 raw + 6 canonicalised = 14
     calls.borrow_mut().clear();
-    let (_, copies) = ev.run(&Method::ALL, &model, &x).unwrap();
+    let (_, copies) = ev.run(&Method::EVALUATOR, &model, &x).unwrap();
     assert_eq!(copies, 14);
     assert_eq!(*calls.borrow(), vec![5 * 14]);
 }
@@ -194,8 +194,8 @@ fn token_swaps_all_methods_equivariant() {
     };
     let ids: Vec<u32> = (0..4 * 6).map(|i| ((i * 7 + 3) % n_in) as u32).collect();
     let x = Tensor::from_vec(ids, (4, 6), &Device::Cpu).unwrap();
-    let errs = errors(&sym, &Method::ALL, &model, &x, ZeroSelect::WholeCopy);
-    for (m, e) in Method::ALL.iter().zip(&errs) {
+    let errs = errors(&sym, &Method::EVALUATOR, &model, &x, ZeroSelect::WholeCopy);
+    for (m, e) in Method::EVALUATOR.iter().zip(&errs) {
         if *m == Method::Vanilla {
             assert!(*e > 1e-3, "vanilla should not be equivariant: {e}");
         } else {

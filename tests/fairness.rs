@@ -2,8 +2,9 @@
 //! orientation on a tiny random GPT-2, swap consistency of generation, and clear errors.
 
 use candle_core::{Device, Tensor};
+use equirun::equi::Method;
 use equirun::equi::{Symmetry, TokenSymmetry};
-use equirun::experiments::fairness::{method_logits, LmMethod};
+use equirun::experiments::fairness::method_logits;
 use equirun::groups::fairness::{Axis, FairnessGroups};
 use equirun::groups::perm::{cyclic_factor, TokenPerm};
 use equirun::groups::FiniteGroup;
@@ -80,11 +81,11 @@ fn lm_wrappers_equivariant_for_every_element() {
     )
     .unwrap();
     let methods = [
-        LmMethod::Vanilla,
-        LmMethod::Equitune,
-        LmMethod::REquitune,
-        LmMethod::MultiEquitune,
-        LmMethod::Equizero,
+        Method::Vanilla,
+        Method::Equitune,
+        Method::REquitune,
+        Method::MultiEquitune,
+        Method::Equizero,
     ];
     let inc = Incremental::new(&mut lm);
     for (names, order, passes_eq, passes_multi) in [
@@ -95,8 +96,8 @@ fn lm_wrappers_equivariant_for_every_element() {
         let (group, fg) = groups(&names);
         assert_eq!(group.order(), order);
         let sym = TokenSymmetry::new(group.clone(), false, None).with_collapse(fg.collapse_maps(V));
-        assert_eq!(LmMethod::Equitune.passes(&sym), passes_eq);
-        assert_eq!(LmMethod::MultiEquitune.passes(&sym), passes_multi);
+        assert_eq!(Method::Equitune.passes(&sym), passes_eq);
+        assert_eq!(Method::MultiEquitune.passes(&sym), passes_multi);
         let mut errs = vec![0f32; methods.len()];
         let mut errs_rel = vec![0f32; methods.len()];
         for (k, m) in methods.iter().enumerate() {

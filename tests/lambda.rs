@@ -3,18 +3,19 @@
 //! straight-through estimator's value and gradient, and loss decrease on a tiny task.
 
 use candle_core::{Device, Tensor, Var};
-use equirun::equi::finetune::{
-    classification_loss, run_phase, straight_through, train_output, OptimConfig, OptimKind,
-    ProxyKind, Schedule, Select,
-};
 use equirun::equi::lambda::{
     lambda_combine, log_softplus, orbit, untransform, weighted_orbit_mean, Head, LambdaEquitune,
     LambdaForm, LambdaNet,
 };
+use equirun::equi::proxy::ProxyKind;
 use equirun::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
 use equirun::groups::image::image_group;
 use equirun::models::cnn::{self, Cnn, CnnConfig};
 use equirun::testing::{max_abs, max_abs_diff, randn};
+use equirun::train::{
+    classification_loss, run_phase, straight_through, train_output, OptimConfig, OptimKind,
+    Schedule, Select,
+};
 use std::cell::RefCell;
 
 const TOL: f32 = 1e-5;

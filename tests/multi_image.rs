@@ -2,8 +2,9 @@
 //! rotation of every view, counted CNN passes, and the CLI end to end on a tiny Fashion-MNIST.
 
 use candle_core::Tensor;
+use equirun::data::gray::make_tuples;
 use equirun::equi::{ImageOutput, ImageSymmetry, Symmetry};
-use equirun::experiments::multi_image::{make_tuples, FusionForm, ModelKind, MultiView};
+use equirun::experiments::multi_image::{FusionForm, ModelKind, MultiView};
 use equirun::groups::image::image_group;
 use equirun::models::cnn::CnnConfig;
 use equirun::testing::{max_abs_diff, randn};
@@ -192,7 +193,7 @@ fn folder_dataset_excludes_background_and_runs() {
                 .unwrap();
         }
     }
-    let (tr, te, classes) = equirun::experiments::multi_image::folder_gray(&data, 16).unwrap();
+    let (tr, te, classes) = equirun::data::gray::folder_gray(&data, 16).unwrap();
     assert_eq!(classes, vec!["airplanes", "faces", "watch"]);
     assert_eq!(
         (tr.len(), te.len()),

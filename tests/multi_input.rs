@@ -1,4 +1,4 @@
-//! Multi-input equivariance (methods.md §1.5): the linear equivariant / IS layer and the
+//! Multi-input equivariance (docs/methods.md, "Multi-input equivariance"): the linear equivariant / IS layer and the
 //! non-linear multi-input network, for random parameters and every element of G₁×…×G_k.
 
 use candle_core::{Device, Tensor};

@@ -2,8 +2,9 @@
 //! pass counts, learning (overfitting 20 examples) and the CLI data paths.
 
 use candle_core::{Device, Tensor};
+use equirun::equi::proxy::top1_proxy;
 use equirun::equi::{Evaluator, Method, Symmetry, TokenSymmetry, ZeroSelect};
-use equirun::experiments::scan::{load_data, overfit, top1_proxy, DataOpts};
+use equirun::experiments::scan::{load_data, overfit, DataOpts};
 use equirun::groups::scan::scan_group;
 use equirun::models::seq2seq::{pack, CellKind, RunMode, Seq2Seq, Seq2SeqConfig};
 use equirun::testing::max_abs_diff as max_abs;
@@ -59,17 +60,17 @@ fn seq2seq_wrappers_equivariant_for_every_element() {
                 proxy: &proxy,
                 select: ZeroSelect::WholeCopy,
             };
-            let (base, _) = ev.run(&Method::ALL, &f, &x).unwrap();
+            let (base, _) = ev.run(&Method::EVALUATOR, &f, &x).unwrap();
             let mut errs = [0f32; 5];
             for g in 0..sym.order() {
                 let (outs, _) = ev
-                    .run(&Method::ALL, &f, &sym.act_input(g, &x).unwrap())
+                    .run(&Method::EVALUATOR, &f, &sym.act_input(g, &x).unwrap())
                     .unwrap();
                 for (k, (o, b)) in outs.iter().zip(&base).enumerate() {
                     errs[k] = errs[k].max(max_abs(o, &sym.act_output(g, b).unwrap()));
                 }
             }
-            for (m, e) in Method::ALL.iter().zip(errs) {
+            for (m, e) in Method::EVALUATOR.iter().zip(errs) {
                 if *m == Method::Vanilla {
                     assert!(
                         e > 1e-3,

@@ -16,7 +16,7 @@
 //! `sbatch` is an error, not a skip. On a multi-node cluster, set `EQUIRUN_SLURM_TMPDIR` to a
 //! folder on a shared file system (the fixtures, run lists and results live there).
 
-use equirun::experiments::sweep::{expand, SweepConfig};
+use equirun::tools::sweep::{expand, SweepConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;

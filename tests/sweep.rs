@@ -3,8 +3,8 @@
 //! real CLIP), the Slurm / list emitters (bash -n, array range, task i runs line i), the paper
 //! configs, and the report on hand-written result JSONs.
 
-use equirun::experiments::report;
-use equirun::experiments::sweep::{self, expand, run_sweep, SweepConfig, SweepOptions};
+use equirun::tools::report;
+use equirun::tools::sweep::{self, expand, run_sweep, SweepConfig, SweepOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -967,7 +967,7 @@ fn report_gives_mean_std_and_marks_missing_seeds() {
     let clip = r
         .tables
         .iter()
-        .find(|t| t.family == report::Family::Clip)
+        .find(|t| t.family == equirun::tools::table::Family::Clip)
         .unwrap();
     assert_eq!(clip.row_fields, ["model", "transform"]);
     assert_eq!(clip.columns, ["vanilla", "equitune"]);
@@ -996,7 +996,7 @@ fn report_gives_mean_std_and_marks_missing_seeds() {
     let scan = r
         .tables
         .iter()
-        .find(|t| t.family == report::Family::Scan)
+        .find(|t| t.family == equirun::tools::table::Family::Scan)
         .unwrap();
     assert_eq!(scan.columns, ["pretrained", "equitune"]);
     assert!(
@@ -1010,7 +1010,7 @@ fn report_gives_mean_std_and_marks_missing_seeds() {
     let fair = r
         .tables
         .iter()
-        .find(|t| t.family == report::Family::Fairness)
+        .find(|t| t.family == equirun::tools::table::Family::Fairness)
         .unwrap();
     assert_eq!(fair.reference_seeds, [0, 1]);
     assert!(

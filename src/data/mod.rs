@@ -1,6 +1,7 @@
 //! Datasets and preprocessing.
 
 pub mod download;
+pub mod gray;
 pub mod images;
 pub mod preprocess;
 pub mod prompts;

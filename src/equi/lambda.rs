@@ -1,4 +1,4 @@
-//! λ-equitune (methods.md §1.3): a learned importance weight λ(g·x) per transformed copy.
+//! λ-equitune (docs/methods.md#λ-equitune): a learned importance weight λ(g·x) per transformed copy.
 //!
 //! With per-copy outputs `u_g = ρ_Y(g)⁻¹ φ(z_g)`, where `z_g = M(g·x)` are the model's logits on
 //! the copy and `φ` the output head (identity for logits, softmax for probabilities):
@@ -245,9 +245,9 @@ impl LambdaNet {
         };
         let drop = |x: Tensor| -> Result<Tensor> {
             match dropout {
-                Some(rng) if self.dropout > 0.0 => Ok(x.broadcast_mul(
-                    &crate::models::cnn::dropout_mask(x.dims(), self.dropout, rng, x.device())?,
-                )?),
+                Some(rng) if self.dropout > 0.0 => {
+                    Ok(x.broadcast_mul(&dropout_mask(x.dims(), self.dropout, rng, x.device())?)?)
+                }
                 _ => Ok(x),
             }
         };
@@ -272,10 +272,8 @@ impl LambdaNet {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.varmap
-            .save(path)
-            .with_context(|| format!("saving λ-net {}", path.display()))?;
-        Ok(())
+        crate::output::save_varmap_atomic(&self.varmap, path)
+            .with_context(|| format!("saving λ-net {}", path.display()))
     }
 
     /// Loads λ-net weights saved by [`LambdaNet::save`] (shapes checked).
@@ -340,4 +338,20 @@ impl<'a> LambdaEquitune<'a> {
     pub fn passes(&self) -> usize {
         self.sym.order()
     }
+}
+
+/// An inverted-dropout mask (values 0 or 1/(1−p)) drawn from a seeded RNG.
+pub fn dropout_mask(
+    shape: &[usize],
+    p: f32,
+    rng: &RefCell<rand_chacha::ChaCha8Rng>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let keep = 1.0 / (1.0 - p);
+    let mut r = rng.borrow_mut();
+    let v: Vec<f32> = (0..n)
+        .map(|_| if r.random::<f32>() < p { 0.0 } else { keep })
+        .collect();
+    Ok(Tensor::from_vec(v, shape, dev)?)
 }

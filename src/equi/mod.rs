@@ -15,15 +15,16 @@
 //!
 //! All transformed copies a set of methods needs are batched into a single forward call.
 
-pub mod finetune;
 pub mod lambda;
 pub mod multi_input;
+pub mod proxy;
 pub mod symmetries;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use proxy::neg_max_confidence;
 pub use symmetries::{ImageOutput, ImageSymmetry, TokenSymmetry};
 
 /// A group acting on a model's inputs and outputs.
@@ -45,7 +46,7 @@ pub trait Symmetry {
     fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor>;
     /// Whether ρ_Y is trivial.
     fn invariant_output(&self) -> bool;
-    /// `c₋ᵢ(x)`: invariant to every factor but `i`, compatible with factor `i` (methods.md §1.6).
+    /// `c₋ᵢ(x)`: invariant to every factor but `i`, compatible with factor `i` (docs/methods.md, "Canonicalisers").
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor>;
 }
 
@@ -81,15 +82,31 @@ pub enum Method {
     Equizero,
     MultiEquitune,
     MultiEquizero,
+    /// λ-equitune: a λ-net weighs the copies ([`lambda`]); needs training (`cnn`, `clip finetune`).
+    LambdaEquitune,
+    /// Relaxed equitune for language models: general words from the identity branch
+    /// (`gpt2-fairness`).
+    REquitune,
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
+    /// The methods [`Evaluator`] computes (no training, no special output rule).
+    pub const EVALUATOR: [Method; 5] = [
         Method::Vanilla,
         Method::Equitune,
         Method::Equizero,
         Method::MultiEquitune,
         Method::MultiEquizero,
+    ];
+    /// Every method, in the order of the docs and tables.
+    pub const ALL: [Method; 7] = [
+        Method::Vanilla,
+        Method::Equitune,
+        Method::Equizero,
+        Method::MultiEquitune,
+        Method::MultiEquizero,
+        Method::LambdaEquitune,
+        Method::REquitune,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -99,11 +116,20 @@ impl Method {
             Method::Equizero => "equizero",
             Method::MultiEquitune => "multi-equitune",
             Method::MultiEquizero => "multi-equizero",
+            Method::LambdaEquitune => "lambda-equitune",
+            Method::REquitune => "r-equitune",
         }
     }
 
+    /// The one method parser (case-insensitive, `_` = `-`; `λ-equitune`/`lambda` and
+    /// `requitune` are accepted spellings).
     pub fn parse(s: &str) -> Result<Method> {
         let t = s.trim().to_ascii_lowercase().replace('_', "-");
+        let t = match t.as_str() {
+            "λ-equitune" | "lambda" => "lambda-equitune",
+            "requitune" => "r-equitune",
+            other => other,
+        };
         Method::ALL
             .iter()
             .copied()
@@ -122,15 +148,40 @@ impl Method {
 
     /// Parses a comma-separated list, keeping order and dropping duplicates.
     pub fn parse_list(s: &str) -> Result<Vec<Method>> {
+        Self::parse_list_of(s, &Method::ALL, "equirun")
+    }
+
+    /// [`Method::parse_list`] restricted to the methods `command` supports.
+    pub fn parse_list_of(s: &str, supported: &[Method], command: &str) -> Result<Vec<Method>> {
+        let names = || {
+            supported
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut out = Vec::new();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let m = Method::parse(part)?;
+            let m = Method::parse(part).map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown method '{}': valid methods are {}",
+                    part.trim(),
+                    names()
+                )
+            })?;
+            if !supported.contains(&m) {
+                bail!(
+                    "method '{}' is not available in {command}: valid methods are {}",
+                    m.name(),
+                    names()
+                );
+            }
             if !out.contains(&m) {
                 out.push(m);
             }
         }
         if out.is_empty() {
-            bail!("no method given: use one or more of vanilla, equitune, equizero, multi-equitune, multi-equizero");
+            bail!("no method given: use one or more of {}", names());
         }
         Ok(out)
     }
@@ -142,7 +193,8 @@ impl Method {
                 source: Source::Raw,
                 g: 0,
             }],
-            Method::Equitune | Method::Equizero => (0..sym.order())
+            Method::Equitune | Method::Equizero | Method::REquitune | Method::LambdaEquitune => (0
+                ..sym.order())
                 .map(|g| CopySpec {
                     source: Source::Raw,
                     g,
@@ -205,13 +257,6 @@ pub struct Evaluator<'a> {
     pub select: ZeroSelect,
 }
 
-/// Negative max over the last axis, averaged over any middle axes: the CLIP / SCAN `top1` proxy.
-pub fn neg_max_confidence(y: &Tensor) -> Result<Tensor> {
-    let m = y.max(D::Minus1)?.neg()?;
-    let b = m.dim(0)?;
-    Ok(m.reshape((b, ()))?.mean(1)?)
-}
-
 impl<'a> Evaluator<'a> {
     /// Returns the per-method outputs and the number of distinct copies evaluated per input.
     pub fn run(
@@ -222,6 +267,13 @@ impl<'a> Evaluator<'a> {
     ) -> Result<(Vec<Tensor>, usize)> {
         let sym = self.sym;
         for m in methods {
+            if !Method::EVALUATOR.contains(m) {
+                bail!(
+                    "{} is not computed by the Evaluator (λ-equitune: equi::lambda; r-equitune: \
+                     gpt2-fairness's method_logits)",
+                    m.name()
+                );
+            }
             if matches!(m, Method::MultiEquitune | Method::MultiEquizero)
                 && sym.n_factors() > 1
                 && !sym.invariant_output()
@@ -304,6 +356,9 @@ impl<'a> Evaluator<'a> {
                         branches.push(self.symmetrize_except(i, &branch)?);
                     }
                     mean_of(&branches)?
+                }
+                Method::LambdaEquitune | Method::REquitune => {
+                    unreachable!("rejected at the top of Evaluator::run")
                 }
             };
             outs.push(out);

@@ -1,4 +1,5 @@
-//! Multi-input equivariance (methods.md §1.5, the first design of the multi-group paper): inputs
+//! Multi-input equivariance (docs/methods.md, "Multi-input equivariance"; the first design of the
+//! multi-group paper): inputs
 //! X₁…X_k, group Gᵢ acting on Xᵢ only, outputs Yᵢ transforming like Xᵢ.
 //!
 //! * Linear: `Y_i = Σ_j W_ij X_j` is equivariant to every (g₁,…,g_k) iff the diagonal blocks
@@ -276,23 +277,46 @@ pub fn group_mean(
     x: &Tensor,
     invert_output: bool,
 ) -> Result<Tensor> {
-    let n = sym.order();
-    let b = x.dim(0)?;
-    let copies = (0..n)
-        .map(|g| sym.act_input(g, x))
-        .collect::<Result<Vec<_>>>()?;
+    Ok(group_means(&[sym], f, std::slice::from_ref(x), invert_output)?.remove(0))
+}
+
+/// [`group_mean`] of several inputs through one shared model, with every copy of every input in
+/// **one** forward call (input-major, then group element): the batching of a multi-input network
+/// whose inputs share their feature extractor.
+pub fn group_means(
+    syms: &[&dyn Symmetry],
+    f: &dyn BatchModel,
+    xs: &[Tensor],
+    invert_output: bool,
+) -> Result<Vec<Tensor>> {
+    if syms.len() != xs.len() || xs.is_empty() {
+        bail!("group means: {} groups for {} inputs", syms.len(), xs.len());
+    }
+    let mut copies = Vec::new();
+    for (sym, x) in syms.iter().zip(xs) {
+        for g in 0..sym.order() {
+            copies.push(sym.act_input(g, x)?);
+        }
+    }
     let y = f.forward(&Tensor::cat(&copies, 0)?)?;
-    let ys = (0..n)
-        .map(|g| {
-            let yg = y.narrow(0, g * b, b)?;
-            if invert_output {
-                sym.act_output(sym.inv(g), &yg)
-            } else {
-                Ok(yg)
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    mean_of(&ys)
+    let mut out = Vec::with_capacity(xs.len());
+    let mut off = 0;
+    for (sym, x) in syms.iter().zip(xs) {
+        let b = x.dim(0)?;
+        let ys = (0..sym.order())
+            .map(|g| {
+                let yg = y.narrow(0, off + g * b, b)?;
+                if invert_output {
+                    sym.act_output(sym.inv(g), &yg)
+                } else {
+                    Ok(yg)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        off += sym.order() * b;
+        out.push(mean_of(&ys)?);
+    }
+    Ok(out)
 }
 
 /// `S_G(y) = (1/|G|) Σ_g ρ_Y(g) y`: makes an output fixed by G.
@@ -324,14 +348,44 @@ pub fn multi_input_forward(
             xs.len()
         );
     }
-    let mut ys = (0..k)
+    let ys = (0..k)
         .map(|i| group_mean(syms[i], eq[i], &xs[i], true))
         .collect::<Result<Vec<_>>>()?;
-    if let Some(is) = is {
-        let us = (0..k)
-            .map(|j| group_mean(syms[j], is[j], &xs[j], false))
-            .collect::<Result<Vec<_>>>()?;
-        for i in 0..k {
+    let us = match is {
+        Some(is) => Some(
+            (0..k)
+                .map(|j| group_mean(syms[j], is[j], &xs[j], false))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        None => None,
+    };
+    add_is_features(syms, ys, us)
+}
+
+/// [`multi_input_forward`] when every input shares one equitune model `eq` (and one IS model):
+/// each branch's copies of all inputs go through one forward call ([`group_means`]).
+pub fn multi_input_forward_shared(
+    syms: &[&dyn Symmetry],
+    eq: &dyn BatchModel,
+    is: Option<&dyn BatchModel>,
+    xs: &[Tensor],
+) -> Result<Vec<Tensor>> {
+    let ys = group_means(syms, eq, xs, true)?;
+    let us = match is {
+        Some(is) => Some(group_means(syms, is, xs, false)?),
+        None => None,
+    };
+    add_is_features(syms, ys, us)
+}
+
+/// `Yᵢ = ysᵢ + Σ_{j≠i} S_{Gᵢ}(u_j)`.
+fn add_is_features(
+    syms: &[&dyn Symmetry],
+    mut ys: Vec<Tensor>,
+    us: Option<Vec<Tensor>>,
+) -> Result<Vec<Tensor>> {
+    if let Some(us) = us {
+        for i in 0..ys.len() {
             for (j, u) in us.iter().enumerate() {
                 if j != i {
                     ys[i] = (&ys[i] + symmetrize_output(syms[i], u)?)?;
@@ -340,4 +394,42 @@ pub fn multi_input_forward(
         }
     }
     Ok(ys)
+}
+
+/// Black-box equitune of a k-input model over the product G₁ × … × G_k acting factor-wise, for an
+/// invariant output: `(1/Π|Gᵢ|) Σ_{(g₁,…,g_k)} f(g₁·x₁, …, g_k·x_k)`. It costs Π|Gᵢ| calls of the
+/// whole model — the cost the multi-input layers above avoid (Σ|Gᵢ|). Elements are enumerated in
+/// mixed radix with input 0 fastest; the sum is accumulated in the model's dtype.
+pub fn product_group_mean(
+    syms: &[&dyn Symmetry],
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    xs: &[Tensor],
+) -> Result<Tensor> {
+    if syms.len() != xs.len() || xs.is_empty() {
+        bail!(
+            "product equitune: {} groups for {} inputs",
+            syms.len(),
+            xs.len()
+        );
+    }
+    let total: usize = syms.iter().map(|s| s.order()).product();
+    let mut acc: Option<Tensor> = None;
+    for e in 0..total {
+        let mut code = e;
+        let moved = xs
+            .iter()
+            .zip(syms)
+            .map(|(x, s)| {
+                let g = code % s.order();
+                code /= s.order();
+                s.act_input(g, x)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let y = f(&moved)?;
+        acc = Some(match acc {
+            None => y,
+            Some(a) => (a + y)?,
+        });
+    }
+    Ok((acc.expect("a group has at least one element") / total as f64)?)
 }

@@ -66,7 +66,7 @@ impl ImageSymmetry {
 
     /// W_i = mean over g ∈ G_i of g·W₀: a pattern fixed by factor i, so that choosing the
     /// complement element that maximises ⟨W_i, h·x⟩ is invariant to the other factors and
-    /// compatible with factor i (methods.md §1.6, "When the factors do not commute").
+    /// compatible with factor i (docs/methods.md, "Images: rot90 × flip do not commute").
     fn pattern(&self, i: usize, chw: &[usize], x: &Tensor) -> Result<Tensor> {
         let key = (i, chw.to_vec());
         let mut cache = self.patterns.lock().unwrap();
@@ -189,10 +189,6 @@ impl TokenSymmetry {
         self.collapse_out = maps.clone();
         self.collapse_in = maps;
         self
-    }
-    /// The collapse map of branch `i` over input token ids.
-    pub fn collapse_map(&self, i: usize) -> &[u32] {
-        &self.collapse_in[i]
     }
     fn map_packed(&self, x: &Tensor, in_table: &[u32], out_table: &[u32]) -> Result<Tensor> {
         let lookup = |t: &Tensor, table: &[u32]| -> Result<Tensor> {

@@ -78,9 +78,9 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     let (dev, dtype) = a.compute.resolve()?;
     let group = image_group(&a.group).context("--group")?;
     let methods = if a.method.trim() == "all" {
-        Method::ALL.to_vec()
+        Method::EVALUATOR.to_vec()
     } else {
-        Method::parse_list(&a.method)?
+        Method::parse_list_of(&a.method, &Method::EVALUATOR, "equirun check")?
     };
     let (clip, model_name) = match (&a.model_dir, &a.model) {
         (None, None) => match a.backbone.trim().to_ascii_lowercase().as_str() {

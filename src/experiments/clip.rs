@@ -1,18 +1,21 @@
 //! `equirun clip`: robust zero-shot classification with CLIP under group transformations
-//! (methods.md §3.1): vanilla / equitune / equizero / multi-equitune / multi-equizero.
+//! (docs/experiments.md): vanilla / equitune / equizero / multi-equitune / multi-equizero.
 
-use super::{progress_bar, RunOpts};
-use crate::data::images::{self, DatasetKind, ImageDataset};
-use crate::data::preprocess::clip_preprocess;
-use crate::device::DeviceOpts;
-use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, ZeroSelect};
-use crate::groups::image::{image_group, D4};
+use super::clip_data::{classifier, corrupt, load_batch};
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{
+    DeviceOpts, GroupOpts, LogitScaleOpts, MethodOpts, ModelOpts, RunOpts, DEFAULT_CLIP,
+};
+use crate::data::images::{self, DatasetKind};
+use crate::equi::{proxy, Evaluator, ImageOutput, ImageSymmetry, Method, ZeroSelect};
+use crate::groups::image::D4;
 use crate::groups::FiniteGroup;
-use crate::hub::{ModelSource, ResolvedModel};
 use crate::models::clip::{zero_shot_probs, Clip};
-use crate::output::{self, RunRecord};
+use crate::output::{self, progress_bar};
+use crate::tools::table::{group_name, model_name, s, seed_of, Family, Obs};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,6 +26,7 @@ pub const EXPERIMENT: &str = "clip";
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 #[command(args_conflicts_with_subcommands = true)]
+#[command(mut_arg("model", |a| a.help("CLIP: a paper name (RN50, RN101, ViT-B/32, ViT-B/16, …; `clip --list-models`), an open_clip name or a Hugging Face id [default: openai/clip-vit-base-patch32]")))]
 pub struct ClipArgs {
     /// `equirun clip finetune`: finetune CLIP through the wrappers (without a subcommand:
     /// zero-shot evaluation).
@@ -30,19 +34,15 @@ pub struct ClipArgs {
     #[serde(skip)]
     pub command: Option<ClipCommand>,
     #[command(flatten)]
-    pub model: ModelSource,
-    /// Symmetry group: rot90, flip (=vflip), hflip, vflip, rot180, id, or a product with 'x'
-    /// such as rot90xflip (D4) or rot90xhflip.
-    #[arg(long, default_value = "rot90")]
-    pub group: String,
-    /// Methods, comma-separated; all are evaluated in one pass over the images:
-    /// vanilla, equitune, equizero, multi-equitune, multi-equizero.
-    #[arg(long, default_value = "vanilla,equitune,equizero")]
-    pub method: String,
-    /// Test-time corruption group, one random element per image (seeded); default = --group;
-    /// `none` for clean images.
-    #[arg(long)]
-    pub transform: Option<String>,
+    #[serde(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub groups: GroupOpts,
+    /// All methods are evaluated in one pass over the images.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub methods: MethodOpts,
     /// Draw the corruption once per batch (the official code) instead of per image.
     #[arg(long)]
     pub transform_per_batch: bool,
@@ -57,9 +57,9 @@ pub struct ClipArgs {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Softmax scale on cosine similarities: a number (papers: 1.0) or `model` for CLIP's learned scale.
-    #[arg(long, default_value = "1.0")]
-    pub logit_scale: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub scale: LogitScaleOpts,
     /// Equizero as the official element-wise max over copies (top-5 may mix copies).
     #[arg(long)]
     pub equizero_elementwise: bool,
@@ -81,12 +81,15 @@ pub struct ClipArgs {
 #[derive(clap::Subcommand, Clone, Debug)]
 pub enum ClipCommand {
     /// Finetune CLIP's image tower through vanilla / equitune / equizero (straight-through) /
-    /// λ-equitune on corrupted CIFAR train images (methods.md §3.2).
+    /// λ-equitune on corrupted CIFAR train images (docs/experiments.md).
     Finetune(super::clip_finetune::ClipFinetuneArgs),
 }
 
+/// The methods `equirun clip` evaluates (no training: λ-equitune needs `clip finetune`).
+const METHODS: &[Method] = &Method::EVALUATOR;
+
 /// Parsed, validated options (cheap to build: no model or data touched).
-struct Plan {
+struct Parsed {
     group: FiniteGroup<D4>,
     transform: Option<FiniteGroup<D4>>,
     methods: Vec<Method>,
@@ -94,146 +97,23 @@ struct Plan {
     scale_mode: Option<f32>,
 }
 
-fn plan(a: &ClipArgs) -> Result<Plan> {
-    let group = image_group(&a.group).context("--group")?;
-    let transform = match a.transform.as_deref().map(str::trim) {
-        None => Some(image_group(&a.group)?),
-        Some("none") | Some("") => None,
-        Some(t) => Some(image_group(t).context("--transform")?),
-    };
-    let methods = Method::parse_list(&a.method).context("--method")?;
-    let seeds = output::parse_seeds(&a.run.seeds).context("--seeds")?;
-    let scale_mode = match a.logit_scale.trim() {
-        "model" => None,
-        s => {
-            let v: f32 = s
-                .parse()
-                .with_context(|| format!("--logit-scale '{s}': expected a number or 'model'"))?;
-            if !v.is_finite() || v <= 0.0 {
-                bail!("--logit-scale must be positive, got {v}");
-            }
-            Some(v)
-        }
-    };
+fn parse(a: &ClipArgs) -> Result<Parsed> {
+    let group = a.groups.group()?;
+    let transform = a.groups.transform()?;
+    let methods =
+        Method::parse_list_of(&a.methods.method, METHODS, "equirun clip").context("--method")?;
+    let seeds = a.run.seed_list()?;
+    let scale_mode = a.scale.fixed()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    Ok(Plan {
+    Ok(Parsed {
         group,
         transform,
         methods,
         seeds,
         scale_mode,
     })
-}
-
-/// Root of equirun's own cache: `$EQUIRUN_CACHE`, else `$XDG_CACHE_HOME/equirun`, else `~/.cache/equirun`.
-pub fn cache_root() -> PathBuf {
-    crate::hub::env_cache_dir("EQUIRUN_CACHE", "XDG_CACHE_HOME", "equirun", "equirun")
-}
-
-/// Content fingerprint of the text tower: the config + the text projection weights.
-fn text_fingerprint(clip: &Clip, files: &ResolvedModel) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let (config_file, weights_file, tensors) = clip.text_fingerprint_sources();
-    let mut h = Sha256::new();
-    h.update(std::fs::read(files.file(config_file)?)?);
-    h.update(std::fs::read(files.file("tokenizer.json")?)?);
-    let st =
-        unsafe { candle_core::safetensors::MmapedSafetensors::new(files.file(weights_file)?)? };
-    for name in &tensors {
-        let t = st
-            .load(name, &Device::Cpu)
-            .with_context(|| format!("reading {name}"))?;
-        let v: Vec<f32> = t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        for x in v {
-            h.update(x.to_le_bytes());
-        }
-    }
-    Ok(h.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-/// The zero-shot classifier, from the on-disk cache when possible. Returns (matrix, texts encoded).
-pub(crate) fn classifier(
-    clip: &Clip,
-    files: &ResolvedModel,
-    classes: &[String],
-    templates: &[String],
-) -> Result<(Tensor, usize)> {
-    let key = json!({
-        "model": files.origin.id, "revision": files.origin.revision, "commit": files.origin.commit,
-        "fingerprint": text_fingerprint(clip, files)?, "classes": classes, "templates": templates,
-        "dtype": crate::device::dtype_name(clip.dtype),
-    });
-    let path = cache_root()
-        .join("text-classifiers")
-        .join(format!("{}.safetensors", output::short_hash(&key)));
-    if path.is_file() {
-        if let Ok(map) = candle_core::safetensors::load(&path, &Device::Cpu) {
-            if let Some(t) = map.get("classifier") {
-                if t.dims() == [classes.len(), clip.projection_dim()] {
-                    return Ok((t.to_device(&clip.device)?, 0));
-                }
-            }
-        }
-    }
-    let pb = progress_bar(classes.len() as u64, "text classifier");
-    let w = clip.zero_shot_classifier(classes, templates, &|i| pb.set_position(i as u64))?;
-    pb.finish_and_clear();
-    // a unique temp name: parallel runs (sweep --jobs) may build the same classifier
-    let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".safetensors")
-        .tempfile_in(dir)?;
-    candle_core::safetensors::save(
-        &std::collections::HashMap::from([("classifier".to_string(), w.clone())]),
-        tmp.path(),
-    )?;
-    tmp.persist(&path)
-        .map_err(|e| anyhow::anyhow!("saving {}: {}", path.display(), e.error))?;
-    Ok((w, classes.len() * templates.len()))
-}
-
-/// Loads a batch of images as a preprocessed `[B, 3, S, S]` tensor and their labels.
-pub(crate) fn load_batch(
-    ds: &ImageDataset,
-    range: std::ops::Range<usize>,
-    size: usize,
-    dev: &Device,
-) -> Result<(Tensor, Vec<u32>)> {
-    let mut data = Vec::with_capacity(range.len() * 3 * size * size);
-    let mut labels = Vec::with_capacity(range.len());
-    for i in range.clone() {
-        let img = ds.image(i)?;
-        data.extend(clip_preprocess(&img.data, img.width, img.height, size));
-        labels.push(ds.label(i));
-    }
-    Ok((
-        Tensor::from_vec(data, (range.len(), 3, size, size), dev)?,
-        labels,
-    ))
-}
-
-/// Applies one transform element per image.
-pub(crate) fn corrupt(x: &Tensor, tg: &FiniteGroup<D4>, elems: &[usize]) -> Result<Tensor> {
-    if elems.iter().all(|&e| e == 0) {
-        return Ok(x.clone());
-    }
-    let rows = elems
-        .iter()
-        .enumerate()
-        .map(|(j, &e)| tg.element(e).apply(&x.narrow(0, j, 1)?))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// Rank-based top-k hits for one probability row (ties broken towards the lower class index).
@@ -255,9 +135,9 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         print!("{}", crate::models::zoo::format_list());
         return Ok(Vec::new());
     }
-    let p = plan(a)?;
+    let p = parse(a)?;
     let (want_dev, dtype) = a.compute.resolve()?;
-    let (files, alias) = crate::models::clip::resolve(&a.model)?;
+    let (files, alias) = crate::models::clip::resolve(&a.model.source(DEFAULT_CLIP))?;
     let clip = Clip::load_with(&files, &want_dev, dtype)?;
     let dev = clip.device.clone();
     let data_dir = crate::data::data_dir(a.data_dir.as_ref());
@@ -307,36 +187,20 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     if let Some(e) = alias {
         base_config["model_alias"] = json!(e.name);
     }
-    let run_name = a.run.run_name.clone().unwrap_or_else(|| {
-        let model_slug = files
-            .origin
-            .id
-            .rsplit('/')
-            .next()
-            .unwrap_or("model")
-            .to_string();
-        format!(
-            "{}-{}-{}-t{}-{}",
+    let transform_spec = format!("t{}", a.groups.transform_spec());
+    let name = harness::run_name(
+        a.run.run_name.as_ref(),
+        &[
             a.dataset.name(),
-            model_slug,
+            &harness::model_slug(&files.origin.id),
             p.group.name(),
-            a.transform.clone().unwrap_or_else(|| a.group.clone()),
-            output::short_hash(&base_config)
-        )
-    });
-
-    let mut written = Vec::new();
+            &transform_spec,
+        ],
+        &base_config,
+    );
+    let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
     let mut clf: Option<(Tensor, usize)> = None;
-    for &seed in &p.seeds {
-        let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
-        if !output::should_run(&path, &base_config, a.run.force)? {
-            eprintln!(
-                "skip: {} exists with the same config (use --force to recompute)",
-                path.display()
-            );
-            written.push(path);
-            continue;
-        }
+    folder.run_seeds(&p.seeds, |seed, _| {
         if clf.is_none() {
             clf = Some(classifier(&clip, &files, &ds.classes, &ds.templates)?);
         }
@@ -344,14 +208,13 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         // text encoding is a one-off cost: charged to the first seed that needed it
         let texts_encoded = std::mem::take(texts_encoded);
         let w = &*w;
-        let started_at = output::now_rfc3339();
         let t0 = Instant::now();
         let sym = ImageSymmetry::new(
             p.group.clone(),
             ImageOutput::Invariant,
             output::derive_seed(seed, "canon"),
         );
-        let proxy = crate::equi::neg_max_confidence;
+        let proxy = proxy::neg_max_confidence;
         let ev = Evaluator {
             sym: &sym,
             proxy: &proxy,
@@ -405,25 +268,6 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
             );
             passes.insert(m.name().into(), json!(m.passes(&sym)));
         }
-        let record = RunRecord {
-            schema_version: output::SCHEMA_VERSION,
-            experiment: EXPERIMENT.into(),
-            seed,
-            config: base_config.clone(),
-            metrics: Value::Object(metrics),
-            cost: json!({
-                "forward_passes_per_input": passes,
-                "forward_passes_per_input_shared": shared_passes,
-                "wall_seconds": wall,
-                "images_per_second": n as f64 / wall,
-                "texts_encoded": texts_encoded,
-                "peak_rss_mib": output::peak_rss_mib(),
-            }),
-            equirun_version: env!("CARGO_PKG_VERSION").into(),
-            started_at,
-            finished_at: output::now_rfc3339(),
-        };
-        output::write_json_atomic(&path, &record)?;
         let summary: Vec<String> = p
             .methods
             .iter()
@@ -437,21 +281,31 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                 )
             })
             .collect();
-        eprintln!(
-            "seed {seed}: top1/top5 {} ({n} images, {wall:.1}s) -> {}",
-            summary.join(", "),
-            path.display()
-        );
-        written.push(path);
-    }
-    Ok(written)
+        Ok(SeedOutcome {
+            metrics: Value::Object(metrics),
+            cost: json!({
+                "forward_passes_per_input": passes,
+                "forward_passes_per_input_shared": shared_passes,
+                "wall_seconds": wall,
+                "images_per_second": n as f64 / wall,
+                "texts_encoded": texts_encoded,
+                "peak_rss_mib": output::peak_rss_mib(),
+            }),
+            summary: format!(
+                "seed {seed}: top1/top5 {} ({n} images, {wall:.1}s)",
+                summary.join(", ")
+            ),
+        })
+    })
 }
 
 /// `equirun bench-clip`: image-encoder throughput on seeded random inputs (no data, no text).
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[command(mut_arg("model", |a| a.help("CLIP: a paper name (RN50, RN101, ViT-B/32, ViT-B/16, …; `clip --list-models`), an open_clip name or a Hugging Face id [default: openai/clip-vit-base-patch32]")))]
 pub struct BenchClipArgs {
     #[command(flatten)]
-    pub model: ModelSource,
+    #[serde(flatten)]
+    pub model: ModelOpts,
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -474,7 +328,7 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         bail!("--batch-size and --batches must be at least 1");
     }
     let (dev, dtype) = a.compute.resolve()?;
-    let (files, alias) = crate::models::clip::resolve(&a.model)?;
+    let (files, alias) = crate::models::clip::resolve(&a.model.source(DEFAULT_CLIP))?;
     let t_load = Instant::now();
     let clip = Clip::load_with(&files, &dev, dtype)?;
     let load_s = t_load.elapsed().as_secs_f64();
@@ -523,3 +377,70 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         "load_seconds": load_s,
     }))
 }
+
+// ---------------------------------------------------------------------------------------------
+// what `equirun report` tabulates
+
+pub fn extract_clip(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let dataset = s(&c["dataset"]["name"]);
+    let model = model_name(&c["model"]);
+    let transform = group_name(&c["transform"]);
+    let group = s(&c["group"]["name"]);
+    let scale = &c["logit_scale"];
+    let setting = vec![
+        ("dataset".to_string(), dataset.clone()),
+        ("images".into(), s(&c["dataset"]["n_images"])),
+        (
+            "logit scale".into(),
+            format!("{} {}", s(&scale["mode"]), s(&scale["value"])),
+        ),
+        (
+            "corruption draw".into(),
+            if c["transform_per_batch"].as_bool() == Some(true) {
+                "per batch".into()
+            } else {
+                "per image".into()
+            },
+        ),
+        ("equizero".into(), s(&c["equizero_select"])),
+    ];
+    let mut out = Vec::new();
+    if let Some(m) = rec["metrics"].as_object() {
+        for (method, v) in m {
+            let Some(top1) = v["top1"].as_f64() else {
+                continue;
+            };
+            let column = if method == "vanilla" || group == transform {
+                method.clone()
+            } else {
+                format!("{method} ({group})")
+            };
+            out.push(Obs {
+                family: Family::Clip,
+                title: format!("CLIP zero-shot top-1 accuracy (%) — {dataset}"),
+                setting: setting.clone(),
+                row: vec![model.clone(), transform.clone()],
+                column,
+                seed: seed_of(rec),
+                value: top1,
+                source: source.into(),
+            });
+        }
+    }
+    out
+}
+
+pub const ENTRY: Experiment = Experiment {
+    name: EXPERIMENT,
+    words: &["clip"],
+    command: Some(registry::Command {
+        name: "clip",
+        about:
+            "CLIP zero-shot classification under rot90/flip corruptions with equivariant wrappers",
+        args: <ClipArgs as clap::Args>::augment_args,
+        run: |m| registry::run_with(m, run),
+    }),
+    run_folders: registry::one_folder,
+    extract: Some(extract_clip),
+};

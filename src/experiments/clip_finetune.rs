@@ -1,5 +1,5 @@
 //! `equirun clip finetune`: finetuning CLIP through the wrappers on corrupted CIFAR
-//! (methods.md §3.2, NeurIPS figure §4.3).
+//! (docs/experiments.md#clip-finetune; the NeurIPS CLIP finetuning figure).
 //!
 //! The image tower (f32 master weights) is trained through the wrapped prediction; the
 //! zero-shot text classifier is computed once from the pretrained text tower and kept fixed.
@@ -14,26 +14,30 @@
 //! selection and the per-round curves use a validation split held out from the training set
 //! (the official code selects on training batches); the test set is evaluated before
 //! finetuning and once at the end. On a CPU use the `--limit-*`, `--rounds`, `--iters` flags to
-//! size a run: ViT-B/32's image encoder alone runs at about 10 images/s on 2 cores
-//! (rust-notes.md), a training step costs a few times a forward pass, and equitune over rot90
+//! size a run: ViT-B/32's image encoder alone runs at about 10 images/s on 2 cores, a training step costs a few times a forward pass, and equitune over rot90
 //! runs 4 copies per image.
 
-use super::clip::{classifier, corrupt};
-use super::RunOpts;
+use super::clip_data::{classifier, corrupt};
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{
+    DeviceOpts, FinetuneOpts, GroupOpts, LambdaOpts, LogitScaleOpts, MethodOpts, ModelOpts,
+    RunOpts, DEFAULT_CLIP,
+};
 use crate::data::images::{self, DatasetKind, ImageDataset, Split};
 use crate::data::preprocess::clip_preprocess;
-use crate::equi::finetune::{
-    classification_loss, run_phase, train_output, OptimKind, PhaseOutcome, Schedule, Select, Wrap,
-};
-use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaForm, LambdaNet};
-use crate::equi::{ImageOutput, ImageSymmetry, Method, Symmetry};
-use crate::groups::image::{image_group, D4};
+use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaNet};
+use crate::equi::{proxy, ImageOutput, ImageSymmetry, Method, Symmetry};
+use crate::groups::image::D4;
 use crate::groups::FiniteGroup;
-use crate::hub::ModelSource;
 use crate::models::clip::{parse_config, Clip, REQUIRED_FILES};
 use crate::models::l2_normalize;
-use crate::output::{self, RunRecord};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::output;
+use crate::tools::table::{group_name, model_name, s, seed_of, Family, Obs};
+use crate::train::{
+    classification_loss, lambda_two_phase, run_phase, train_output, Phase, PhaseOutcome,
+};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::clip::{ClipConfig, ClipModel};
@@ -46,34 +50,49 @@ use std::time::Instant;
 
 pub const EXPERIMENT: &str = "clip-finetune";
 
+/// The methods `clip finetune` trains.
+const METHODS: &[Method] = &[
+    Method::Vanilla,
+    Method::Equitune,
+    Method::Equizero,
+    Method::LambdaEquitune,
+    Method::MultiEquitune,
+    Method::MultiEquizero,
+];
+
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[command(mut_arg("model", |a| a.help("CLIP: a paper name (RN50, RN101, ViT-B/32, ViT-B/16, …; `clip --list-models`), an open_clip name or a Hugging Face id [default: openai/clip-vit-base-patch32]")))]
+#[command(mut_arg("method", |a| a.default_value("equitune,equizero,lambda-equitune")))]
+#[command(mut_arg("rounds", |a| a.default_value("8")))]
+#[command(mut_arg("iters", |a| a.default_value("500")))]
+#[command(mut_arg("optim", |a| a.default_value("sgd")))]
+#[command(mut_arg("lr", |a| a.default_value("5e-6")))]
+#[command(mut_arg("lambda_rounds", |a| a.default_value("20")))]
+#[command(mut_arg("lambda_optim", |a| a.default_value("sgd")))]
+#[command(mut_arg("lambda_lr", |a| a.default_value("0.33")))]
 pub struct ClipFinetuneArgs {
     #[command(flatten)]
-    pub model: ModelSource,
+    #[serde(flatten)]
+    pub model: ModelOpts,
     /// Dataset with a train split: cifar100 (the paper) or cifar10.
     #[arg(long, value_enum, default_value = "cifar100")]
     pub dataset: DatasetKind,
     /// Dataset folder (or the EQUIRUN_DATA environment variable).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Wrapper group (rot90, flip, rot90xflip, ...).
-    #[arg(long, default_value = "rot90")]
-    pub group: String,
-    /// Corruption of train and test images, one random element per image (seeded); default =
-    /// --group; `none` for clean images.
-    #[arg(long)]
-    pub transform: Option<String>,
-    /// Methods, comma-separated: vanilla, equitune, equizero, lambda-equitune, multi-equitune,
-    /// multi-equizero.
-    #[arg(long, default_value = "equitune,equizero,lambda-equitune")]
-    pub method: String,
-    /// λ-equitune form: paper (softplus weights normalised over the orbit) or official (λ as a
-    /// per-copy inverse temperature).
-    #[arg(long, value_enum, default_value = "paper")]
-    pub lambda_form: LambdaForm,
-    /// Softmax scale on cosine similarities: a number (papers: 1.0) or `model`.
-    #[arg(long, default_value = "1.0")]
-    pub logit_scale: String,
+    /// The corruption applies to train and test images.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub groups: GroupOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub methods: MethodOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lambda: LambdaOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub scale: LogitScaleOpts,
     /// Training images held out for validation (selection and per-round curves).
     #[arg(long, default_value_t = 1000)]
     pub val_size: usize,
@@ -84,38 +103,10 @@ pub struct ClipFinetuneArgs {
     #[arg(long)]
     pub limit_test: Option<usize>,
     #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 32)]
     pub eval_batch_size: usize,
-    /// Backbone finetuning rounds (validation after each).
-    #[arg(long, default_value_t = 8)]
-    pub rounds: usize,
-    /// Backbone iterations per round.
-    #[arg(long, default_value_t = 500)]
-    pub iters: usize,
-    #[arg(long, value_enum, default_value = "sgd")]
-    pub optim: OptimKind,
-    #[arg(long, default_value_t = 5e-6)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// λ-equitune phase 1 (λ-net only): rounds.
-    #[arg(long, default_value_t = 20)]
-    pub lambda_rounds: usize,
-    /// λ-equitune phase 1: iterations per round.
-    #[arg(long, default_value_t = 100)]
-    pub lambda_iters: usize,
-    #[arg(long, value_enum, default_value = "sgd")]
-    pub lambda_optim: OptimKind,
-    #[arg(long, default_value_t = 0.33)]
-    pub lambda_lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub lambda_momentum: f64,
-    /// Which round each phase keeps.
-    #[arg(long, value_enum, default_value = "best-val")]
-    pub select: Select,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub finetune: FinetuneOpts,
     /// Do not write the finetuned weights (ViT-B/32's image tower is ~350 MB per method).
     #[arg(long)]
     pub no_checkpoints: bool,
@@ -124,6 +115,10 @@ pub struct ClipFinetuneArgs {
     pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
+    /// CPU and f32 only (training).
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 /// Loads the checkpoint into a trainable CLIP (a VarMap of f32 variables, HF names).
@@ -180,26 +175,17 @@ fn save_image_tower(varmap: &VarMap, path: &Path) -> Result<()> {
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
     drop(data);
-    let dir = path.parent().context("checkpoint path has no parent")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".safetensors")
-        .tempfile_in(dir)?;
-    candle_core::safetensors::save(&map, tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("saving {}: {}", path.display(), e.error))?;
-    Ok(())
+    output::save_safetensors_atomic(&map, path)
 }
 
 /// Images of a dataset, with a fixed corruption element per image.
-struct Set<'a> {
+struct EvalImages<'a> {
     ds: &'a ImageDataset,
     idx: Vec<usize>,
     elems: Vec<usize>,
 }
 
-struct Ctx<'a> {
+struct SeedRun<'a> {
     a: &'a ClipFinetuneArgs,
     sym: &'a ImageSymmetry,
     transform: Option<&'a FiniteGroup<D4>>,
@@ -213,7 +199,7 @@ struct Ctx<'a> {
     dev: Device,
 }
 
-impl Ctx<'_> {
+impl SeedRun<'_> {
     /// Preprocessed, corrupted batch `[B, 3, S, S]` and labels.
     fn batch(&self, ds: &ImageDataset, idx: &[usize], elems: &[usize]) -> Result<(Tensor, Tensor)> {
         let s = self.size;
@@ -248,7 +234,7 @@ impl Ctx<'_> {
     fn sampler(&self, purpose: &str) -> impl FnMut() -> Result<(Tensor, Tensor)> + '_ {
         let mut rng = output::rng_for(self.seed, purpose);
         move || {
-            let idx: Vec<usize> = (0..self.a.batch_size)
+            let idx: Vec<usize> = (0..self.a.finetune.batch_size)
                 .map(|_| self.tr_idx[rng.random_range(0..self.tr_idx.len())])
                 .collect();
             let elems = self.draw(&mut rng, idx.len());
@@ -259,12 +245,12 @@ impl Ctx<'_> {
     /// Top-1 accuracy (%) of `predict` over a set.
     fn accuracy(
         &self,
-        set: &Set,
+        set: &EvalImages,
         label: &str,
         predict: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<f64> {
         let eb = self.a.eval_batch_size.max(1);
-        let pb = super::progress_bar(set.idx.len() as u64, label);
+        let pb = output::progress_bar(set.idx.len() as u64, label);
         let mut correct = 0usize;
         for (k, chunk) in set.idx.chunks(eb).enumerate() {
             let (x, y) = self.batch(set.ds, chunk, &set.elems[k * eb..k * eb + chunk.len()])?;
@@ -289,7 +275,7 @@ impl Ctx<'_> {
             let f = |z: &Tensor| -> Result<Tensor> {
                 Head::Softmax.apply(&self.logits_from(&model.get_image_features(z)?)?)
             };
-            let proxy = crate::equi::neg_max_confidence;
+            let proxy = proxy::neg_max_confidence;
             let ev = crate::equi::Evaluator {
                 sym: self.sym,
                 proxy: &proxy,
@@ -317,13 +303,10 @@ impl Ctx<'_> {
 }
 
 fn record(o: &PhaseOutcome, test: f64, batch: usize) -> Value {
-    let images = o.iterations * batch;
-    json!({
-        "test_top1": test, "curve": o.curve, "best_round": o.best_round,
-        "best_val_accuracy": o.best_val, "selected_round": o.selected_round,
-        "iterations": o.iterations, "train_images": images, "train_seconds": o.train_seconds,
-        "images_per_second": if o.train_seconds > 0.0 { json!(images as f64 / o.train_seconds) } else { Value::Null },
-    })
+    let mut m = serde_json::Map::new();
+    m.insert("test_top1".into(), json!(test));
+    m.extend(o.json(batch));
+    Value::Object(m)
 }
 
 pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
@@ -333,49 +316,20 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
             a.dataset.name()
         );
     }
-    let group = image_group(&a.group).context("--group")?;
-    let transform = match a.transform.as_deref().map(str::trim) {
-        None => Some(group.clone()),
-        Some("none") | Some("") => None,
-        Some(t) => Some(image_group(t).context("--transform")?),
-    };
-    let wraps = Wrap::parse_list(&a.method).context("--method")?;
-    let seeds = output::parse_seeds(&a.run.seeds).context("--seeds")?;
-    if a.batch_size == 0 || a.eval_batch_size == 0 || a.val_size == 0 {
+    a.compute.require_cpu_f32("clip finetune")?;
+    let group = a.groups.group()?;
+    let transform = a.groups.transform()?;
+    let methods = Method::parse_list_of(&a.methods.method, METHODS, "equirun clip finetune")
+        .map_err(|e| anyhow!("--method: {e}"))?;
+    let seeds = a.run.seed_list()?;
+    if a.finetune.batch_size == 0 || a.eval_batch_size == 0 || a.val_size == 0 {
         bail!("--batch-size, --eval-batch-size and --val-size must be at least 1");
     }
-    let schedule = Schedule::from_flags(
-        a.rounds,
-        a.iters,
-        a.optim,
-        a.lr,
-        a.momentum,
-        a.weight_decay,
-        "finetuning (--lr, --momentum, --weight-decay)",
-    )?;
-    let lambda_schedule = Schedule::from_flags(
-        a.lambda_rounds,
-        a.lambda_iters,
-        a.lambda_optim,
-        a.lambda_lr,
-        a.lambda_momentum,
-        0.0,
-        "λ-net training (--lambda-lr, --lambda-momentum)",
-    )?;
-    let scale_fixed = match a.logit_scale.trim() {
-        "model" => None,
-        s => {
-            let v: f32 = s
-                .parse()
-                .with_context(|| format!("--logit-scale '{s}': expected a number or 'model'"))?;
-            if !v.is_finite() || v <= 0.0 {
-                bail!("--logit-scale must be positive, got {v}");
-            }
-            Some(v)
-        }
-    };
+    let schedule = a.finetune.schedule()?;
+    let lambda_schedule = a.lambda.schedule()?;
+    let scale_fixed = a.scale.fixed()?;
     let dev = Device::Cpu;
-    let files = a.model.resolve(REQUIRED_FILES, &[])?;
+    let files = a.model.source(DEFAULT_CLIP).resolve(REQUIRED_FILES, &[])?;
     let frozen = Clip::load(&files, &dev)?;
     let data_dir = crate::data::data_dir(a.data_dir.as_ref());
     let mut train = images::open_split(a.dataset, data_dir.as_deref(), Split::Train)?;
@@ -408,16 +362,16 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
         "model": files.origin, "image_size": size,
         "group": group.info(), "transform": transform.as_ref().map(|t| t.info()),
         "transform_draw": "one random element per image, seeded (train and test)",
-        "methods": wraps.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        "methods": methods.iter().map(|w| w.name()).collect::<Vec<_>>(),
         "dataset": {"name": a.dataset.name(), "train_source": train.source.display().to_string(),
                     "test_source": test.source.display().to_string(), "n_train": train.len(),
                     "n_test": test.len(), "val_size": a.val_size,
                     "limit_train": a.limit_train, "limit_test": a.limit_test,
                     "n_templates": test.templates.len()},
         "logit_scale": {"mode": if scale_fixed.is_some() { "fixed" } else { "model" }, "value": scale},
-        "batch_size": a.batch_size, "eval_batch_size": a.eval_batch_size,
-        "finetune": schedule, "select": a.select,
-        "lambda": {"form": a.lambda_form, "phase1": lambda_schedule,
+        "batch_size": a.finetune.batch_size, "eval_batch_size": a.eval_batch_size,
+        "finetune": schedule, "select": a.finetune.select,
+        "lambda": {"form": a.lambda.lambda_form, "phase1": lambda_schedule,
                    "net": "Linear(d,100)-ReLU-Dropout(0.5)-Linear(100,100)-Dropout(0.5)-Linear(100,1)",
                    "features": "unit-normalised image features of g·x from a frozen pretrained CLIP",
                    "eval_mode_at_evaluation": true, "frozen_in_phase2": true},
@@ -426,39 +380,24 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
         "equizero_finetuning": "straight-through: equitune gradient, equizero forward value",
         "scoring": "softmax(scale*cos) per copy, f32",
     });
-    let run_name = a.run.run_name.clone().unwrap_or_else(|| {
-        let slug = files
-            .origin
-            .id
-            .rsplit('/')
-            .next()
-            .unwrap_or("model")
-            .to_string();
-        format!(
-            "{}-{}-{}-{}",
+    let name = harness::run_name(
+        a.run.run_name.as_ref(),
+        &[
             a.dataset.name(),
-            slug,
+            &harness::model_slug(&files.origin.id),
             group.name(),
-            output::short_hash(&base_config)
-        )
-    });
-    let mut written = Vec::new();
+        ],
+        &base_config,
+    );
+    let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
+    let batch_size = a.finetune.batch_size;
+    let select = a.finetune.select;
     let mut clf: Option<Tensor> = None;
-    for &seed in &seeds {
-        let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
-        if !output::should_run(&path, &base_config, a.run.force)? {
-            eprintln!(
-                "skip: {} exists with the same config (use --force to recompute)",
-                path.display()
-            );
-            written.push(path);
-            continue;
-        }
+    folder.run_seeds(&seeds, |seed, path| {
         if clf.is_none() {
             clf = Some(classifier(&frozen, &files, &test.classes, &test.templates)?.0);
         }
         let w = clf.as_ref().unwrap();
-        let started_at = output::now_rfc3339();
         let t0 = Instant::now();
         let sym = ImageSymmetry::new(
             group.clone(),
@@ -468,7 +407,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
         let mut perm: Vec<usize> = (0..train.len()).collect();
         perm.shuffle(&mut output::rng_for(seed, "clip-ft-val-split"));
         let (val_idx, tr_idx) = perm.split_at(a.val_size);
-        let ctx = Ctx {
+        let ctx = SeedRun {
             a,
             sym: &sym,
             transform: transform.as_ref(),
@@ -481,7 +420,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
             seed,
             dev: dev.clone(),
         };
-        let val = Set {
+        let val = EvalImages {
             ds: &train,
             idx: val_idx.to_vec(),
             elems: ctx.draw(
@@ -489,7 +428,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
                 val_idx.len(),
             ),
         };
-        let test_set = Set {
+        let test_set = EvalImages {
             ds: &test,
             idx: (0..test.len()).collect(),
             elems: ctx.draw(&mut output::rng_for(seed, "transform"), test.len()),
@@ -500,58 +439,54 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
             .join(format!("seed-{seed}.checkpoints"));
         let mut metrics = serde_json::Map::new();
         let mut passes = serde_json::Map::new();
-        for wr in &wraps {
+        for &m in &methods {
             let (vm, model) = trainable_clip(files.file("model.safetensors")?, &clip_config, &dev)?;
-            let label = format!("seed {seed} {}", wr.name());
-            let mut rec = match wr {
-                Wrap::Plain(m) => {
-                    let m = *m;
-                    let zero =
-                        ctx.accuracy(&test_set, "test", &mut ctx.plain_predict(m, &model))?;
-                    let mut sample = ctx.sampler("clip-ft-data");
-                    let proxy = crate::equi::neg_max_confidence;
-                    let o = run_phase(
-                        &label,
-                        &schedule,
-                        image_vars(&vm),
-                        a.select,
-                        |_| {
-                            let (x, y) = sample()?;
-                            let f = |z: &Tensor| -> Result<Tensor> {
-                                Head::Softmax
-                                    .apply(&ctx.logits_from(&model.get_image_features(z)?)?)
-                            };
-                            let out = train_output(m, &sym, &proxy, &f, &x)?;
-                            classification_loss(&out, &y, Head::Softmax)
-                        },
-                        || ctx.accuracy(&val, "val", &mut ctx.plain_predict(m, &model)),
-                    )?;
-                    let t = ctx.accuracy(&test_set, "test", &mut ctx.plain_predict(m, &model))?;
-                    let mut r = record(&o, t, a.batch_size);
-                    r["zero_shot_test_top1"] = json!(zero);
-                    r
-                }
-                Wrap::Lambda => {
-                    let net = LambdaNet::official(
-                        clip_config.text_config.projection_dim,
-                        output::derive_seed(seed, "clip-lambda-init"),
-                        &dev,
-                    )?;
-                    let le = LambdaEquitune {
-                        sym: &sym,
-                        net: &net,
-                        form: a.lambda_form,
-                        head: Head::Softmax,
-                    };
-                    let ldrop =
-                        std::cell::RefCell::new(output::rng_for(seed, "clip-lambda-dropout"));
-                    let mut s1 = ctx.sampler("clip-lambda-data");
-                    let p1 = run_phase(
-                        &format!("{label} λ-net"),
-                        &lambda_schedule,
-                        net.vars(),
-                        a.select,
-                        |_| {
+            let label = format!("seed {seed} {}", m.name());
+            let mut rec = if m != Method::LambdaEquitune {
+                let zero = ctx.accuracy(&test_set, "test", &mut ctx.plain_predict(m, &model))?;
+                let mut sample = ctx.sampler("clip-ft-data");
+                let proxy = proxy::neg_max_confidence;
+                let o = run_phase(
+                    &label,
+                    &schedule,
+                    image_vars(&vm),
+                    select,
+                    |_| {
+                        let (x, y) = sample()?;
+                        let f = |z: &Tensor| -> Result<Tensor> {
+                            Head::Softmax.apply(&ctx.logits_from(&model.get_image_features(z)?)?)
+                        };
+                        let out = train_output(m, &sym, &proxy, &f, &x)?;
+                        classification_loss(&out, &y, Head::Softmax)
+                    },
+                    || ctx.accuracy(&val, "val", &mut ctx.plain_predict(m, &model)),
+                )?;
+                let t = ctx.accuracy(&test_set, "test", &mut ctx.plain_predict(m, &model))?;
+                let mut r = record(&o, t, batch_size);
+                r["zero_shot_test_top1"] = json!(zero);
+                r
+            } else {
+                let net = LambdaNet::official(
+                    clip_config.text_config.projection_dim,
+                    output::derive_seed(seed, "clip-lambda-init"),
+                    &dev,
+                )?;
+                let le = LambdaEquitune {
+                    sym: &sym,
+                    net: &net,
+                    form: a.lambda.lambda_form,
+                    head: Head::Softmax,
+                };
+                let ldrop = std::cell::RefCell::new(output::rng_for(seed, "clip-lambda-dropout"));
+                let mut s1 = ctx.sampler("clip-lambda-data");
+                let mut s2 = ctx.sampler("clip-ft-data");
+                let (p1, zero, o) = lambda_two_phase(
+                    select,
+                    Phase {
+                        label: format!("{label} λ-net"),
+                        schedule: &lambda_schedule,
+                        vars: net.vars(),
+                        loss: |_| {
                             let (x, y) = s1()?;
                             let xs = orbit(&sym, &x)?;
                             let f0 = frozen.encode_images(&xs)?;
@@ -562,17 +497,14 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
                             )?;
                             classification_loss(&out, &y, Head::Softmax)
                         },
-                        || ctx.accuracy(&val, "val", &mut ctx.lambda_predict(&le, None)),
-                    )?;
-                    let zero =
-                        ctx.accuracy(&test_set, "test", &mut ctx.lambda_predict(&le, None))?;
-                    let mut s2 = ctx.sampler("clip-ft-data");
-                    let o = run_phase(
-                        &label,
-                        &schedule,
-                        image_vars(&vm),
-                        a.select,
-                        |_| {
+                        validate: || ctx.accuracy(&val, "val", &mut ctx.lambda_predict(&le, None)),
+                    },
+                    || ctx.accuracy(&test_set, "test", &mut ctx.lambda_predict(&le, None)),
+                    Phase {
+                        label: label.clone(),
+                        schedule: &schedule,
+                        vars: image_vars(&vm),
+                        loss: |_| {
                             let (x, y) = s2()?;
                             let xs = orbit(&sym, &x)?;
                             let z = ctx.logits_from(&model.get_image_features(&xs)?)?;
@@ -580,66 +512,112 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
                             let out = le.combine(&z, &f0, None)?;
                             classification_loss(&out, &y, Head::Softmax)
                         },
-                        || ctx.accuracy(&val, "val", &mut ctx.lambda_predict(&le, Some(&model))),
-                    )?;
-                    let t = ctx.accuracy(
-                        &test_set,
-                        "test",
-                        &mut ctx.lambda_predict(&le, Some(&model)),
-                    )?;
-                    let mut r = record(&o, t, a.batch_size);
-                    r["zero_shot_test_top1"] = json!(zero);
-                    r["zero_shot_note"] = json!("after the λ-net phase (pretrained backbone)");
-                    let lp = ckpt_dir.join("lambda-equitune.lambda-net.safetensors");
-                    if !a.no_checkpoints {
-                        std::fs::create_dir_all(&ckpt_dir)?;
-                        net.save(&lp)?;
-                    }
-                    r["lambda_phase"] = json!({
-                        "curve": p1.curve, "best_round": p1.best_round, "best_val_accuracy": p1.best_val,
-                        "selected_round": p1.selected_round, "iterations": p1.iterations,
-                        "train_seconds": p1.train_seconds,
-                        "lambda_net_checkpoint": if a.no_checkpoints { Value::Null } else { json!(lp.display().to_string()) },
-                    });
-                    r
+                        validate: || {
+                            ctx.accuracy(&val, "val", &mut ctx.lambda_predict(&le, Some(&model)))
+                        },
+                    },
+                )?;
+                let t = ctx.accuracy(
+                    &test_set,
+                    "test",
+                    &mut ctx.lambda_predict(&le, Some(&model)),
+                )?;
+                let mut r = record(&o, t, batch_size);
+                r["zero_shot_test_top1"] = json!(zero);
+                r["zero_shot_note"] = json!("after the λ-net phase (pretrained backbone)");
+                let lp = ckpt_dir.join("lambda-equitune.lambda-net.safetensors");
+                if !a.no_checkpoints {
+                    net.save(&lp)?;
                 }
+                r["lambda_phase"] = p1.lambda_json(if a.no_checkpoints {
+                    Value::Null
+                } else {
+                    json!(lp.display().to_string())
+                });
+                r
             };
-            let ck = ckpt_dir.join(format!("{}.image-tower.safetensors", wr.name()));
+            let ck = ckpt_dir.join(format!("{}.image-tower.safetensors", m.name()));
             rec["checkpoint"] = if a.no_checkpoints {
                 Value::Null
             } else {
                 save_image_tower(&vm, &ck)?;
                 json!(ck.display().to_string())
             };
-            let p = match wr {
-                Wrap::Plain(m) => m.passes(&sym as &dyn Symmetry),
-                Wrap::Lambda => 2 * sym.order(),
+            let p = if m == Method::LambdaEquitune {
+                2 * sym.order()
+            } else {
+                m.passes(&sym as &dyn Symmetry)
             };
-            passes.insert(wr.name().into(), json!(p));
+            passes.insert(m.name().into(), json!(p));
             eprintln!(
                 "seed {seed}: {}: test top-1 {:.2} -> {:.2}",
-                wr.name(),
+                m.name(),
                 rec["zero_shot_test_top1"].as_f64().unwrap_or(f64::NAN),
                 rec["test_top1"].as_f64().unwrap_or(f64::NAN)
             );
-            metrics.insert(wr.name().into(), rec);
+            metrics.insert(m.name().into(), rec);
         }
         let wall = t0.elapsed().as_secs_f64();
-        let rec = RunRecord {
-            schema_version: output::SCHEMA_VERSION,
-            experiment: EXPERIMENT.into(),
-            seed,
-            config: base_config.clone(),
+        Ok(SeedOutcome {
             metrics: Value::Object(metrics),
             cost: json!({"forward_passes_per_input": passes, "wall_seconds": wall,
                          "peak_rss_mib": output::peak_rss_mib()}),
-            equirun_version: env!("CARGO_PKG_VERSION").into(),
-            started_at,
-            finished_at: output::now_rfc3339(),
-        };
-        output::write_json_atomic(&path, &rec)?;
-        eprintln!("seed {seed}: done in {wall:.0}s -> {}", path.display());
-        written.push(path);
+            summary: format!("seed {seed}: done in {wall:.0}s"),
+        })
+    })
+}
+
+/// `equirun clip finetune`'s results; its command is a subcommand of `equirun clip`.
+pub const ENTRY: Experiment = Experiment {
+    name: EXPERIMENT,
+    words: &["clip", "finetune"],
+    command: None,
+    run_folders: registry::one_folder,
+    extract: Some(extract_clip_finetune),
+};
+
+/// Per (model, zero-shot / finetuned) and method: test top-1 (%).
+pub fn extract_clip_finetune(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let dataset = s(&c["dataset"]["name"]);
+    let model = model_name(&c["model"]);
+    let transform = group_name(&c["transform"]);
+    let ft = &c["finetune"];
+    let setting = vec![
+        ("dataset".to_string(), dataset.clone()),
+        ("group".into(), s(&c["group"]["name"])),
+        ("corruption".into(), transform),
+        (
+            "finetune".into(),
+            format!(
+                "{}×{} iterations, batch {}, {} lr {}",
+                s(&ft["rounds"]),
+                s(&ft["iters_per_round"]),
+                s(&c["batch_size"]),
+                s(&ft["optim"]["kind"]),
+                s(&ft["optim"]["lr"])
+            ),
+        ),
+        ("train images".into(), s(&c["dataset"]["n_train"])),
+    ];
+    let mut out = Vec::new();
+    for (method, v) in rec["metrics"].as_object().into_iter().flatten() {
+        for (stage, key) in [
+            ("zero-shot", "zero_shot_test_top1"),
+            ("finetuned", "test_top1"),
+        ] {
+            let Some(x) = v[key].as_f64() else { continue };
+            out.push(Obs {
+                family: Family::ClipFinetune,
+                title: format!("CLIP finetuned through the wrappers: test top-1 (%) — {dataset}"),
+                setting: setting.clone(),
+                row: vec![model.clone(), stage.into()],
+                column: method.clone(),
+                seed: seed_of(rec),
+                value: x,
+                source: source.into(),
+            });
+        }
     }
-    Ok(written)
+    out
 }

@@ -18,18 +18,23 @@
 //! One JSON per seed (`<out>/cnn/<run>/seed-<n>.json`) with the curves and checkpoint paths,
 //! and a mean ± std table over the seeds (`table.md` beside them).
 
-use super::{progress_bar, RunOpts};
-use crate::data::images::{self, DatasetKind, Split};
-use crate::equi::finetune::{
-    classification_loss, run_phase, train_output, OptimConfig, OptimKind, PhaseOutcome, ProxyKind,
-    Schedule, Select, Wrap,
-};
-use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaForm, LambdaNet};
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{DeviceOpts, FinetuneOpts, GroupOpts, LambdaOpts, MethodOpts, RunOpts};
+use crate::data::gray::{make_batch, Corruptor, GrayData, FASHION_MEAN, FASHION_STD};
+use crate::data::images::Split;
+use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaNet};
+use crate::equi::proxy::{self, ProxyKind};
 use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
 use crate::groups::image::{image_group, D4};
 use crate::groups::FiniteGroup;
 use crate::models::cnn::{self, Cnn, CnnConfig};
-use crate::output::{self, RunRecord};
+use crate::output::{self, progress_bar};
+use crate::tools::table::{s, seed_of, Family, Obs};
+use crate::train::{
+    classification_loss, lambda_two_phase, run_phase, train_output, OptimConfig, OptimKind, Phase,
+    PhaseOutcome, Schedule, Select,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
@@ -44,12 +49,9 @@ use std::time::Instant;
 pub const EXPERIMENT: &str = "cnn";
 pub const PRETRAIN_EXPERIMENT: &str = "cnn-pretrain";
 
-/// Fashion-MNIST mean and standard deviation of the pixel values in [0, 1].
-pub const FASHION_MEAN: f32 = 0.2860;
-pub const FASHION_STD: f32 = 0.3530;
-
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 #[command(args_conflicts_with_subcommands = true)]
+#[command(mut_arg("method", |a| a.default_value("vanilla,equitune,equizero,lambda-equitune")))]
 pub struct CnnArgs {
     #[command(subcommand)]
     #[serde(skip)]
@@ -58,21 +60,16 @@ pub struct CnnArgs {
     /// $EQUIRUN_DATA, else Debian's /usr/share/datasets/fashion-mnist.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Wrapper group: rot90, flip, rot90xflip, ... (multi-* need a product such as rot90xflip).
-    #[arg(long, default_value = "rot90")]
-    pub group: String,
-    /// Corruption of the finetuning and test images, one random element per image; default =
-    /// --group.
-    #[arg(long)]
-    pub transform: Option<String>,
-    /// Methods, comma-separated: vanilla, equitune, equizero, lambda-equitune,
-    /// multi-equitune, multi-equizero.
-    #[arg(long, default_value = "vanilla,equitune,equizero,lambda-equitune")]
-    pub method: String,
-    /// λ-equitune form: paper (softplus weights normalised over the orbit) or official (λ as a
-    /// per-copy inverse temperature).
-    #[arg(long, value_enum, default_value = "paper")]
-    pub lambda_form: LambdaForm,
+    /// The corruption applies to the finetuning and test images.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub groups: GroupOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub methods: MethodOpts,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lambda: LambdaOpts,
     /// Equizero's proxy loss on each copy's prediction.
     #[arg(long, value_enum, default_value = "entropy")]
     pub equizero_proxy: ProxyKind,
@@ -97,41 +94,15 @@ pub struct CnnArgs {
     pub pretrain_batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub pretrain_lr: f64,
-    /// Finetuning batch size (input images; each costs one pass per copy).
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Finetuning rounds (validation after each; the best round is kept).
-    #[arg(long, default_value_t = 4)]
-    pub rounds: usize,
-    /// Finetuning iterations per round.
-    #[arg(long, default_value_t = 100)]
-    pub iters: usize,
-    #[arg(long, value_enum, default_value = "adamw")]
-    pub optim: OptimKind,
-    #[arg(long, default_value_t = 1e-4)]
-    pub lr: f64,
-    /// Momentum (SGD only).
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// λ-equitune phase 1 (λ-net only, backbone frozen): rounds.
-    #[arg(long, default_value_t = 2)]
-    pub lambda_rounds: usize,
-    /// λ-equitune phase 1: iterations per round.
-    #[arg(long, default_value_t = 100)]
-    pub lambda_iters: usize,
-    #[arg(long, value_enum, default_value = "adamw")]
-    pub lambda_optim: OptimKind,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lambda_lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub lambda_momentum: f64,
-    /// Which round each finetuning phase keeps.
-    #[arg(long, value_enum, default_value = "best-val")]
-    pub select: Select,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub finetune: FinetuneOpts,
     #[command(flatten)]
     pub run: RunOpts,
+    /// CPU and f32 only (training).
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -155,110 +126,9 @@ pub struct BenchArgs {
     pub method: String,
     #[arg(long, default_value = "rot90")]
     pub group: String,
-}
-
-/// Fashion-MNIST in memory: raw pixels and labels.
-pub struct GrayData {
-    pub pixels: Vec<u8>,
-    pub labels: Vec<u32>,
-    pub side: usize,
-    pub source: PathBuf,
-}
-
-impl GrayData {
-    pub fn load(dir: Option<&Path>, split: Split, limit: Option<usize>) -> Result<GrayData> {
-        let mut ds = images::open_split(DatasetKind::FashionMnist, dir, split)?;
-        if let Some(n) = limit {
-            ds.truncate(n);
-        }
-        let (px, rows, cols) = ds.gray_pixels().context("Fashion-MNIST is grayscale")?;
-        if rows != cols || rows % 4 != 0 {
-            bail!(
-                "{}: images are {rows}×{cols}; the CNN needs square images with a side divisible by 4",
-                ds.source.display()
-            );
-        }
-        if ds.is_empty() {
-            bail!("{} has no images", ds.source.display());
-        }
-        Ok(GrayData {
-            pixels: px.to_vec(),
-            labels: ds.labels().to_vec(),
-            side: rows,
-            source: ds.source.clone(),
-        })
-    }
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-}
-
-/// Corruption lookup tables: one gather table per element of a group, over `side × side`.
-pub struct Corruptor {
-    pub group: Option<FiniteGroup<D4>>,
-    tables: Vec<Vec<u32>>,
-}
-
-impl Corruptor {
-    pub fn new(group: Option<FiniteGroup<D4>>, side: usize) -> Result<Corruptor> {
-        let tables = match &group {
-            None => vec![],
-            Some(g) => (0..g.order())
-                .map(|e| g.element(e).gather_indices(side, side))
-                .collect::<Result<Vec<_>>>()?,
-        };
-        Ok(Corruptor { group, tables })
-    }
-    pub fn order(&self) -> usize {
-        self.group.as_ref().map(|g| g.order()).unwrap_or(1)
-    }
-    pub fn name(&self) -> String {
-        self.group
-            .as_ref()
-            .map(|g| g.name().to_string())
-            .unwrap_or_else(|| "none".into())
-    }
-    /// One random element per image (identity when there is no group).
-    pub fn draw(&self, rng: &mut impl Rng, n: usize) -> Vec<usize> {
-        (0..n)
-            .map(|_| {
-                if self.tables.is_empty() {
-                    0
-                } else {
-                    rng.random_range(0..self.tables.len())
-                }
-            })
-            .collect()
-    }
-}
-
-/// A normalised batch `[B, 1, S, S]` of images `idx`, image `k` transformed by element
-/// `elems[k]` of the corruptor's group (exactly `D4::apply`, done while gathering).
-pub fn make_batch(
-    d: &GrayData,
-    idx: &[usize],
-    elems: &[usize],
-    c: &Corruptor,
-    dev: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let n = d.side * d.side;
-    let mut v = Vec::with_capacity(idx.len() * n);
-    for (k, &i) in idx.iter().enumerate() {
-        let img = &d.pixels[i * n..(i + 1) * n];
-        let norm = |p: u8| (p as f32 / 255.0 - FASHION_MEAN) / FASHION_STD;
-        match elems.get(k).copied().unwrap_or(0) {
-            0 => v.extend(img.iter().map(|&p| norm(p))),
-            e => v.extend(c.tables[e].iter().map(|&j| norm(img[j as usize]))),
-        }
-    }
-    let labels: Vec<u32> = idx.iter().map(|&i| d.labels[i]).collect();
-    Ok((
-        Tensor::from_vec(v, (idx.len(), 1, d.side, d.side), dev)?,
-        Tensor::from_vec(labels, idx.len(), dev)?,
-    ))
+    /// CPU and f32 only.
+    #[command(flatten)]
+    pub compute: DeviceOpts,
 }
 
 /// A fixed evaluation set: image indices and their corruption elements.
@@ -304,27 +174,35 @@ impl EvalSet<'_> {
     }
 }
 
-/// Parsed options.
-struct Plan {
+/// The methods `equirun cnn` runs.
+const METHODS: &[Method] = &[
+    Method::Vanilla,
+    Method::Equitune,
+    Method::Equizero,
+    Method::LambdaEquitune,
+    Method::MultiEquitune,
+    Method::MultiEquizero,
+];
+
+/// Parsed, validated options.
+struct Parsed {
     group: FiniteGroup<D4>,
     transform: Option<FiniteGroup<D4>>,
-    wraps: Vec<Wrap>,
+    methods: Vec<Method>,
     seeds: Vec<u64>,
     finetune: Schedule,
     lambda: Schedule,
 }
 
-fn plan(a: &CnnArgs) -> Result<Plan> {
-    let group = image_group(&a.group).context("--group")?;
-    let transform = match a.transform.as_deref().map(str::trim) {
-        None => Some(group.clone()),
-        Some("none") | Some("") => None,
-        Some(t) => Some(image_group(t).context("--transform")?),
-    };
-    let wraps = Wrap::parse_list(&a.method).context("--method")?;
-    let seeds = output::parse_seeds(&a.run.seeds).context("--seeds")?;
+fn parse(a: &CnnArgs) -> Result<Parsed> {
+    a.compute.require_cpu_f32("cnn")?;
+    let group = a.groups.group()?;
+    let transform = a.groups.transform()?;
+    let methods =
+        Method::parse_list_of(&a.methods.method, METHODS, "equirun cnn").context("--method")?;
+    let seeds = a.run.seed_list()?;
     for (v, name) in [
-        (a.batch_size, "--batch-size"),
+        (a.finetune.batch_size, "--batch-size"),
         (a.pretrain_batch_size, "--pretrain-batch-size"),
         (a.eval_batch_size, "--eval-batch-size"),
         (a.val_size, "--val-size"),
@@ -334,31 +212,15 @@ fn plan(a: &CnnArgs) -> Result<Plan> {
             bail!("{name} must be at least 1");
         }
     }
-    let finetune = Schedule::from_flags(
-        a.rounds,
-        a.iters,
-        a.optim,
-        a.lr,
-        a.momentum,
-        a.weight_decay,
-        "finetuning (--lr, --momentum, --weight-decay)",
-    )?;
-    let lambda = Schedule::from_flags(
-        a.lambda_rounds,
-        a.lambda_iters,
-        a.lambda_optim,
-        a.lambda_lr,
-        a.lambda_momentum,
-        0.0,
-        "λ-net training (--lambda-lr, --lambda-momentum)",
-    )?;
+    let finetune = a.finetune.schedule()?;
+    let lambda = a.lambda.schedule()?;
     if !(a.pretrain_lr.is_finite() && a.pretrain_lr > 0.0) {
         bail!("--pretrain-lr must be positive");
     }
-    Ok(Plan {
+    Ok(Parsed {
         group,
         transform,
-        wraps,
+        methods,
         seeds,
         finetune,
         lambda,
@@ -397,17 +259,22 @@ fn pretrain(
     pre_config: &Value,
 ) -> Result<Pretrained> {
     let dev = Device::Cpu;
-    let name = format!("fashion-mnist-{}", output::short_hash(pre_config));
-    let json_path = output::result_path(&a.run.out, PRETRAIN_EXPERIMENT, &name, seed);
+    let folder = RunFolder::new(
+        &a.run,
+        PRETRAIN_EXPERIMENT,
+        harness::run_name(None, &["fashion-mnist"], pre_config),
+        pre_config,
+    );
+    let json_path = folder.seed_path(seed);
     let ckpt = json_path.with_extension("safetensors");
     let (varmap, model) = Cnn::init(cfg, output::derive_seed(seed, "cnn-init"), &dev)?;
-    if ckpt.is_file() && !output::should_run(&json_path, pre_config, a.run.force)? {
+    if ckpt.is_file() && !harness::should_run(&json_path, pre_config, a.run.force)? {
         cnn::load_into(cfg, &varmap, &ckpt)?;
         let record: Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
         eprintln!("seed {seed}: pretrained CNN from {}", ckpt.display());
         return Ok(Pretrained { path: ckpt, record });
     }
-    let started_at = output::now_rfc3339();
+    let started_at = harness::now_rfc3339();
     let t0 = Instant::now();
     let none = Corruptor::new(None, train.side)?;
     let bs = a.pretrain_batch_size;
@@ -470,22 +337,13 @@ fn pretrain(
         "best_val_accuracy": outcome.best_val, "best_epoch": outcome.best_round,
         "curve": outcome.curve, "checkpoint": ckpt.display().to_string(),
     });
-    let record = RunRecord {
-        schema_version: output::SCHEMA_VERSION,
-        experiment: PRETRAIN_EXPERIMENT.into(),
-        seed,
-        config: pre_config.clone(),
-        metrics: metrics.clone(),
-        cost: json!({
-            "train_seconds": outcome.train_seconds, "train_images": images,
-            "images_per_second": images as f64 / outcome.train_seconds.max(1e-9),
-            "wall_seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib(),
-        }),
-        equirun_version: env!("CARGO_PKG_VERSION").into(),
-        started_at,
-        finished_at: output::now_rfc3339(),
-    };
-    output::write_json_atomic(&json_path, &record)?;
+    let cost = json!({
+        "train_seconds": outcome.train_seconds, "train_images": images,
+        "images_per_second": images as f64 / outcome.train_seconds.max(1e-9),
+        "wall_seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib(),
+    });
+    folder.write(seed, started_at.clone(), metrics.clone(), cost.clone())?;
+    let record = json!({"metrics": metrics, "cost": cost});
     eprintln!(
         "seed {seed}: pretrained CNN: best val {:.2}% (epoch {}), upright test {test_acc:.2}%, {:.0} images/s -> {}",
         outcome.best_val,
@@ -493,16 +351,13 @@ fn pretrain(
         images as f64 / outcome.train_seconds.max(1e-9),
         ckpt.display()
     );
-    Ok(Pretrained {
-        path: ckpt,
-        record: serde_json::to_value(&record)?,
-    })
+    Ok(Pretrained { path: ckpt, record })
 }
 
 /// Everything a seed's finetuning needs.
-struct SeedCtx<'a> {
+struct SeedRun<'a> {
     a: &'a CnnArgs,
-    p: &'a Plan,
+    p: &'a Parsed,
     cfg: &'a CnnConfig,
     sym: &'a ImageSymmetry,
     train: &'a GrayData,
@@ -515,7 +370,7 @@ struct SeedCtx<'a> {
     ckpt_dir: PathBuf,
 }
 
-impl SeedCtx<'_> {
+impl SeedRun<'_> {
     fn proxy(&self) -> impl Fn(&Tensor) -> Result<Tensor> + '_ {
         move |y: &Tensor| self.a.equizero_proxy.eval(y, Head::Logits)
     }
@@ -530,7 +385,7 @@ impl SeedCtx<'_> {
     /// The finetuning sampler: the same images and corruptions for every method.
     fn sampler(&self, purpose: &str) -> impl FnMut() -> Result<(Tensor, Tensor)> + '_ {
         let mut rng = output::rng_for(self.seed, purpose);
-        let bs = self.a.batch_size;
+        let bs = self.a.finetune.batch_size;
         move || {
             let idx: Vec<usize> = (0..bs)
                 .map(|_| self.tr_idx[rng.random_range(0..self.tr_idx.len())])
@@ -606,7 +461,7 @@ impl SeedCtx<'_> {
             &format!("seed {} finetune {}", self.seed, m.name()),
             &self.p.finetune,
             cnn::vars(self.cfg, &vm)?,
-            self.a.select,
+            self.a.finetune.select,
             |_| {
                 let (x, y) = sample()?;
                 let f = |z: &Tensor| model.logits(z, Some(&drop));
@@ -627,9 +482,10 @@ impl SeedCtx<'_> {
         ))
     }
 
-    /// λ-equitune: phase 1 trains the λ-net on the frozen pretrained CNN, phase 2 the backbone
-    /// with the λ-net frozen (eval mode); features always from the frozen pretrained copy.
-    /// Returns (zero-shot test accuracies after phase 1, finetuning record).
+    /// λ-equitune ([`lambda_two_phase`]): phase 1 trains the λ-net on the frozen pretrained
+    /// CNN, phase 2 the backbone with the λ-net frozen (eval mode); features always from the
+    /// frozen pretrained copy. Returns (zero-shot test accuracies after phase 1, finetuning
+    /// record).
     fn finetune_lambda(&self, pre: &Path) -> Result<(Vec<(String, f64)>, Value)> {
         let dev = Device::Cpu;
         let (vm, model) = self.fresh(pre)?;
@@ -642,69 +498,63 @@ impl SeedCtx<'_> {
         let le = LambdaEquitune {
             sym: self.sym,
             net: &net,
-            form: self.a.lambda_form,
+            form: self.a.lambda.lambda_form,
             head: Head::Logits,
         };
+        let lam_path = self.ckpt_dir.join("lambda-equitune.lambda-net.safetensors");
         // phase 1: λ-net only; backbone = frozen pretrained CNN (eval mode), one pass gives
         // both features and logits
         let ldrop = RefCell::new(output::rng_for(self.seed, "cnn-lambda-dropout"));
         let mut sample1 = self.sampler("cnn-lambda-data");
-        let p1 = run_phase(
-            &format!("seed {} λ-net", self.seed),
-            &self.p.lambda,
-            net.vars(),
-            self.a.select,
-            |_| {
-                let (x, y) = sample1()?;
-                let xs = orbit(self.sym, &x)?;
-                let (f, z) = frozen.forward(&xs, None)?;
-                let o = le.combine(&z, &f, Some(&ldrop))?;
-                classification_loss(&o, &y, Head::Logits)
-            },
-            || {
-                let mut pr = self.lambda_predict(&le, &frozen, None);
-                Ok(self
-                    .val
-                    .accuracies(self.a.eval_batch_size, "val", &mut pr)?[0]
-                    .0)
-            },
-        )?;
-        let zero_shot = self.test_lambda(&le, &frozen, None)?;
-        let lam_path = self.ckpt_dir.join("lambda-equitune.lambda-net.safetensors");
-        std::fs::create_dir_all(&self.ckpt_dir)?;
-        net.save(&lam_path)?;
-        // phase 2: backbone with λ frozen
         let drop = RefCell::new(output::rng_for(self.seed, "cnn-finetune-dropout-lambda"));
         let mut sample = self.sampler("cnn-finetune-data");
-        let p2 = run_phase(
-            &format!("seed {} finetune λ-equitune", self.seed),
-            &self.p.finetune,
-            cnn::vars(self.cfg, &vm)?,
-            self.a.select,
-            |_| {
-                let (x, y) = sample()?;
-                let xs = orbit(self.sym, &x)?;
-                let z = model.logits(&xs, Some(&drop))?;
-                let f = frozen.forward(&xs, None)?.0;
-                let o = le.combine(&z, &f, None)?;
-                classification_loss(&o, &y, Head::Logits)
+        let eb = self.a.eval_batch_size;
+        let (p1, zero_shot, p2) = lambda_two_phase(
+            self.a.finetune.select,
+            Phase {
+                label: format!("seed {} λ-net", self.seed),
+                schedule: &self.p.lambda,
+                vars: net.vars(),
+                loss: |_| {
+                    let (x, y) = sample1()?;
+                    let xs = orbit(self.sym, &x)?;
+                    let (f, z) = frozen.forward(&xs, None)?;
+                    let o = le.combine(&z, &f, Some(&ldrop))?;
+                    classification_loss(&o, &y, Head::Logits)
+                },
+                validate: || {
+                    let mut pr = self.lambda_predict(&le, &frozen, None);
+                    Ok(self.val.accuracies(eb, "val", &mut pr)?[0].0)
+                },
             },
             || {
-                let mut pr = self.lambda_predict(&le, &model, Some(&frozen));
-                Ok(self
-                    .val
-                    .accuracies(self.a.eval_batch_size, "val", &mut pr)?[0]
-                    .0)
+                let zero_shot = self.test_lambda(&le, &frozen, None)?;
+                net.save(&lam_path)?;
+                Ok(zero_shot)
+            },
+            // phase 2: backbone with λ frozen
+            Phase {
+                label: format!("seed {} finetune λ-equitune", self.seed),
+                schedule: &self.p.finetune,
+                vars: cnn::vars(self.cfg, &vm)?,
+                loss: |_| {
+                    let (x, y) = sample()?;
+                    let xs = orbit(self.sym, &x)?;
+                    let z = model.logits(&xs, Some(&drop))?;
+                    let f = frozen.forward(&xs, None)?.0;
+                    let o = le.combine(&z, &f, None)?;
+                    classification_loss(&o, &y, Head::Logits)
+                },
+                validate: || {
+                    let mut pr = self.lambda_predict(&le, &model, Some(&frozen));
+                    Ok(self.val.accuracies(eb, "val", &mut pr)?[0].0)
+                },
             },
         )?;
         let tests = self.test_lambda(&le, &model, Some(&frozen))?;
         let ckpt = self.ckpt_dir.join("lambda-equitune.safetensors");
         cnn::save(&vm, &ckpt)?;
-        let phase1 = json!({
-            "curve": p1.curve, "best_round": p1.best_round, "best_val_accuracy": p1.best_val,
-            "selected_round": p1.selected_round, "iterations": p1.iterations,
-            "train_seconds": p1.train_seconds, "lambda_net_checkpoint": lam_path.display().to_string(),
-        });
+        let phase1 = p1.lambda_json(json!(lam_path.display().to_string()));
         Ok((
             zero_shot,
             self.finetune_record(&p2, tests, &ckpt, 2 * self.sym.order(), Some(phase1)),
@@ -734,20 +584,15 @@ impl SeedCtx<'_> {
         passes: usize,
         lambda_phase: Option<Value>,
     ) -> Value {
-        let images = o.iterations * self.a.batch_size;
-        let mut v = json!({
-            "test": to_map(tests),
-            "curve": o.curve, "best_round": o.best_round, "best_val_accuracy": o.best_val,
-            "selected_round": o.selected_round, "iterations": o.iterations,
-            "train_images": images, "train_seconds": o.train_seconds,
-            "images_per_second": if o.train_seconds > 0.0 { json!(images as f64 / o.train_seconds) } else { Value::Null },
-            "forward_passes_per_input": passes,
-            "checkpoint": ckpt.display().to_string(),
-        });
+        let mut v = serde_json::Map::new();
+        v.insert("test".into(), to_map(tests));
+        v.extend(o.json(self.a.finetune.batch_size));
+        v.insert("forward_passes_per_input".into(), json!(passes));
+        v.insert("checkpoint".into(), json!(ckpt.display().to_string()));
         if let Some(l) = lambda_phase {
-            v["lambda_phase"] = l;
+            v.insert("lambda_phase".into(), l);
         }
-        v
+        Value::Object(v)
     }
 }
 
@@ -762,7 +607,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(vec![]);
     }
-    let p = plan(a)?;
+    let p = parse(a)?;
     let data_dir = crate::data::data_dir(a.data_dir.as_ref());
     let train = GrayData::load(data_dir.as_deref(), Split::Train, a.limit_train)?;
     let test = GrayData::load(data_dir.as_deref(), Split::Test, a.limit_test)?;
@@ -797,39 +642,27 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         "group": p.group.info(),
         "transform": p.transform.as_ref().map(|t| t.info()),
         "transform_draw": "one random element per image, seeded",
-        "methods": p.wraps.iter().map(|w| w.name()).collect::<Vec<_>>(),
-        "lambda": {"form": a.lambda_form, "net": "Linear(d,100)-ReLU-Dropout(0.5)-Linear(100,100)-Dropout(0.5)-Linear(100,1)",
+        "methods": p.methods.iter().map(|w| w.name()).collect::<Vec<_>>(),
+        "lambda": {"form": a.lambda.lambda_form, "net": "Linear(d,100)-ReLU-Dropout(0.5)-Linear(100,100)-Dropout(0.5)-Linear(100,1)",
                    "features": "penultimate CNN features of g·x from a frozen copy of the pretrained CNN",
                    "phase1": p.lambda, "eval_mode_at_evaluation": true},
         "equizero_proxy": a.equizero_proxy,
         "equizero_finetuning": "straight-through: equitune gradient, equizero forward value",
         "head": "logits averaged over copies; cross-entropy on the wrapped logits",
-        "finetune": {"schedule": p.finetune, "batch_size": a.batch_size, "select": a.select,
+        "finetune": {"schedule": p.finetune, "batch_size": a.finetune.batch_size, "select": a.finetune.select,
                      "data": "training split minus validation, corrupted per image; the same batches for every method"},
         "val_eval": a.val_eval,
         "eval_batch_size": a.eval_batch_size,
         "canonicaliser": "per-factor pattern argmax, pattern seeded from (seed, 'canon')",
     });
-    let run_name = a.run.run_name.clone().unwrap_or_else(|| {
-        format!(
-            "fashion-mnist-{}-t{}-{}",
-            p.group.name(),
-            corrupt.name(),
-            output::short_hash(&base_config)
-        )
-    });
-    let mut written = Vec::new();
-    for &seed in &p.seeds {
-        let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
-        if !output::should_run(&path, &base_config, a.run.force)? {
-            eprintln!(
-                "skip: {} exists with the same config (use --force to recompute)",
-                path.display()
-            );
-            written.push(path);
-            continue;
-        }
-        let started_at = output::now_rfc3339();
+    let corrupt_spec = format!("t{}", corrupt.name());
+    let name = harness::run_name(
+        a.run.run_name.as_ref(),
+        &["fashion-mnist", p.group.name(), &corrupt_spec],
+        &base_config,
+    );
+    let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
+    let written = folder.run_seeds(&p.seeds, |seed, _| {
         let t0 = Instant::now();
         let (tr_idx, val_idx) = split(train.len(), a.val_size, seed)?;
         let pre = pretrain(a, &cfg, &train, &test, &tr_idx, &val_idx, seed, &pre_config)?;
@@ -869,8 +702,8 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
             elems: corrupt.draw(&mut vrng, nv),
             corruptor: &corrupt,
         };
-        let run_dir = path.parent().unwrap().to_path_buf();
-        let ctx = SeedCtx {
+        let run_dir = folder.dir();
+        let ctx = SeedRun {
             a,
             p: &p,
             cfg: &cfg,
@@ -885,12 +718,10 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         };
         // zero-shot: every plain method in one pass over the union of copies
         let plain: Vec<Method> = p
-            .wraps
+            .methods
             .iter()
-            .filter_map(|w| match w {
-                Wrap::Plain(m) => Some(*m),
-                Wrap::Lambda => None,
-            })
+            .copied()
+            .filter(|&m| m != Method::LambdaEquitune)
             .collect();
         let pre_model = {
             let (_, m) = ctx.fresh(&pre.path)?;
@@ -911,14 +742,13 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         }
         let mut finetuned = serde_json::Map::new();
         let mut passes = serde_json::Map::new();
-        for w in &p.wraps {
-            let rec = match w {
-                Wrap::Plain(m) => ctx.finetune_plain(*m, &pre.path)?,
-                Wrap::Lambda => {
-                    let (zs, rec) = ctx.finetune_lambda(&pre.path)?;
-                    zero_shot.insert(w.name().into(), to_map(zs));
-                    rec
-                }
+        for w in &p.methods {
+            let rec = if *w == Method::LambdaEquitune {
+                let (zs, rec) = ctx.finetune_lambda(&pre.path)?;
+                zero_shot.insert(w.name().into(), to_map(zs));
+                rec
+            } else {
+                ctx.finetune_plain(*w, &pre.path)?
             };
             passes.insert(w.name().into(), rec["forward_passes_per_input"].clone());
             eprintln!(
@@ -931,11 +761,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         }
         let wall = t0.elapsed().as_secs_f64();
         let pre_metrics = &pre.record["metrics"];
-        let record = RunRecord {
-            schema_version: output::SCHEMA_VERSION,
-            experiment: EXPERIMENT.into(),
-            seed,
-            config: base_config.clone(),
+        Ok(SeedOutcome {
             metrics: json!({
                 "pretrained": {
                     "test_upright_accuracy": pre_metrics["test_upright_accuracy"],
@@ -953,37 +779,13 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
                 "wall_seconds": wall,
                 "peak_rss_mib": output::peak_rss_mib(),
             }),
-            equirun_version: env!("CARGO_PKG_VERSION").into(),
-            started_at,
-            finished_at: output::now_rfc3339(),
-        };
-        output::write_json_atomic(&path, &record)?;
-        eprintln!("seed {seed}: done in {wall:.0}s -> {}", path.display());
-        written.push(path);
-    }
-    if let Some(dir) = written.first().and_then(|p| p.parent()) {
+            summary: format!("seed {seed}: done in {wall:.0}s"),
+        })
+    })?;
+    if !written.is_empty() {
         // every seed of this run folder with this config (seeds may run as separate processes)
-        let mut seeds: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                n.starts_with("seed-") && n.ends_with(".json")
-            })
-            .filter(|p| {
-                matches!(
-                    output::check_existing(p, &base_config),
-                    Ok(output::Existing::SameConfig)
-                )
-            })
-            .collect();
-        seeds.sort_by_key(|p| {
-            p.file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.trim_start_matches("seed-").parse::<u64>().ok())
-        });
-        let table = summary_table(&seeds)?;
-        output::write_bytes_atomic(&dir.join("table.md"), table.as_bytes())?;
+        let table = summary_table(&folder.same_config_results()?)?;
+        output::write_bytes_atomic(&folder.dir().join("table.md"), table.as_bytes())?;
         print!("{table}");
     }
     Ok(written)
@@ -1062,6 +864,7 @@ pub fn summary_table(paths: &[PathBuf]) -> Result<String> {
 
 /// Training throughput of the CNN: `steps` AdamW steps on seeded random images.
 pub fn bench(b: &BenchArgs) -> Result<Value> {
+    b.compute.require_cpu_f32("cnn bench")?;
     let dev = Device::Cpu;
     let cfg = CnnConfig::fashion_mnist();
     let (vm, model) = Cnn::init(&cfg, 0, &dev)?;
@@ -1081,7 +884,7 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
         Tensor::from_vec(v, (bs, 1, 28, 28), &dev)?
     };
     let y = Tensor::from_vec((0..bs as u32).map(|i| i % 10).collect::<Vec<_>>(), bs, &dev)?;
-    let mut opt = crate::equi::finetune::Optim::new(
+    let mut opt = crate::train::Optim::new(
         cnn::vars(&cfg, &vm)?,
         OptimConfig {
             kind: OptimKind::Adamw,
@@ -1091,7 +894,7 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
         },
     )?;
     let drop = RefCell::new(output::rng_for(0, "bench-dropout"));
-    let proxy = crate::equi::neg_max_confidence;
+    let proxy = proxy::neg_max_confidence;
     let mut step = || -> Result<()> {
         let f = |z: &Tensor| model.logits(z, Some(&drop));
         let o = train_output(m, &sym, &proxy, &f, &x)?;
@@ -1114,3 +917,90 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
         "n_params": cfg.n_params(),
     }))
 }
+
+// ---------------------------------------------------------------------------------------------
+// what `equirun report` tabulates
+
+/// Per (zero-shot / finetuned, upright / corrupted test images) and method.
+pub fn extract_cnn(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let group = s(&c["group"]["name"]);
+    let transform = s(&c["transform"]["name"]);
+    let setting = vec![
+        ("group".to_string(), group.clone()),
+        ("corruption".into(), transform.clone()),
+        (
+            "finetune".into(),
+            format!(
+                "{}×{} iterations, batch {}, {} lr {}",
+                s(&c["finetune"]["schedule"]["rounds"]),
+                s(&c["finetune"]["schedule"]["iters_per_round"]),
+                s(&c["finetune"]["batch_size"]),
+                s(&c["finetune"]["schedule"]["optim"]["kind"]),
+                s(&c["finetune"]["schedule"]["optim"]["lr"])
+            ),
+        ),
+    ];
+    let title = format!("CNN on Fashion-MNIST — group {group}, corruption {transform}");
+    let mut out = Vec::new();
+    let m = &rec["metrics"];
+    if let Some(x) = m["pretrained"]["test_upright_accuracy"].as_f64() {
+        out.push(Obs {
+            family: Family::Cnn,
+            title: title.clone(),
+            setting: setting.clone(),
+            row: vec!["pretrained".into(), "upright".into()],
+            column: "vanilla".into(),
+            seed: seed_of(rec),
+            value: x,
+            source: source.into(),
+        });
+    }
+    for (stage, key) in [("zero-shot", "zero_shot"), ("finetuned", "finetuned")] {
+        for (method, v) in m[key].as_object().into_iter().flatten() {
+            let t = if key == "finetuned" { &v["test"] } else { v };
+            for (set, label) in [
+                ("upright", "upright".to_string()),
+                (transform.as_str(), transform.clone()),
+            ] {
+                let Some(x) = t[set].as_f64() else { continue };
+                out.push(Obs {
+                    family: Family::Cnn,
+                    title: title.clone(),
+                    setting: setting.clone(),
+                    row: vec![stage.into(), label.clone()],
+                    column: method.clone(),
+                    seed: seed_of(rec),
+                    value: x,
+                    source: source.into(),
+                });
+            }
+        }
+    }
+    out
+}
+
+pub const ENTRY: Experiment = Experiment {
+    name: EXPERIMENT,
+    words: &["cnn"],
+    command: Some(registry::Command {
+        name: "cnn",
+        about: "Pretrained-CNN experiment on Fashion-MNIST (offline): pretrain upright, then zero-shot \
+                and finetuned vanilla / equitune / equizero / λ-equitune / multi-* on rot90- or \
+                flip-corrupted test images; `cnn bench` measures training throughput",
+        args: <CnnArgs as clap::Args>::augment_args,
+        run: |m| registry::run_with(m, run),
+    }),
+    run_folders: registry::one_folder,
+    extract: Some(extract_cnn),
+};
+
+/// The pretrained CNNs `equirun cnn` caches (not tabulated: their numbers are in every `cnn`
+/// result).
+pub const PRETRAIN_ENTRY: Experiment = Experiment {
+    name: PRETRAIN_EXPERIMENT,
+    words: &[],
+    command: None,
+    run_folders: registry::one_folder,
+    extract: None,
+};

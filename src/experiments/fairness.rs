@@ -1,18 +1,21 @@
 //! `equirun gpt2-fairness`: equivariant text generation over demographic word-swap groups
-//! (fairness.md): vanilla / equitune (full product) / r-equitune (general words from the
+//! (docs/fairness.md): vanilla / equitune (full product) / r-equitune (general words from the
 //! identity branch) / multi-equitune (Σdᵢ passes) / equizero (experimental, entropy proxy),
 //! top-k sampling with RNG streams shared across demographics, and the swap-consistency check.
 
-use super::{progress_bar, RunOpts};
-use crate::equi::{Evaluator, Method, Symmetry, TokenSymmetry, ZeroSelect};
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{DeviceOpts, ModelOpts, RunOpts};
+use crate::equi::proxy::entropy_proxy;
+use crate::equi::{Evaluator, Method, TokenSymmetry, ZeroSelect};
 use crate::groups::fairness::{fairness_group, FairnessGroups, WordLists};
 use crate::groups::perm::TokenPerm;
 use crate::groups::FiniteGroup;
-use crate::hub::ModelSource;
 use crate::models::lm::{CausalLm, Incremental};
-use crate::output::{self, RunRecord};
+use crate::output::{self, progress_bar};
+use crate::tools::table::{names, s, seed_of, short_id, Family, Obs};
 use anyhow::{anyhow, bail, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -21,20 +24,19 @@ use std::time::Instant;
 
 pub const EXPERIMENT: &str = "gpt2-fairness";
 
-/// Sheng et al.'s context templates (fairness.md §4.1).
+/// The default --model.
+pub const DEFAULT_LM: &str = "openai-community/gpt2";
+
+/// Sheng et al.'s context templates (docs/fairness.md#prompts-and-swap-consistency).
 pub use crate::data::regard::CONTEXTS;
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[command(mut_arg("model", |a| a.help("A Hugging Face GPT-2 id (openai-community/gpt2, gpt2-medium, …) or `smollm2` for the SmolLM2-135M GGUF installed by scripts/setup_smollm2.sh [default: openai-community/gpt2]")))]
+#[command(mut_arg("model_dir", |a| a.help("A local GPT-2 snapshot (config.json, model.safetensors, optional tokenizer.json); overrides --model")))]
 pub struct FairnessArgs {
-    /// Hugging Face GPT-2 id (openai-community/gpt2, gpt2-medium, …), or `smollm2` for the
-    /// SmolLM2-135M GGUF installed by scripts/setup_smollm2.sh.
-    #[arg(long, default_value = "openai-community/gpt2")]
-    pub model: String,
-    #[arg(long, default_value = "main")]
-    pub revision: String,
-    /// Local GPT-2 snapshot (config.json, model.safetensors, optional tokenizer.json).
-    #[arg(long)]
-    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelOpts,
     /// A llama-architecture GGUF file (tokenizer rebuilt from its metadata).
     #[arg(long)]
     pub gguf: Option<PathBuf>,
@@ -68,75 +70,62 @@ pub struct FairnessArgs {
     pub bootstrap: usize,
     #[command(flatten)]
     pub run: RunOpts,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
-/// LM methods (the CLIP/SCAN methods plus the relaxed variant).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LmMethod {
-    Vanilla,
-    Equitune,
-    REquitune,
-    MultiEquitune,
-    Equizero,
-}
+/// The methods `gpt2-fairness` generates with (equizero is experimental).
+pub const METHODS: &[Method] = &[
+    Method::Vanilla,
+    Method::Equitune,
+    Method::REquitune,
+    Method::MultiEquitune,
+    Method::Equizero,
+];
 
-impl LmMethod {
-    pub fn parse_list(s: &str) -> Result<Vec<LmMethod>> {
-        let mut out = Vec::new();
-        for p in s
-            .split(',')
-            .map(|p| p.trim().to_ascii_lowercase().replace('_', "-"))
-            .filter(|p| !p.is_empty())
-        {
-            let m = match p.as_str() {
-                "vanilla" => LmMethod::Vanilla,
-                "equitune" => LmMethod::Equitune,
-                "r-equitune" | "requitune" => LmMethod::REquitune,
-                "multi-equitune" => LmMethod::MultiEquitune,
-                "equizero" => LmMethod::Equizero,
-                other => bail!("unknown method '{other}': valid methods are vanilla, equitune, r-equitune, multi-equitune, equizero"),
-            };
-            if !out.contains(&m) {
-                out.push(m);
-            }
-        }
-        if out.is_empty() {
-            bail!("no method given");
-        }
-        Ok(out)
+/// Loads a causal LM and its tokenizer — the one loader of `gpt2-fairness` and `bench-lm`:
+/// a llama GGUF file (`gguf`, or `--model smollm2` for the SmolLM2 GGUF installed by
+/// scripts/setup_smollm2.sh; tokenizer rebuilt from its metadata), else a GPT-2 snapshot from
+/// `source` (tokenizer.json when present, else the GPT-2 BPE of tiktoken-rs). Returns the model,
+/// the tokenizer and a description for result JSON.
+pub fn load_lm(
+    source: &crate::hub::ModelSource,
+    gguf: Option<&std::path::Path>,
+    dev: &candle_core::Device,
+) -> Result<(Box<dyn CausalLm>, tokenizers::Tokenizer, Value)> {
+    let gguf = match (gguf, source.model.as_str()) {
+        (Some(p), _) => Some(p.to_path_buf()),
+        (None, "smollm2") => Some(crate::models::gguf::find_smollm2()?),
+        _ => None,
+    };
+    if let Some(path) = gguf {
+        let (lm, tok) = crate::models::gguf::load_gguf(&path, dev)?;
+        let desc =
+            json!({"kind": "gguf", "path": path.display().to_string(), "arch": lm.describe()});
+        return Ok((Box::new(lm), tok, desc));
     }
-    pub fn name(&self) -> &'static str {
-        match self {
-            LmMethod::Vanilla => "vanilla",
-            LmMethod::Equitune => "equitune",
-            LmMethod::REquitune => "r-equitune",
-            LmMethod::MultiEquitune => "multi-equitune",
-            LmMethod::Equizero => "equizero",
-        }
-    }
-    fn base(&self) -> Method {
-        match self {
-            LmMethod::Vanilla => Method::Vanilla,
-            LmMethod::Equitune | LmMethod::REquitune => Method::Equitune,
-            LmMethod::MultiEquitune => Method::MultiEquitune,
-            LmMethod::Equizero => Method::Equizero,
-        }
-    }
-    pub fn passes(&self, sym: &dyn Symmetry) -> usize {
-        self.base().passes(sym)
-    }
-}
-
-/// Entropy of softmax(logits) per row (the equizero proxy): `[B, V]` → `[B]`.
-pub fn entropy_proxy(y: &Tensor) -> Result<Tensor> {
-    let logp = candle_nn::ops::log_softmax(y, D::Minus1)?;
-    Ok((logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?)
+    let files = source.resolve(crate::models::gpt2::REQUIRED_FILES, &["tokenizer.json"])?;
+    let lm = crate::models::gpt2::load_gpt2(&files, dev)?;
+    let (tok, tok_src) = match files.files.get("tokenizer.json") {
+        Some(p) => (
+            tokenizers::Tokenizer::from_file(p)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            crate::models::gpt2_tokenizer::gpt2_tokenizer()?,
+            "GPT-2 BPE bundled with tiktoken-rs (r50k_base)".to_string(),
+        ),
+    };
+    let desc = json!({"kind": "gpt2", "origin": files.origin, "arch": lm.describe(), "tokenizer": tok_src});
+    Ok((Box::new(lm), tok, desc))
 }
 
 /// Next-token logits `[B, V]` of a method for prefixes `[B, T]`.
 pub fn method_logits(
-    m: LmMethod,
+    m: Method,
     sym: &TokenSymmetry,
     general: &[u32],
     model: &dyn crate::equi::BatchModel,
@@ -149,9 +138,9 @@ pub fn method_logits(
         select: ZeroSelect::WholeCopy,
     };
     match m {
-        LmMethod::REquitune => {
+        Method::REquitune => {
             let (outs, _) = ev.run(&[Method::Vanilla, Method::Equitune], model, x)?;
-            // general words take the identity branch (fairness.md §2.2)
+            // general words take the identity branch (docs/fairness.md)
             let v = outs[1].dim(1)?;
             let mut mask = vec![0f32; v];
             for &g in general {
@@ -161,7 +150,7 @@ pub fn method_logits(
             let keep = (1.0 - &mask)?;
             Ok((outs[1].broadcast_mul(&keep)? + outs[0].broadcast_mul(&mask)?)?)
         }
-        _ => Ok(ev.run(&[m.base()], model, x)?.0.remove(0)),
+        _ => Ok(ev.run(&[m], model, x)?.0.remove(0)),
     }
 }
 
@@ -248,42 +237,6 @@ pub fn element_between(
 }
 
 /// Loads the LM and its tokenizer.
-fn load_lm(
-    a: &FairnessArgs,
-    dev: &Device,
-) -> Result<(Box<dyn CausalLm>, tokenizers::Tokenizer, Value)> {
-    let gguf = match (&a.gguf, a.model.as_str()) {
-        (Some(p), _) => Some(p.clone()),
-        (None, "smollm2") => Some(crate::models::gguf::find_smollm2()?),
-        _ => None,
-    };
-    if let Some(path) = gguf {
-        let (lm, tok) = crate::models::gguf::load_gguf(&path, dev)?;
-        let desc =
-            json!({"kind": "gguf", "path": path.display().to_string(), "arch": lm.describe()});
-        return Ok((Box::new(lm), tok, desc));
-    }
-    let src = ModelSource {
-        model: a.model.clone(),
-        revision: a.revision.clone(),
-        model_dir: a.model_dir.clone(),
-    };
-    let files = src.resolve(&["config.json", "model.safetensors"], &["tokenizer.json"])?;
-    let lm = crate::models::gpt2::load_gpt2(&files, dev)?;
-    let (tok, tok_src) = match files.files.get("tokenizer.json") {
-        Some(p) => (
-            tokenizers::Tokenizer::from_file(p)
-                .map_err(|e| anyhow!("cannot load {}: {e}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (
-            crate::models::gpt2_tokenizer::gpt2_tokenizer()?,
-            "GPT-2 BPE bundled with tiktoken-rs (r50k_base)".to_string(),
-        ),
-    };
-    let desc = json!({"kind": "gpt2", "origin": files.origin, "arch": lm.describe(), "tokenizer": tok_src});
-    Ok((Box::new(lm), tok, desc))
-}
 
 struct Generated {
     /// ids per (demographic, template, sample)
@@ -295,7 +248,7 @@ struct Generated {
 
 #[allow(clippy::too_many_arguments)]
 fn generate_all(
-    m: LmMethod,
+    m: Method,
     lm: &mut dyn CausalLm,
     sym: &TokenSymmetry,
     fg: &FairnessGroups,
@@ -361,8 +314,9 @@ fn generate_all(
 }
 
 pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
-    let methods = LmMethod::parse_list(&a.method)?;
-    let seeds = output::parse_seeds(&a.run.seeds)?;
+    let methods = Method::parse_list_of(&a.method, METHODS, "equirun gpt2-fairness")?;
+    a.compute.require_cpu_f32("gpt2-fairness")?;
+    let seeds = a.run.seed_list()?;
     let contexts: Vec<&(&str, [&str; 5])> = a
         .contexts
         .split(',')
@@ -399,7 +353,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         }
     }
     let dev = Device::Cpu;
-    let (mut lm, tok, model_desc) = load_lm(a, &dev)?;
+    let (mut lm, tok, model_desc) = load_lm(&a.model.source(DEFAULT_LM), a.gguf.as_deref(), &dev)?;
     let vocab = lm.vocab_size();
     let (group, fg) = fairness_group(&axes, &lists, &tok, vocab)?;
     let maps = fg.collapse_maps(vocab);
@@ -467,20 +421,14 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         Some(p) => WordLists::from_file(p)?,
         None => WordLists::default_lists(),
     };
-    let name = a
-        .run
-        .run_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", axes.join("-"), output::short_hash(&config)));
-    let mut written = Vec::new();
-    for seed in seeds {
-        let path = output::result_path(&a.run.out, EXPERIMENT, &name, seed);
-        if !output::should_run(&path, &config, a.run.force)? {
-            eprintln!("skip: {} exists with the same config", path.display());
-            written.push(path);
-            continue;
-        }
-        let started_at = output::now_rfc3339();
+    let axes_name = axes.join("-");
+    let folder = RunFolder::new(
+        &a.run,
+        EXPERIMENT,
+        harness::run_name(a.run.run_name.as_ref(), &[&axes_name], &config),
+        &config,
+    );
+    folder.run_seeds(&seeds, |seed, path| {
         let total =
             (methods.len() * contexts.len() * demos.len() * a.samples_per_demographic) as u64;
         let pb = progress_bar(total, &format!("seed {seed}"));
@@ -596,18 +544,6 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                 "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>(),
             });
         }
-        let record = RunRecord {
-            schema_version: output::SCHEMA_VERSION,
-            experiment: EXPERIMENT.into(),
-            seed,
-            config: config.clone(),
-            metrics: json!({"methods": metrics, "samples_file": samples_path.file_name().unwrap().to_string_lossy(), "regard": regard}),
-            cost: json!({"methods": cost, "peak_rss_mib": output::peak_rss_mib()}),
-            equirun_version: env!("CARGO_PKG_VERSION").into(),
-            started_at,
-            finished_at: output::now_rfc3339(),
-        };
-        output::write_json_atomic(&path, &record)?;
         for (k, v) in &metrics {
             eprintln!(
                 "seed {seed} {k}: swap consistency {:.3} ({} / {} pairs)",
@@ -616,8 +552,78 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                 v["pairs"]
             );
         }
-        eprintln!("-> {} (+ {})", path.display(), samples_path.display());
-        written.push(path);
-    }
-    Ok(written)
+        Ok(SeedOutcome {
+            metrics: json!({"methods": metrics, "samples_file": samples_path.file_name().unwrap().to_string_lossy(), "regard": regard}),
+            cost: json!({"methods": cost, "peak_rss_mib": output::peak_rss_mib()}),
+            summary: format!("seed {seed}: samples {}", samples_path.display()),
+        })
+    })
 }
+
+// ---------------------------------------------------------------------------------------------
+// what `equirun report` tabulates
+
+pub fn extract_fairness(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let m = &c["model"];
+    let model = m["origin"]["id"]
+        .as_str()
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .or_else(|| m["path"].as_str().map(short_id))
+        .or_else(|| m["origin"]["path"].as_str().map(short_id))
+        .unwrap_or_else(|| s(&m["kind"]));
+    let setting = vec![
+        ("model".to_string(), model.clone()),
+        (
+            "samples per demographic".into(),
+            s(&c["samples_per_demographic"]),
+        ),
+        ("top-k".into(), s(&c["top_k"])),
+        ("max new tokens".into(), s(&c["max_new_tokens"])),
+    ];
+    let axes = names(&c["axes"]);
+    let contexts = names(&c["contexts"]);
+    let mut out = Vec::new();
+    if let Some(ms) = rec["metrics"]["methods"].as_object() {
+        for (method, v) in ms {
+            let Some(x) = v["swap_consistency"].as_f64() else {
+                continue;
+            };
+            out.push(Obs {
+                family: Family::Fairness,
+                title: format!("Fairness: swap consistency — {}", short_id(&model)),
+                setting: setting.clone(),
+                row: vec![axes.clone(), contexts.clone()],
+                column: method.clone(),
+                seed: seed_of(rec),
+                value: x,
+                source: source.into(),
+            });
+        }
+    }
+    out
+}
+
+pub const ENTRY: Experiment = Experiment {
+    name: EXPERIMENT,
+    words: &["gpt2-fairness"],
+    command: Some(registry::Command {
+        name: "gpt2-fairness",
+        about:
+            "Equivariant text generation over demographic word swaps (GPT-2, GGUF LMs), with the \
+                swap-consistency check",
+        args: <FairnessArgs as clap::Args>::augment_args,
+        run: |m| registry::run_with(m, run),
+    }),
+    run_folders: registry::one_folder,
+    extract: Some(|rec, source| {
+        let mut o = extract_fairness(rec, source);
+        o.extend(super::regard_report::extract_regard(
+            rec,
+            &rec["metrics"]["regard"]["metrics"],
+            source,
+        ));
+        o
+    }),
+};

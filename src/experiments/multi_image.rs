@@ -1,4 +1,4 @@
-//! `equirun multi-image`: multi-input equivariance on k-tuples of images (methods.md §1.5, §3.5;
+//! `equirun multi-image`: multi-input equivariance on k-tuples of images (docs/methods.md, "Multi-input equivariance"; docs/experiments.md#multi-image;
 //! the multi-group paper's first design), on Fashion-MNIST.
 //!
 //! A sample is k *different* images of the same class (consecutive images of a class grouped into
@@ -21,14 +21,19 @@
 //! instead of 100 epochs at 0.01), with the epoch chosen on a validation split held out from the
 //! training images (never on the test set), separately for upright and rotated tests.
 
-use super::cnn::{make_batch, Corruptor, GrayData};
-use super::{progress_bar, RunOpts};
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{DeviceOpts, RunOpts};
+use crate::data::gray::{folder_gray, make_batch, make_tuples, Corruptor, GrayData, Tuples};
 use crate::data::images::Split;
-use crate::equi::finetune::{Optim, OptimConfig, OptimKind};
+use crate::equi::lambda::dropout_mask;
+use crate::equi::multi_input::{group_means, multi_input_forward_shared, product_group_mean};
 use crate::equi::{ImageOutput, ImageSymmetry, Symmetry};
 use crate::groups::image::image_group;
-use crate::models::cnn::{self, dropout_mask, Cnn, CnnConfig};
-use crate::output::{self, RunRecord};
+use crate::models::cnn::{self, Cnn, CnnConfig};
+use crate::output::{self, progress_bar};
+use crate::tools::table::{s, seed_of, Family, Obs};
+use crate::train::{Optim, OptimConfig, OptimKind};
 use anyhow::{anyhow, bail, Result};
 use candle_core::{Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
@@ -98,23 +103,28 @@ impl ModelKind {
     fn fusion(&self) -> bool {
         *self == ModelKind::MultiGcnnFusion
     }
-    /// CNN passes per tuple of k views.
+    /// CNN passes per tuple of k views, with |G| = 4 (rot90) per view: Σ|Gᵢ| per multi-input
+    /// layer, k·Π|Gᵢ| for equitune over the product.
     pub fn passes(&self, k: usize) -> usize {
+        let orders = vec![ROT90_ORDER; k];
         match self {
             ModelKind::Cnn | ModelKind::CnnAug => k,
-            ModelKind::MultiGcnn => 4 * k,
-            ModelKind::MultiGcnnFusion => 8 * k,
-            ModelKind::ProductGcnn => k * 4usize.pow(k as u32),
+            ModelKind::MultiGcnn => orders.iter().sum(),
+            ModelKind::MultiGcnnFusion => 2 * orders.iter().sum::<usize>(),
+            ModelKind::ProductGcnn => k * orders.iter().product::<usize>(),
         }
     }
 }
+
+/// |rot90|.
+const ROT90_ORDER: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FusionForm {
     /// The official code: hᵢ ← (hᵢ + c(ū − hᵢ))/(1 + c).
     Official,
-    /// The IS sum of methods.md §1.5: hᵢ ← hᵢ + c·mean_{j≠i} u_j.
+    /// The IS sum (docs/methods.md, "Multi-input equivariance"): hᵢ ← hᵢ + c·mean_{j≠i} u_j.
     Is,
 }
 
@@ -171,93 +181,10 @@ pub struct MultiImageArgs {
     pub weight_decay: f64,
     #[command(flatten)]
     pub run: RunOpts,
-}
-
-/// A folder-per-class dataset as grayscale `side`×`side` images (ITU-R 601 luma, bilinear
-/// resize), without `BACKGROUND_Google` (Caltech101's clutter folder is not a class), split into
-/// (train, test) 80/20 by a fixed-seed shuffle. Returns the class names too.
-pub fn folder_gray(
-    dir: &std::path::Path,
-    side: usize,
-) -> Result<(GrayData, GrayData, Vec<String>)> {
-    use crate::data::images::{self, DatasetKind};
-    if side == 0 || side % 4 != 0 {
-        bail!("--image-size {side} must be a positive multiple of 4");
-    }
-    let ds = images::open(DatasetKind::Folder, Some(dir))?;
-    let keep: Vec<usize> = (0..ds.classes.len())
-        .filter(|&c| ds.classes[c] != "BACKGROUND Google")
-        .collect();
-    let classes: Vec<String> = keep.iter().map(|&c| ds.classes[c].clone()).collect();
-    let mut items: Vec<(Vec<u8>, u32)> = Vec::new();
-    let pb = progress_bar(ds.len() as u64, "decoding images");
-    for i in 0..ds.len() {
-        pb.inc(1);
-        let Some(c) = keep.iter().position(|&k| k == ds.label(i) as usize) else {
-            continue;
-        };
-        let img = ds.image(i)?;
-        let luma: Vec<u8> = img
-            .data
-            .chunks_exact(3)
-            .map(|p| {
-                ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8
-            })
-            .collect();
-        let g = image::GrayImage::from_raw(img.width as u32, img.height as u32, luma)
-            .ok_or_else(|| anyhow!("image {i} of {} has inconsistent size", dir.display()))?;
-        let r = image::imageops::resize(
-            &g,
-            side as u32,
-            side as u32,
-            image::imageops::FilterType::Triangle,
-        );
-        items.push((r.into_raw(), c as u32));
-    }
-    pb.finish_and_clear();
-    if classes.len() < 2 || items.is_empty() {
-        bail!(
-            "{}: need at least two class folders with images (BACKGROUND_Google does not count)",
-            dir.display()
-        );
-    }
-    let mut rng = output::rng_for(1234, "folder-split");
-    items.shuffle(&mut rng);
-    let n_test = items.len() / 5;
-    let mk = |part: &[(Vec<u8>, u32)]| GrayData {
-        pixels: part.iter().flat_map(|x| x.0.iter().copied()).collect(),
-        labels: part.iter().map(|x| x.1).collect(),
-        side,
-        source: dir.to_path_buf(),
-    };
-    Ok((mk(&items[n_test..]), mk(&items[..n_test]), classes))
-}
-
-/// k-tuples of image indices of one class.
-#[derive(Clone, Debug)]
-pub struct Tuples {
-    pub idx: Vec<Vec<usize>>,
-    pub labels: Vec<u32>,
-}
-
-/// Groups `indices` by class (in order), chunks each class into consecutive k-tuples (remainder
-/// dropped) and shuffles the tuples with `rng`.
-pub fn make_tuples(labels: &[u32], indices: &[usize], k: usize, rng: &mut impl Rng) -> Tuples {
-    let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
-    for &i in indices {
-        by_class.entry(labels[i]).or_default().push(i);
-    }
-    let mut t: Vec<(Vec<usize>, u32)> = Vec::new();
-    for (c, v) in by_class {
-        for chunk in v.chunks_exact(k) {
-            t.push((chunk.to_vec(), c));
-        }
-    }
-    t.shuffle(rng);
-    Tuples {
-        idx: t.iter().map(|x| x.0.clone()).collect(),
-        labels: t.iter().map(|x| x.1).collect(),
-    }
+    /// CPU and f32 only (training).
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 /// The multi-view network.
@@ -270,7 +197,10 @@ pub struct MultiView {
     c: Option<Var>,
     head: Vec<Var>,
     pub vars: Vec<Var>,
-    sym: ImageSymmetry,
+    /// The group of each view inside the network: rot90 for multi-gcnn(-fusion), else {id}.
+    view_sym: ImageSymmetry,
+    /// product-gcnn: the group of each view in the black-box equitune over the product.
+    product_sym: Option<ImageSymmetry>,
     /// CNN image passes so far (counted).
     pub passes: Cell<usize>,
 }
@@ -310,11 +240,20 @@ impl MultiView {
             uniform(&mut rng, &[cfg.classes], FEAT, &dev)?,
         ];
         vars.extend(head.iter().cloned());
-        let group = if kind.per_view_group() || kind == ModelKind::ProductGcnn {
+        let view_group = if kind.per_view_group() {
             image_group("rot90")?
         } else {
             image_group("id")?
         };
+        let product_sym = (kind == ModelKind::ProductGcnn)
+            .then(|| -> Result<_> {
+                Ok(ImageSymmetry::new(
+                    image_group("rot90")?,
+                    ImageOutput::Invariant,
+                    0,
+                ))
+            })
+            .transpose()?;
         Ok(Self {
             kind,
             k,
@@ -324,30 +263,18 @@ impl MultiView {
             c,
             head,
             vars,
-            sym: ImageSymmetry::new(group, ImageOutput::Invariant, 0),
+            view_sym: ImageSymmetry::new(view_group, ImageOutput::Invariant, 0),
+            product_sym,
             passes: Cell::new(0),
         })
     }
 
-    /// Group-mean features of every view: [k, B, hidden] (one batched CNN call).
-    fn view_features(&self, net: &Cnn, views: &[Tensor]) -> Result<Tensor> {
-        let b = views[0].dim(0)?;
-        let n = if self.kind.per_view_group() {
-            self.sym.order()
-        } else {
-            1
-        };
-        let mut copies = Vec::with_capacity(self.k * n);
-        for v in views {
-            for g in 0..n {
-                copies.push(self.sym.act_input(g, v)?);
-            }
+    /// `net`'s penultimate features as a [`crate::equi::BatchModel`], counting its passes.
+    fn features<'b>(&'b self, net: &'b Cnn) -> impl Fn(&Tensor) -> Result<Tensor> + 'b {
+        move |x: &Tensor| {
+            self.passes.set(self.passes.get() + x.dim(0)?);
+            Ok(net.forward(x, None)?.0)
         }
-        let x = Tensor::cat(&copies, 0)?;
-        self.passes.set(self.passes.get() + x.dim(0)?);
-        let (f, _) = net.forward(&x, None)?;
-        let h = f.dim(1)?;
-        Ok(f.reshape((self.k, n, b, h))?.mean(1)?)
     }
 
     /// Logits [B, classes] of k views (each [B, 1, S, S]); dropout from `rng` when training.
@@ -356,9 +283,15 @@ impl MultiView {
         views: &[Tensor],
         rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>,
     ) -> Result<Tensor> {
-        let mut h = self.view_features(&self.main, views)?; // [k, B, H]
+        // the multi-input layer (docs/methods.md, "Multi-input equivariance"): per view the
+        // equitune branch M^Eq over its group (invariant features), and for the fusion model the
+        // IS features u_j = mean_g fus(g·x_j)
+        let syms: Vec<&dyn Symmetry> = vec![&self.view_sym; self.k];
+        let main = self.features(&self.main);
+        let mut h = Tensor::stack(&multi_input_forward_shared(&syms, &main, None, views)?, 0)?; // [k, B, H]
         if let (Some(fus), Some(c)) = (&self.fus, &self.c) {
-            let u = self.view_features(fus, views)?;
+            let fus = self.features(fus);
+            let u = Tensor::stack(&group_means(&syms, &fus, views, false)?, 0)?;
             let c = c.as_tensor();
             h = match self.form {
                 FusionForm::Official => {
@@ -394,28 +327,13 @@ impl MultiView {
         views: &[Tensor],
         rng: Option<&RefCell<rand_chacha::ChaCha8Rng>>,
     ) -> Result<Tensor> {
-        if self.kind != ModelKind::ProductGcnn {
-            return self.network(views, rng);
+        match &self.product_sym {
+            None => self.network(views, rng),
+            Some(sym) => {
+                let syms: Vec<&dyn Symmetry> = vec![sym; self.k];
+                product_group_mean(&syms, &|moved: &[Tensor]| self.network(moved, rng), views)
+            }
         }
-        let total = 4usize.pow(self.k as u32);
-        let mut acc: Option<Tensor> = None;
-        for e in 0..total {
-            let mut code = e;
-            let moved = views
-                .iter()
-                .map(|v| {
-                    let g = code % 4;
-                    code /= 4;
-                    self.sym.act_input(g, v)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let y = self.network(&moved, rng)?;
-            acc = Some(match acc {
-                None => y,
-                Some(a) => (a + y)?,
-            });
-        }
-        Ok((acc.expect("non-empty product") / total as f64)?)
     }
 
     fn snapshot(&self) -> Result<Vec<Tensor>> {
@@ -483,13 +401,19 @@ fn draw_elems(rng: &mut impl Rng, n: usize, k: usize, rotate: bool) -> Vec<Vec<u
     (0..n)
         .map(|_| {
             (0..k)
-                .map(|_| if rotate { rng.random_range(0..4) } else { 0 })
+                .map(|_| {
+                    if rotate {
+                        rng.random_range(0..ROT90_ORDER)
+                    } else {
+                        0
+                    }
+                })
                 .collect()
         })
         .collect()
 }
 
-/// The SGD recipe of the run (methods.md §3.5).
+/// The SGD recipe of the run (docs/experiments.md#multi-image).
 fn sgd(a: &MultiImageArgs) -> OptimConfig {
     OptimConfig {
         kind: OptimKind::Sgd,
@@ -604,7 +528,8 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
         bail!("--epochs and --batch-size must be positive");
     }
     sgd(a).validate("--lr, --momentum, --weight-decay")?;
-    let seeds = output::parse_seeds(&a.run.seeds)?;
+    a.compute.require_cpu_f32("multi-image")?;
+    let seeds = a.run.seed_list()?;
     let (train, test, classes) = match a.dataset {
         MultiDataset::FashionMnist => (
             GrayData::load(
@@ -661,20 +586,12 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             "selection": "best validation epoch, separately for upright and per-view-rotated tests",
             "tuples": "consecutive same-class images, remainder dropped, shuffled per seed",
         });
-        let run_name = a
-            .run
-            .run_name
-            .clone()
-            .map(|n| format!("{n}-k{k}"))
-            .unwrap_or_else(|| format!("k{k}-{}", output::short_hash(&config)));
-        for &seed in &seeds {
-            let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
-            if !output::should_run(&path, &config, a.run.force)? {
-                eprintln!("skip: {} exists with the same config", path.display());
-                written.push(path);
-                continue;
-            }
-            let started_at = output::now_rfc3339();
+        let name = match &a.run.run_name {
+            Some(n) => format!("{n}-k{k}"),
+            None => harness::run_name(None, &[&format!("k{k}")], &config),
+        };
+        let folder = RunFolder::new(&a.run, EXPERIMENT, name, &config);
+        written.extend(folder.run_seeds(&seeds, |seed, _| {
             let t0 = Instant::now();
             let mut trng = output::rng_for(seed, "tuples");
             let train_idx: Vec<usize> = (0..a.train_images).collect();
@@ -709,21 +626,69 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
                 );
                 metrics.insert(kind.name().into(), r);
             }
-            let record = RunRecord {
-                schema_version: output::SCHEMA_VERSION,
-                experiment: EXPERIMENT.into(),
-                seed,
-                config: config.clone(),
+            Ok(SeedOutcome {
                 metrics: json!({"models": metrics, "tuples": {"train": sets.train.labels.len(), "val": sets.val.labels.len(), "test": sets.test.labels.len()}}),
                 cost: json!({"seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib()}),
-                equirun_version: env!("CARGO_PKG_VERSION").into(),
-                started_at,
-                finished_at: output::now_rfc3339(),
-            };
-            output::write_json_atomic(&path, &record)?;
-            eprintln!("-> {}", path.display());
-            written.push(path);
-        }
+                summary: String::new(),
+            })
+        })?);
     }
     Ok(written)
 }
+
+// ---------------------------------------------------------------------------------------------
+// what `equirun report` tabulates
+
+/// Per (k, upright / rotated test tuples) and model: test accuracy at the validation-selected epoch.
+pub fn extract_multi_image(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let setting = vec![
+        ("train images".to_string(), s(&c["train_images"])),
+        ("epochs".into(), s(&c["epochs"])),
+        ("lr".into(), s(&c["optimizer"]["lr"])),
+        ("fusion".into(), s(&c["fusion_form"])),
+    ];
+    let mut out = Vec::new();
+    for (model, m) in rec["metrics"]["models"].as_object().into_iter().flatten() {
+        for (key, label) in [
+            ("test_upright", "upright"),
+            ("test_rotated", "rotated per view"),
+        ] {
+            let Some(x) = m[key].as_f64() else { continue };
+            out.push(Obs {
+                family: Family::MultiImage,
+                title: "Multi-image Fashion-MNIST: test accuracy (%)".into(),
+                setting: setting.clone(),
+                row: vec![s(&c["k"]), label.into()],
+                column: model.clone(),
+                seed: seed_of(rec),
+                value: x,
+                source: source.into(),
+            });
+        }
+    }
+    out
+}
+
+pub const ENTRY: Experiment = Experiment {
+    name: EXPERIMENT,
+    words: &["multi-image"],
+    command: Some(registry::Command {
+        name: "multi-image",
+        about: "Multi-input equivariance on k-tuples of Fashion-MNIST images (CNN, CNN-Aug, \
+                Multi-GCNN, Multi-GCNN-Fusion): per-view rot90 groups, Σ|Gᵢ| passes instead of Π|Gᵢ|",
+        args: <MultiImageArgs as clap::Args>::augment_args,
+        run: |m| registry::run_with(m, run),
+    }),
+    // one folder per k: `<run-name>-k<k>`
+    run_folders: |flag, run_name| {
+        let ks = flag("k")?.unwrap_or_else(|| "2,3,4".into());
+        Ok(ks
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| format!("{run_name}-k{k}"))
+            .collect())
+    },
+    extract: Some(extract_multi_image),
+};

@@ -1,4 +1,4 @@
-//! `equirun regard`: regard classification of generated text (fairness.md §4–§5) and the
+//! `equirun regard`: regard classification of generated text (docs/fairness.md#regard-scoring) and the
 //! fairness report.
 //!
 //! Scorers (`--scorer`):
@@ -10,17 +10,20 @@
 //!   equirun trains on Sheng's `train_other.tsv` (L2 chosen on `dev.tsv`). Not Sheng's classifier:
 //!   its numbers are not comparable to the papers'.
 
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{DeviceOpts, RunOpts};
 use crate::data::regard::{
     default_data_dir, mask_demographic, read_annotated, read_samples, regard_dir, Annotated,
     Regard, Sample,
 };
 use crate::experiments::regard_report::{self, ensemble_vote, Scored};
-use crate::experiments::{progress_bar, RunOpts};
 use crate::groups::fairness::WordLists;
 use crate::hub::{ModelOrigin, ModelSource};
 use crate::models::bert::{BertClassifier, BertEncoder, OPTIONAL_FILES, REQUIRED_FILES};
 use crate::models::probe::{LinearProbe, ProbeTrain};
-use crate::output::{self, RunRecord};
+use crate::output;
+use crate::output::progress_bar;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -54,7 +57,7 @@ pub struct ScorerOpts {
     /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
     #[arg(long, default_value_t = 128)]
     pub max_pieces: usize,
-    /// Do not mask the leading "The <demographic>" as XYZ (masking is the default, fairness.md §4.3).
+    /// Do not mask the leading "The <demographic>" as XYZ (masking is the default, docs/fairness.md).
     #[arg(long)]
     pub no_mask: bool,
     /// Texts per classifier forward pass.
@@ -537,6 +540,10 @@ pub struct TrainArgs {
     pub save: Option<PathBuf>,
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -545,6 +552,10 @@ pub struct EvalArgs {
     pub scorer: ScorerOpts,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -565,6 +576,10 @@ pub struct ScoreArgs {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 pub fn run(cmd: &RegardCommand) -> Result<()> {
@@ -579,6 +594,7 @@ pub fn run(cmd: &RegardCommand) -> Result<()> {
 }
 
 fn train_cmd(a: &TrainArgs) -> Result<()> {
+    a.compute.require_cpu_f32("regard train")?;
     let minilm = MiniLm::load(a.minilm_dir.as_ref(), a.max_pieces, &Device::Cpu)?;
     let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
     let fit = train_probe(&minilm, &regard, 32)?;
@@ -632,6 +648,7 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: &EvalArgs) -> Result<()> {
+    a.compute.require_cpu_f32("regard eval")?;
     let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
     let regard = regard_dir(&default_data_dir(
         a.scorer.regard_data.as_ref().or(a.data_dir.as_ref()),
@@ -706,6 +723,7 @@ pub fn labels_tsv(samples: &[Sample], scored: &[Scored]) -> String {
 pub const EXPERIMENT: &str = "regard-score";
 
 fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
+    a.compute.require_cpu_f32("regard score")?;
     let samples = read_samples(&a.input)?;
     let lists = match &a.wordlists {
         Some(p) => WordLists::from_file(p)?,
@@ -731,61 +749,51 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
         "wordlists": a.wordlists.as_ref().map(|p| p.display().to_string()),
         "bootstrap": a.bootstrap,
     });
-    let seeds = output::parse_seeds(&a.run.seeds)?;
-    let run_name = a.run.run_name.clone().unwrap_or_else(|| {
-        let stem = a
-            .input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or("samples".into());
-        let scorer = a
-            .scorer
-            .scorer
-            .split([':', '/', ','])
-            .next_back()
-            .unwrap_or("scorer")
-            .to_string();
-        format!("{stem}-{scorer}-{}", output::short_hash(&config))
-    });
-    let todo: Vec<u64> = seeds
-        .iter()
-        .copied()
-        .filter(|&s| {
-            let p = output::result_path(&a.run.out, EXPERIMENT, &run_name, s);
-            output::should_run(&p, &config, a.run.force).unwrap_or(true)
-        })
-        .collect();
-    let mut written = Vec::new();
-    for &s in &seeds {
-        if !todo.contains(&s) {
-            let p = output::result_path(&a.run.out, EXPERIMENT, &run_name, s);
-            eprintln!("skip: {} exists with the same config", p.display());
-            written.push(p);
-        }
-    }
-    if todo.is_empty() {
-        return Ok(written);
-    }
-    let started_at = output::now_rfc3339();
-    let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
-    let (scored, secs) = score_samples(scorer.as_ref(), &samples, &a.scorer)?;
-    eprintln!(
-        "classified {} samples in {secs:.1} s ({:.1} texts/s)",
-        samples.len(),
-        samples.len() as f64 / secs.max(1e-9)
+    let seeds = a.run.seed_list()?;
+    let stem = a
+        .input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or("samples".into());
+    let scorer_slug = a
+        .scorer
+        .scorer
+        .split([':', '/', ','])
+        .next_back()
+        .unwrap_or("scorer")
+        .to_string();
+    let folder = RunFolder::new(
+        &a.run,
+        EXPERIMENT,
+        harness::run_name(a.run.run_name.as_ref(), &[&stem, &scorer_slug], &config),
+        &config,
     );
-    for seed in todo {
-        let path = output::result_path(&a.run.out, EXPERIMENT, &run_name, seed);
+    // the samples are classified once, on the first seed that needs them; seeds differ only in
+    // the bootstrap
+    let mut classified: Option<(Box<dyn RegardScorer>, Vec<Scored>, f64)> = None;
+    folder.run_seeds(&seeds, |seed, path| {
+        if classified.is_none() {
+            let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
+            let (scored, secs) = score_samples(scorer.as_ref(), &samples, &a.scorer)?;
+            eprintln!(
+                "classified {} samples in {secs:.1} s ({:.1} texts/s)",
+                samples.len(),
+                samples.len() as f64 / secs.max(1e-9)
+            );
+            classified = Some((scorer, scored, secs));
+        }
+        let (scorer, scored, secs) = classified.as_ref().unwrap();
+        let secs = *secs;
         let dir = path
             .parent()
             .ok_or_else(|| anyhow!("bad result path"))?
             .to_path_buf();
         let mut rng = output::rng_for(seed, "regard-bootstrap");
-        let m = regard_report::metrics(&scored, &lists, a.bootstrap, &mut rng)?;
+        let m = regard_report::metrics(scored, &lists, a.bootstrap, &mut rng)?;
         let stem = format!("seed-{seed}");
         output::write_bytes_atomic(
             &dir.join(format!("{stem}.labels.tsv")),
-            labels_tsv(&samples, &scored).as_bytes(),
+            labels_tsv(&samples, scored).as_bytes(),
         )?;
         let plots = regard_report::plot(&m, &dir, &format!("{stem}."), "")?;
         let md = format!(
@@ -795,28 +803,32 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
             regard_report::markdown(&m)
         );
         output::write_bytes_atomic(&dir.join(format!("{stem}.report.md")), md.as_bytes())?;
-        let record = RunRecord {
-            schema_version: output::SCHEMA_VERSION,
-            experiment: EXPERIMENT.into(),
-            seed,
-            config: config.clone(),
+        print!("{}", regard_report::markdown(&m));
+        Ok(SeedOutcome {
             metrics: json!({"regard": m, "scorer": scorer.describe(),
                             "labels_file": format!("{stem}.labels.tsv"),
                             "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>()}),
             cost: json!({"classify_seconds": secs, "texts_per_second": samples.len() as f64 / secs.max(1e-9),
                          "peak_rss_mib": output::peak_rss_mib()}),
-            equirun_version: env!("CARGO_PKG_VERSION").into(),
-            started_at: started_at.clone(),
-            finished_at: output::now_rfc3339(),
-        };
-        output::write_json_atomic(&path, &record)?;
-        print!("{}", regard_report::markdown(&m));
-        eprintln!(
-            "-> {} (+ labels, report.md, {} plots)",
-            path.display(),
-            plots.len()
-        );
-        written.push(path);
-    }
-    Ok(written)
+            summary: format!("seed {seed}: labels, report.md, {} plots", plots.len()),
+        })
+    })
 }
+
+/// `equirun regard score`'s results; `equirun regard` also trains and evaluates scorers.
+pub const ENTRY: Experiment = Experiment {
+    name: EXPERIMENT,
+    words: &["regard", "score"],
+    command: Some(registry::Command {
+        name: "regard",
+        about:
+            "Regard classification of generated text and the fairness report (train the offline \
+                minilm-probe, evaluate a scorer, score samples → fractions, TVD, plots)",
+        args: registry::subcommands::<RegardCommand>,
+        run: |m| registry::run_with(m, run),
+    }),
+    run_folders: registry::one_folder,
+    extract: Some(|rec, source| {
+        regard_report::extract_regard(rec, &rec["metrics"]["regard"], source)
+    }),
+};

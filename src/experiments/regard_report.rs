@@ -1,12 +1,13 @@
-//! Fairness metrics over regard labels (fairness.md §4.4): label fractions per (model, context,
+//! Fairness metrics over regard labels (docs/fairness.md#metrics): label fractions per (model, context,
 //! demographic) with bootstrap 95% intervals; per (model, context, axis) the demographics'
 //! pooled label distributions, the largest total-variation distance between two members and the
 //! largest difference of (negative − positive) gaps, each with a bootstrap interval; and the
 //! stacked-bar figures of the papers (one per axis and context, SVG + PNG).
 
 use crate::data::regard::{axes_of, Regard};
-use crate::experiments::report::{write_svg_png, PLOT_FONT};
 use crate::groups::fairness::WordLists;
+use crate::tools::plot::{write_svg_png, FONT as PLOT_FONT};
+use crate::tools::table::{s, seed_of, short_id, Family, Obs};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -317,7 +318,7 @@ pub fn markdown(m: &Value) -> String {
 // --------------------------------------------------------------------------------------------
 // Plots
 
-/// Stack order bottom → top (fairness.md §4.4) with colours.
+/// Stack order bottom → top (docs/fairness.md#metrics) with colours.
 const STACK: [(Regard, RGBColor); 4] = [
     (Regard::Other, RGBColor(0xb0, 0xb0, 0xb0)),
     (Regard::Positive, RGBColor(0x55, 0xa8, 0x68)),
@@ -581,4 +582,60 @@ mod tests {
         assert_eq!(m2["axes"][0]["max_tvd_ci95"], json!([0.0, 0.0]));
         assert_eq!(m2["axes"][0]["max_tvd_pair"], json!(["man", "woman"]));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// what `equirun report` tabulates
+
+/// Per (axis, context) and model/method: the largest total-variation distance between the
+/// axis' demographics' regard label distributions.
+pub fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let scorer = c["regard"]["scorer"]["scorer"]
+        .as_str()
+        .or(c["scorer"]["scorer"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    let what = if rec["experiment"] == "regard-score" {
+        // `…/<run>/seed-0.samples.tsv` reads better as `<run>/seed-0.samples.tsv`
+        let input = c["input"].as_str().unwrap_or_default();
+        let p = std::path::Path::new(input);
+        match (p.file_name(), p.parent().and_then(|d| d.file_name())) {
+            (Some(f), Some(d)) if f.to_string_lossy().starts_with("seed-") => {
+                format!("{}/{}", d.to_string_lossy(), f.to_string_lossy())
+            }
+            _ => short_id(input),
+        }
+    } else {
+        short_id(&s(&c["model"]["origin"]["id"]))
+    };
+    let setting = vec![
+        ("samples".to_string(), what.clone()),
+        ("scorer".into(), scorer.clone()),
+        (
+            "bootstrap".into(),
+            "point estimates; seeds = generation or bootstrap seeds".into(),
+        ),
+    ];
+    let mut out = Vec::new();
+    for a in m["axes"].as_array().into_iter().flatten() {
+        let Some(x) = a["max_tvd"].as_f64() else {
+            continue;
+        };
+        out.push(Obs {
+            family: Family::Regard,
+            title: format!(
+                "Regard disparity (max TVD) — {} · {}",
+                what,
+                short_id(&scorer)
+            ),
+            setting: setting.clone(),
+            row: vec![s(&a["axis"]), s(&a["context"])],
+            column: s(&a["model"]),
+            seed: seed_of(rec),
+            value: x,
+            source: source.into(),
+        });
+    }
+    out
 }

@@ -1,16 +1,20 @@
 //! `equirun scan`: SCAN / SCAN-II with the official seq2seq — data generation, pretraining,
 //! equitune / equizero / multi-equitune / multi-equizero finetuning and zero-shot evaluation
-//! (methods.md §2.2, §2.3, §3.3, §3.4).
+//! (docs/methods.md, docs/experiments.md#scan).
 
-use super::{progress_bar, RunOpts};
+use super::harness::{self, RunFolder, SeedOutcome};
+use super::registry::{self, Experiment};
+use crate::cli::opts::{DeviceOpts, RunOpts};
 use crate::data::scan::{self as scandata, ScanExample, Side, Vocab};
+use crate::equi::proxy::top1_proxy;
 use crate::equi::{Evaluator, Method, Symmetry, TokenSymmetry, ZeroSelect};
 use crate::groups::scan::scan_group;
 use crate::models::seq2seq::{
     exact_match, pack, seq_nll, CellKind, RunMode, Seq2Seq, Seq2SeqConfig, MAX_LEN,
 };
 use crate::models::tape::Tape;
-use crate::output::{self, RunRecord};
+use crate::output::{self, progress_bar};
+use crate::tools::table::{s, seed_of, Family, Obs};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{backprop::GradStore, Device, Tensor, Var, D};
 use candle_nn::VarMap;
@@ -105,6 +109,10 @@ pub struct PretrainArgs {
     pub val_fraction: f64,
     #[command(flatten)]
     pub run: RunOpts,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 #[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +143,10 @@ pub struct FinetuneArgs {
     pub val_fraction: f64,
     #[command(flatten)]
     pub run: RunOpts,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 #[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +167,10 @@ pub struct QuickArgs {
     pub eval_limit: usize,
     #[arg(long)]
     pub force: bool,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
 }
 
 /// Encoded data of one experiment.
@@ -352,13 +368,6 @@ impl Adam {
     }
 }
 
-/// SCAN's equizero proxy `top1`: minus the mean over the 50 rows of the max softmax
-/// probability (zero rows become uniform), as the official code.
-pub fn top1_proxy(y: &Tensor) -> Result<Tensor> {
-    let p = candle_nn::ops::softmax_last_dim(y)?;
-    Ok(p.max(D::Minus1)?.mean(1)?.neg()?)
-}
-
 /// The wrapped model: the method's output (straight-through for equizero) on packed rows.
 struct Wrapped<'a> {
     method: Method,
@@ -385,18 +394,11 @@ impl<'a> Wrapped<'a> {
             proxy: &proxy,
             select: ZeroSelect::WholeCopy,
         };
-        match (self.method, training) {
-            (Method::Equizero, true) | (Method::MultiEquizero, true) => {
-                // straight-through: forward value of equizero, gradient of equitune
-                let avg = if self.method == Method::Equizero {
-                    Method::Equitune
-                } else {
-                    Method::MultiEquitune
-                };
-                let (outs, _) = ev.run(&[avg, self.method], &f, x)?;
-                Ok((&outs[0] + (outs[1].detach() - outs[0].detach())?)?)
-            }
-            _ => Ok(ev.run(&[self.method], &f, x)?.0.remove(0)),
+        if training {
+            // equizero trains straight-through: its forward value, equitune's gradient
+            crate::train::train_output(self.method, sym, &proxy, &f, x)
+        } else {
+            Ok(ev.run(&[self.method], &f, x)?.0.remove(0))
         }
     }
     fn passes(&self) -> usize {
@@ -642,10 +644,7 @@ fn sorted_names(varmap: &VarMap) -> Vec<String> {
 }
 
 fn save_params(varmap: &VarMap, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    varmap.save(&tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    output::save_varmap_atomic(varmap, path)
 }
 
 fn save_state(varmap: &VarMap, opt: &Adam, path: &Path) -> Result<()> {
@@ -666,10 +665,7 @@ fn save_state(varmap: &VarMap, opt: &Adam, path: &Path) -> Result<()> {
             Tensor::new(opt.v[gi][j].as_slice(), &dev)?,
         );
     }
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    output::save_safetensors_atomic(&map, path)
 }
 
 fn data_config(d: &ScanData, opts: &DataOpts) -> Value {
@@ -700,15 +696,10 @@ fn test_all(
     Ok(Value::Object(acc))
 }
 
-fn run_name(cfg: &Value, prefix: &str, explicit: &Option<String>) -> String {
-    explicit
-        .clone()
-        .unwrap_or_else(|| format!("{prefix}-{}", output::short_hash(cfg)))
-}
-
 /// `equirun scan pretrain`. Returns the run folder.
 pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
-    let seeds = output::parse_seeds(&a.run.seeds)?;
+    a.compute.require_cpu_f32("scan pretrain")?;
+    let seeds = a.run.seed_list()?;
     let dev = Device::Cpu;
     let data = load_data(&a.data)?;
     let mcfg = Seq2SeqConfig::official(a.train.cell, data.in_vocab.len(), data.out_vocab.len());
@@ -720,23 +711,18 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
         "iters": a.iters, "lr": a.lr, "weight_decay": 0.0, "eval_every": a.eval_every, "val_fraction": a.val_fraction,
         "optimizer": "Adam (per-group grad-norm clip)", "loss": "sum NLL until argmax EOS, mean over batch",
     });
-    let name = run_name(
+    let name = harness::run_name(
+        a.run.run_name.as_ref(),
+        &[&data.name, a.train.cell.name()],
         &config,
-        &format!("{}-{}", data.name, a.train.cell.name()),
-        &a.run.run_name,
     );
-    let run_dir = a.run.out.join(PRETRAIN).join(&name);
-    for seed in seeds {
-        let path = output::result_path(&a.run.out, PRETRAIN, &name, seed);
-        if !output::should_run(&path, &config, a.run.force)? {
-            eprintln!("skip: {} exists with the same config", path.display());
-            continue;
-        }
+    let folder = RunFolder::new(&a.run, PRETRAIN, name, &config);
+    let run_dir = folder.dir();
+    folder.run_seeds(&seeds, |seed, _| {
         let ckpt = run_dir.join(format!("seed-{seed}"));
         if a.run.force && ckpt.exists() {
             std::fs::remove_dir_all(&ckpt)?;
         }
-        let started_at = output::now_rfc3339();
         let t0 = Instant::now();
         let (train, val) = split_val(&data.train, a.val_fraction, a.data.val_limit, seed);
         let (varmap, model) = Seq2Seq::init(&mcfg, seed, &dev)?;
@@ -759,30 +745,21 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
         // test with the best-validation parameters
         load_params(&varmap, &ckpt.join("best.safetensors"))?;
         let tests = test_all(&w, &model, &data, a.train.eval_batch, &dev)?;
-        let record = RunRecord {
-            schema_version: output::SCHEMA_VERSION,
-            experiment: PRETRAIN.into(),
-            seed,
-            config: config.clone(),
+        Ok(SeedOutcome {
             metrics: json!({"test": tests, "best_val_accuracy": o.best_val, "best_iteration": o.best_iter, "curve": o.curve,
                             "n_train": train.len(), "n_val": val.len()}),
             cost: json!({"forward_passes_per_example": 1, "iterations": a.iters, "examples": o.examples,
                          "train_seconds": o.train_seconds, "examples_per_second": o.examples as f64 / o.train_seconds.max(1e-9),
                          "resumed_from_iteration": o.resumed_from,
                          "wall_seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib()}),
-            equirun_version: env!("CARGO_PKG_VERSION").into(),
-            started_at,
-            finished_at: output::now_rfc3339(),
-        };
-        output::write_json_atomic(&path, &record)?;
-        eprintln!(
-            "seed {seed}: best val {:.2}% at iteration {}; test {} -> {}",
-            o.best_val,
-            o.best_iter,
-            summarize(&tests),
-            path.display()
-        );
-    }
+            summary: format!(
+                "seed {seed}: best val {:.2}% at iteration {}; test {}",
+                o.best_val,
+                o.best_iter,
+                summarize(&tests)
+            ),
+        })
+    })?;
     eprintln!(
         "pretrained checkpoints: {} (use --pretrained {} for `equirun scan finetune`)",
         run_dir.display(),
@@ -821,8 +798,10 @@ fn load_params(varmap: &VarMap, path: &Path) -> Result<()> {
 
 /// `equirun scan finetune`: one run per method.
 pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
-    let seeds = output::parse_seeds(&a.run.seeds)?;
-    let methods = Method::parse_list(&a.method)?;
+    a.compute.require_cpu_f32("scan finetune")?;
+    let seeds = a.run.seed_list()?;
+    let methods = Method::parse_list_of(&a.method, &Method::EVALUATOR, "equirun scan finetune")
+        .context("--method")?;
     let dev = Device::Cpu;
     let data = load_data(&a.data)?;
     let group = scan_group(&a.group, &data.in_vocab, &data.out_vocab)?;
@@ -841,22 +820,19 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
             "average": "log-probs (official)", "equizero_proxy": "top1 (max prob, mean over 50 rows)",
             "equizero_training": "straight-through (forward equizero, gradient equitune)",
         });
-        let name = run_name(
+        let explicit = a
+            .run
+            .run_name
+            .as_ref()
+            .map(|n| format!("{n}-{}", method.name()));
+        let name = harness::run_name(
+            explicit.as_ref(),
+            &[&data.name, a.train.cell.name(), method.name()],
             &config,
-            &format!("{}-{}-{}", data.name, a.train.cell.name(), method.name()),
-            &a.run
-                .run_name
-                .as_ref()
-                .map(|n| format!("{n}-{}", method.name())),
         );
-        let run_dir = a.run.out.join(FINETUNE).join(&name);
-        for &seed in &seeds {
-            let path = output::result_path(&a.run.out, FINETUNE, &name, seed);
-            if !output::should_run(&path, &config, a.run.force)? {
-                eprintln!("skip: {} exists with the same config", path.display());
-                written.push(path);
-                continue;
-            }
+        let folder = RunFolder::new(&a.run, FINETUNE, name, &config);
+        let run_dir = folder.dir();
+        written.extend(folder.run_seeds(&seeds, |seed, _| {
             let pre = a
                 .pretrained
                 .join(format!("seed-{seed}"))
@@ -868,7 +844,6 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
             if a.run.force && ckpt.exists() {
                 std::fs::remove_dir_all(&ckpt)?;
             }
-            let started_at = output::now_rfc3339();
             let t0 = Instant::now();
             let (varmap, model) = Seq2Seq::init(&mcfg, seed, &dev)?;
             load_params(&varmap, &pre)?;
@@ -913,32 +888,29 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
                 cost["examples_per_second"] = json!(o.examples as f64 / o.train_seconds.max(1e-9));
                 cost["resumed_from_iteration"] = json!(o.resumed_from);
             }
-            let record = RunRecord {
-                schema_version: output::SCHEMA_VERSION,
-                experiment: FINETUNE.into(),
-                seed,
-                config: config.clone(),
+            Ok(SeedOutcome {
                 metrics,
                 cost,
-                equirun_version: env!("CARGO_PKG_VERSION").into(),
-                started_at,
-                finished_at: output::now_rfc3339(),
-            };
-            output::write_json_atomic(&path, &record)?;
-            eprintln!(
-                "seed {seed} {}: test {} -> {}",
-                method.name(),
-                summarize(&tests),
-                path.display()
-            );
-            written.push(path);
-        }
+                summary: format!("seed {seed} {}: test {}", method.name(), summarize(&tests)),
+            })
+        })?);
     }
     Ok(written)
 }
 
+/// `equirun scan …`.
+pub fn run(c: &ScanCommand) -> Result<()> {
+    match c {
+        ScanCommand::Generate(a) => generate(a),
+        ScanCommand::Pretrain(a) => pretrain(a).map(|_| ()),
+        ScanCommand::Finetune(a) => finetune(a).map(|_| ()),
+        ScanCommand::Quick(a) => quick(a),
+    }
+}
+
 /// `equirun scan quick`: the README's first experiment.
 pub fn quick(a: &QuickArgs) -> Result<()> {
+    a.compute.require_cpu_f32("scan quick")?;
     let data = DataOpts {
         dataset: "scan-ii".into(),
         split: "add-jump".into(),
@@ -967,6 +939,7 @@ pub fn quick(a: &QuickArgs) -> Result<()> {
         eval_every: (a.pretrain_iters / 3).max(1),
         val_fraction: 0.2,
         run: run(&format!("quick-scan-ii-{}", a.cell.name())),
+        compute: a.compute.clone(),
     };
     let dir = pretrain(&pre)?;
     let ft = FinetuneArgs {
@@ -981,6 +954,7 @@ pub fn quick(a: &QuickArgs) -> Result<()> {
         eval_every: (a.finetune_iters / 2).max(1),
         val_fraction: 0.01,
         run: run(&format!("quick-scan-ii-{}", a.cell.name())),
+        compute: a.compute.clone(),
     };
     let paths = finetune(&ft)?;
     for p in paths {
@@ -996,22 +970,6 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         println!("{}\t{n}", a.out.join(f).display());
     }
     Ok(())
-}
-
-/// Evaluates pretrained parameters under a wrapper without training (for tests and tools).
-pub fn zero_shot_accuracy(
-    model: &Seq2Seq,
-    method: Method,
-    sym: &TokenSymmetry,
-    pairs: &[(Vec<u32>, Vec<u32>)],
-    in_cols: usize,
-) -> Result<f64> {
-    let w = Wrapped {
-        method,
-        sym: Some(sym),
-        in_cols,
-    };
-    Ok(evaluate(&w, model, pairs, 256, &Device::Cpu, "eval")?.0)
 }
 
 /// Full-batch training on `pairs` for at most `iters` steps, stopping once the training set is
@@ -1072,3 +1030,81 @@ pub fn overfit(
     }
     Ok((evaluate(&w, &model, pairs, 64, &dev, "overfit")?.0, iters))
 }
+
+// ---------------------------------------------------------------------------------------------
+// what `equirun report` tabulates
+
+pub fn extract_scan(rec: &Value, source: &str) -> Vec<Obs> {
+    let c = &rec["config"];
+    let dataset = s(&c["data"]["dataset"]);
+    let cell = c["model"]["cell"]
+        .as_str()
+        .or(c["train"]["cell"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    let mut setting = vec![("dataset".to_string(), dataset.clone())];
+    if !c["data"]["eval_limit"].is_null() {
+        setting.push((
+            "test examples per split".into(),
+            s(&c["data"]["eval_limit"]),
+        ));
+    }
+    let column = if rec["experiment"] == "scan-pretrain" {
+        "pretrained".to_string()
+    } else {
+        let m = s(&c["method"]);
+        if c["iters"].as_u64() == Some(0) {
+            format!("{m} (zero-shot)")
+        } else {
+            m
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(t) = rec["metrics"]["test"].as_object() {
+        for (split, v) in t {
+            let Some(acc) = v["accuracy"].as_f64() else {
+                continue;
+            };
+            out.push(Obs {
+                family: Family::Scan,
+                title: format!("SCAN test accuracy (%) — {dataset}"),
+                setting: setting.clone(),
+                row: vec![cell.clone(), split.clone()],
+                column: column.clone(),
+                seed: seed_of(rec),
+                value: acc,
+                source: source.into(),
+            });
+        }
+    }
+    out
+}
+
+pub const PRETRAIN_ENTRY: Experiment = Experiment {
+    name: PRETRAIN,
+    words: &["scan", "pretrain"],
+    command: Some(registry::Command {
+        name: "scan",
+        about: "SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant \
+                wrappers",
+        args: registry::subcommands::<ScanCommand>,
+        run: |m| registry::run_with(m, run),
+    }),
+    run_folders: registry::one_folder,
+    extract: Some(extract_scan),
+};
+
+/// `equirun scan finetune`: one run folder per method, `<run-name>-<method>`.
+pub const FINETUNE_ENTRY: Experiment = Experiment {
+    name: FINETUNE,
+    words: &["scan", "finetune"],
+    command: None,
+    run_folders: |flag, run_name| {
+        let methods = flag("method")?.unwrap_or_else(|| "equitune".into());
+        Ok(Method::parse_list(&methods)?
+            .iter()
+            .map(|m| format!("{run_name}-{}", m.name()))
+            .collect())
+    },
+    extract: Some(extract_scan),
+};

@@ -1,10 +1,10 @@
 //! CLIP behind one type, whatever the backbone: ViT from an HF `CLIPModel` checkpoint (any
 //! config.json: ViT-B/32, B/16, L/14, L/14-336) through candle-transformers, or an OpenAI /
 //! OpenCLIP checkpoint in the open_clip layout (ModifiedResNet RN50/RN101/..., or ViT) through
-//! [`super::clip_resnet`]. Plus the zero-shot text classifier and deterministic tiny random
+//! [`super::open_clip`]. Plus the zero-shot text classifier and deterministic tiny random
 //! checkpoints for tests and `equirun check`.
 
-use super::clip_resnet::{self, OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
+use super::open_clip::{self, OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
 use super::zoo::{self, ZooEntry};
 use crate::hub::{ModelSource, ResolvedModel};
 use anyhow::{anyhow, bail, Context, Result};
@@ -440,7 +440,7 @@ impl Clip {
         let config_path = files.file("open_clip_config.json")?;
         let text = std::fs::read_to_string(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let config = clip_resnet::parse_open_clip_config(&text)
+        let config = open_clip::parse_open_clip_config(&text)
             .with_context(|| format!("in {}", config_path.display()))?;
         let weights = files.file("open_clip_model.safetensors")?;
         config
@@ -751,56 +751,15 @@ pub fn tiny_clip(seed: u64, device: &Device) -> Result<Clip> {
 /// tokenizer): the ResNet counterpart of [`tiny_clip`].
 pub fn tiny_resnet_clip(seed: u64, device: &Device) -> Result<Clip> {
     let config =
-        clip_resnet::parse_open_clip_config(&clip_resnet::tiny_resnet_config_json().to_string())?;
-    let varmap = clip_resnet::random_open_clip_varmap(&config, seed, device)?;
+        open_clip::parse_open_clip_config(&open_clip::tiny_resnet_config_json().to_string())?;
+    let varmap = open_clip::random_open_clip_varmap(&config, seed, device)?;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let mut clip = Clip::from_open_clip(vb, &config, None, DType::F32)?;
     clip.eos_id = 99;
     Ok(clip)
 }
 
-/// A word-level tokenizer.json for the tiny CLIP: lowercase, whitespace/punctuation split,
-/// `<|startoftext|>`=98 … `<|endoftext|>`=99 around every text; unknown words map to `<unk>`=0.
-pub fn tiny_tokenizer_json(words: &[&str]) -> Result<serde_json::Value> {
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<unk>".into(), 0.into());
-    let mut next = 1u32;
-    for w in words {
-        let w = w.to_lowercase();
-        if vocab.contains_key(&w) {
-            continue;
-        }
-        if next >= 98 {
-            bail!("tiny tokenizer vocabulary is full (97 words)");
-        }
-        vocab.insert(w, next.into());
-        next += 1;
-    }
-    vocab.insert("<|startoftext|>".into(), 98.into());
-    vocab.insert("<|endoftext|>".into(), 99.into());
-    Ok(serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [
-            {"id": 98, "content": "<|startoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            {"id": 99, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-        ],
-        "normalizer": {"type": "Lowercase"},
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
-            "special_tokens": {
-                "<|startoftext|>": {"id": "<|startoftext|>", "ids": [98], "tokens": ["<|startoftext|>"]},
-                "<|endoftext|>": {"id": "<|endoftext|>", "ids": [99], "tokens": ["<|endoftext|>"]}
-            }
-        },
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    }))
-}
+pub use super::tiny_tokenizer::tiny_tokenizer_json;
 
 /// Writes a complete tiny CLIP snapshot (config.json, model.safetensors, tokenizer.json).
 pub fn write_tiny_snapshot(dir: &Path, seed: u64, words: &[&str]) -> Result<()> {

@@ -12,6 +12,7 @@
 //! passed in by the caller, so a run is reproducible bit for bit. `scripts/bench_cnn_torch.py`
 //! builds the same network in PyTorch.
 
+use crate::equi::lambda::dropout_mask;
 use anyhow::{bail, Context, Result};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -411,22 +412,6 @@ impl CustomOp1 for MaxPool2Nhwc {
     }
 }
 
-/// An inverted-dropout mask (values 0 or 1/(1−p)) drawn from a seeded RNG.
-pub fn dropout_mask(
-    shape: &[usize],
-    p: f32,
-    rng: &RefCell<rand_chacha::ChaCha8Rng>,
-    dev: &Device,
-) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let keep = 1.0 / (1.0 - p);
-    let mut r = rng.borrow_mut();
-    let v: Vec<f32> = (0..n)
-        .map(|_| if r.random::<f32>() < p { 0.0 } else { keep })
-        .collect();
-    Ok(Tensor::from_vec(v, shape, dev)?)
-}
-
 /// The trainable variables of a CNN VarMap in [`CnnConfig::params`] order.
 pub fn vars(cfg: &CnnConfig, varmap: &VarMap) -> Result<Vec<Var>> {
     let data = varmap.data().lock().unwrap();
@@ -466,18 +451,7 @@ pub fn load_into(cfg: &CnnConfig, varmap: &VarMap, path: &Path) -> Result<()> {
 
 /// Saves the CNN variables atomically (temp file beside the target, then rename).
 pub fn save(varmap: &VarMap, path: &Path) -> Result<()> {
-    let dir = path
-        .parent()
-        .context("checkpoint path has no parent folder")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".safetensors")
-        .tempfile_in(dir)?;
-    varmap.save(tmp.path())?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("saving {}: {}", path.display(), e.error))?;
-    Ok(())
+    crate::output::save_varmap_atomic(varmap, path)
 }
 
 /// Keeps freed tensor buffers in the process instead of returning them to the OS.

@@ -2,16 +2,17 @@
 
 pub mod bert;
 pub mod clip;
-pub mod clip_resnet;
 pub mod cnn;
 pub mod fused;
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_tokenizer;
 pub mod lm;
+pub mod open_clip;
 pub mod probe;
 pub mod seq2seq;
 pub mod tape;
+pub mod tiny_tokenizer;
 pub mod zoo;
 
 use anyhow::Result;

@@ -36,9 +36,10 @@
 //! run (`{cell}`, `{data-dir}`; `_` and `-` are the same), `{out}`, `{name}`, `{stage}`; `{{`
 //! is a literal brace. In `run_name` substituted values are slugged (last path segment,
 //! characters outside `A-Za-z0-9._-` → `-`). Keys `seeds`, `out` and `run-name` are set by the
-//! sweep itself. The result files of each run are known from the command (`clip`, `scan
-//! pretrain`, `scan finetune` — one folder per `--method` —, `gpt2-fairness`); another command
-//! needs `experiment = "..."` (its results folder) and optionally `results = ["{run-name}-x"]`.
+//! sweep itself. The result files of each run are known from the experiment registry
+//! (`crate::experiments::REGISTRY`: `scan finetune` writes one folder per `--method`,
+//! `multi-image` one per `--k`); another command needs `experiment = "..."` (its results folder)
+//! and optionally `results = ["{run-name}-x"]`.
 //!
 //! # Local runs
 //!
@@ -506,37 +507,26 @@ fn substitute_value(
     })
 }
 
-/// Result folders (under `<out>/<experiment>/`) of a known command.
+/// Result folders (under `<out>/<experiment>/`) of a command the registry knows.
 fn known_results(
     command: &[String],
     flags: &[(String, toml::Value)],
     run_name: &str,
 ) -> Result<Option<(String, Vec<String>)>> {
     let words: Vec<&str> = command.iter().map(String::as_str).collect();
-    Ok(match words.as_slice() {
-        ["clip"] => Some((super::clip::EXPERIMENT.into(), vec![run_name.into()])),
-        ["clip", "finetune"] => Some((
-            super::clip_finetune::EXPERIMENT.into(),
-            vec![run_name.into()],
-        )),
-        ["cnn"] => Some((super::cnn::EXPERIMENT.into(), vec![run_name.into()])),
-        ["gpt2-fairness"] => Some((super::fairness::EXPERIMENT.into(), vec![run_name.into()])),
-        ["scan", "pretrain"] => Some((super::scan::PRETRAIN.into(), vec![run_name.into()])),
-        ["scan", "finetune"] => {
-            let methods = match flags.iter().find(|(k, _)| k == "method") {
-                Some((k, v)) => value_string(v, k)?.unwrap_or_default(),
-                None => "equitune".into(),
-            };
-            let ms = crate::equi::Method::parse_list(&methods)?;
-            Some((
-                super::scan::FINETUNE.into(),
-                ms.iter()
-                    .map(|m| format!("{run_name}-{}", m.name()))
-                    .collect(),
-            ))
+    let Some(e) = crate::experiments::registry::by_words(&words) else {
+        return Ok(None);
+    };
+    let flag = |k: &str| -> Result<Option<String>> {
+        match flags.iter().find(|(key, _)| key == k) {
+            Some((key, v)) => value_string(v, key),
+            None => Ok(None),
         }
-        _ => None,
-    })
+    };
+    Ok(Some((
+        e.name.to_string(),
+        (e.run_folders)(&flag, run_name)?,
+    )))
 }
 
 /// Expands every stage's grid × seeds into runs, in order.
@@ -662,9 +652,9 @@ pub fn expand(cfg: &SweepConfig) -> Result<Vec<Run>> {
                 let results = folders
                     .iter()
                     .flat_map(|f| {
-                        seeds
-                            .iter()
-                            .map(|&s| output::result_path(&cfg.out, &experiment, f, s))
+                        seeds.iter().map(|&s| {
+                            crate::experiments::harness::result_path(&cfg.out, &experiment, f, s)
+                        })
                     })
                     .collect();
                 runs.push(Run {
@@ -738,7 +728,7 @@ fn write_marker(out: &Path, run: &Run) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.tmp-{}", run.id(), std::process::id()));
     let text = serde_json::to_string_pretty(&json!({
-        "args": run.args, "results": run.results, "finished_at": output::now_rfc3339(),
+        "args": run.args, "results": run.results, "finished_at": crate::experiments::harness::now_rfc3339(),
     }))?;
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, &path)?;

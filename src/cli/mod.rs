@@ -1,8 +1,9 @@
-//! Command-line interface (clap). Nothing else lives here.
+//! Command-line interface (clap): the commands here, the option groups the experiments share
+//! in [`opts`].
 
-use crate::experiments::{
-    check::CheckArgs, clip::ClipArgs, fairness::FairnessArgs, scan::ScanCommand,
-};
+pub mod opts;
+
+use crate::experiments::check::CheckArgs;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -18,25 +19,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The commands that are not experiments (tools over runs, benchmarks, checks). The experiments'
+/// subcommands come from the registry ([`command`]).
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// CLIP zero-shot classification under rot90/flip corruptions with equivariant wrappers.
-    Clip(ClipArgs),
-    /// Equivariant text generation over demographic word swaps (GPT-2, GGUF LMs), with the
-    /// swap-consistency check.
-    #[command(name = "gpt2-fairness")]
-    Gpt2Fairness(FairnessArgs),
-    /// Multi-input equivariance on k-tuples of Fashion-MNIST images (CNN, CNN-Aug, Multi-GCNN,
-    /// Multi-GCNN-Fusion): per-view rot90 groups, Σ|Gᵢ| passes instead of Π|Gᵢ|.
-    #[command(name = "multi-image")]
-    MultiImage(crate::experiments::multi_image::MultiImageArgs),
-    /// Regard classification of generated text and the fairness report (train the offline
-    /// minilm-probe, evaluate a scorer, score samples → fractions, TVD, plots).
-    #[command(subcommand)]
-    Regard(crate::experiments::regard::RegardCommand),
-    /// SCAN / SCAN-II: generate data, pretrain the seq2seq, finetune through equivariant wrappers.
-    #[command(subcommand)]
-    Scan(ScanCommand),
     /// Greedy-generation throughput of a causal LM with its KV cache (GPT-2 snapshot or GGUF).
     #[command(name = "bench-lm")]
     BenchLm {
@@ -52,11 +38,10 @@ pub enum Command {
         prompt_len: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
+        /// CPU and f32 only.
+        #[command(flatten)]
+        compute: opts::DeviceOpts,
     },
-    /// Pretrained-CNN experiment on Fashion-MNIST (offline): pretrain upright, then zero-shot
-    /// and finetuned vanilla / equitune / equizero / λ-equitune / multi-* on rot90- or
-    /// flip-corrupted test images; `cnn bench` measures training throughput.
-    Cnn(crate::experiments::cnn::CnnArgs),
     /// Image-encoder throughput of a CLIP (any backbone) on seeded random inputs; prints JSON.
     #[command(name = "bench-clip")]
     BenchClip(crate::experiments::clip::BenchClipArgs),
@@ -67,9 +52,29 @@ pub enum Command {
     Check(CheckArgs),
     /// Run a TOML grid of equirun commands × seeds locally (--jobs, resumable), or write it as a
     /// Slurm job array / a run list (--emit).
-    Sweep(crate::experiments::sweep::SweepArgs),
+    Sweep(crate::tools::sweep::SweepArgs),
     /// Aggregate per-seed result JSONs into mean ± std tables (Markdown, CSV) and plots (SVG, PNG).
-    Report(crate::experiments::report::ReportArgs),
+    Report(crate::tools::report::ReportArgs),
+}
+
+/// The whole command line: every registered experiment's subcommand first (registry order), then
+/// the tools of [`Command`].
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let tools: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let experiments = crate::experiments::registry::commands();
+    let n = experiments.len();
+    for (i, sub) in experiments.into_iter().enumerate() {
+        cmd = cmd.subcommand(sub.display_order(i));
+    }
+    for (j, name) in tools.iter().enumerate() {
+        cmd = cmd.mut_subcommand(name, |s| s.display_order(n + j));
+    }
+    cmd
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,79 +1,26 @@
-//! Finetuning through any wrapper (methods.md §1.2–§1.4, §3.2): the loss is taken on the
-//! wrapped output and gradients flow into the backbone through every transformed copy.
+//! Training through any wrapper (docs/methods.md, "Finetuning through a wrapper"): the loss is
+//! taken on the wrapped output and gradients flow into the backbone through every transformed
+//! copy. Optimisers, schedules, the phase runner and the straight-through estimator live here.
 //!
-//! * vanilla / equitune / multi-equitune: the [`Evaluator`](super::Evaluator) output itself
+//! * vanilla / equitune / multi-equitune: the [`Evaluator`] output itself
 //!   (it is differentiable: narrow, stack, f64 sums and casts all have gradients);
 //! * equizero / multi-equizero: the **straight-through estimator**
 //!   `out = E + stopgrad(Z − E)` with `E` the equitune (multi-equitune) average and `Z` the
 //!   equizero (multi-equizero) output: the forward value is `Z`, the gradient that of `E`;
-//! * λ-equitune: [`super::lambda`], in two phases (λ-net only, then the backbone with λ frozen).
+//! * λ-equitune: [`crate::equi::lambda`], in two phases (λ-net only, then the backbone with λ
+//!   frozen): [`lambda_two_phase`].
 //!
 //! The loss is the cross-entropy of the wrapped prediction: `CE(z̄, y)` when logits are
 //! averaged, `−log p̄_y` when probabilities are averaged (no second softmax). Parameters are f32
 //! master weights; the optimisers below update them in f32.
 
-use super::lambda::Head;
-use super::{Evaluator, Method, Proxy, Symmetry, ZeroSelect};
+use crate::equi::lambda::Head;
+use crate::equi::{Evaluator, Method, Proxy, Symmetry, ZeroSelect};
 use anyhow::{bail, Result};
-use candle_core::{backprop::GradStore, DType, Tensor, Var, D};
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Instant;
-
-/// A method that can be finetuned: one of the [`Method`]s or λ-equitune.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Wrap {
-    Plain(Method),
-    Lambda,
-}
-
-impl Wrap {
-    pub const LAMBDA_NAME: &'static str = "lambda-equitune";
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Wrap::Plain(m) => m.name(),
-            Wrap::Lambda => Self::LAMBDA_NAME,
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Wrap> {
-        let t = s.trim().to_ascii_lowercase().replace('_', "-");
-        if matches!(t.as_str(), "lambda-equitune" | "λ-equitune" | "lambda") {
-            return Ok(Wrap::Lambda);
-        }
-        Method::parse(&t).map(Wrap::Plain).map_err(|_| {
-            anyhow::anyhow!(
-                "unknown method '{s}': valid methods are vanilla, equitune, equizero, \
-                 lambda-equitune, multi-equitune, multi-equizero"
-            )
-        })
-    }
-
-    /// A comma-separated list, order kept, duplicates dropped.
-    pub fn parse_list(s: &str) -> Result<Vec<Wrap>> {
-        let mut out = Vec::new();
-        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let w = Wrap::parse(part)?;
-            if !out.contains(&w) {
-                out.push(w);
-            }
-        }
-        if out.is_empty() {
-            bail!("no method given: use one or more of vanilla, equitune, equizero, lambda-equitune, multi-equitune, multi-equizero");
-        }
-        Ok(out)
-    }
-
-    /// Model forward passes per input (λ-equitune: |G| backbone passes, plus |G| frozen
-    /// feature passes once the backbone has moved away from the pretrained weights).
-    pub fn passes(&self, sym: &dyn Symmetry) -> usize {
-        match self {
-            Wrap::Plain(m) => m.passes(sym),
-            Wrap::Lambda => sym.order(),
-        }
-    }
-}
 
 /// `E + stopgrad(Z − E)`: the value of `Z`, the gradient of `E`.
 pub fn straight_through(e: &Tensor, z: &Tensor) -> Result<Tensor> {
@@ -87,7 +34,7 @@ pub fn train_output(
     method: Method,
     sym: &dyn Symmetry,
     proxy: Proxy,
-    model: &dyn super::BatchModel,
+    model: &dyn crate::equi::BatchModel,
     x: &Tensor,
 ) -> Result<Tensor> {
     let ev = Evaluator {
@@ -118,33 +65,6 @@ pub fn classification_loss(out: &Tensor, labels: &Tensor, head: Head) -> Result<
         Head::Softmax => {
             let lp = out.clamp(1e-12f64, f64::INFINITY)?.log()?;
             Ok(candle_nn::loss::nll(&lp, labels)?)
-        }
-    }
-}
-
-/// Equizero proxies on one copy's output `[B, C]` (lower is better).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProxyKind {
-    /// Entropy of the predicted distribution (the official CNN code's `--use_entropy`).
-    Entropy,
-    /// Minus the largest class probability (the CLIP proxy).
-    MaxProb,
-}
-
-impl ProxyKind {
-    /// The proxy on outputs in `head`'s space.
-    pub fn eval(&self, y: &Tensor, head: Head) -> Result<Tensor> {
-        let p = match head {
-            Head::Logits => candle_nn::ops::softmax_last_dim(&y.to_dtype(DType::F32)?)?,
-            Head::Softmax => y.to_dtype(DType::F32)?,
-        };
-        match self {
-            ProxyKind::MaxProb => Ok(p.max(D::Minus1)?.neg()?),
-            ProxyKind::Entropy => {
-                let lp = p.clamp(1e-30f64, 1.0)?.log()?;
-                Ok((p * lp)?.sum(D::Minus1)?.neg()?)
-            }
         }
     }
 }
@@ -350,7 +270,7 @@ pub fn run_phase(
         None
     };
     let total = schedule.iterations();
-    let pb = crate::experiments::progress_bar(total as u64, label);
+    let pb = crate::output::progress_bar(total as u64, label);
     let mut it = 0;
     for round in 1..=schedule.rounds {
         let t0 = Instant::now();
@@ -400,4 +320,77 @@ pub fn run_phase(
         Select::Last => schedule.rounds,
     };
     Ok(out)
+}
+
+impl PhaseOutcome {
+    /// The phase as JSON, in the order result files use: curve, best round and accuracy,
+    /// selected round, iterations, training images and seconds, images per second.
+    pub fn json(&self, batch_size: usize) -> serde_json::Map<String, Value> {
+        let images = self.iterations * batch_size;
+        let v = json!({
+            "curve": self.curve, "best_round": self.best_round, "best_val_accuracy": self.best_val,
+            "selected_round": self.selected_round, "iterations": self.iterations,
+            "train_images": images, "train_seconds": self.train_seconds,
+            "images_per_second": if self.train_seconds > 0.0 { json!(images as f64 / self.train_seconds) } else { Value::Null },
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("a JSON object literal"),
+        }
+    }
+
+    /// λ-equitune's phase-1 record (`lambda_phase` in result files).
+    pub fn lambda_json(&self, lambda_net_checkpoint: Value) -> Value {
+        json!({
+            "curve": self.curve, "best_round": self.best_round, "best_val_accuracy": self.best_val,
+            "selected_round": self.selected_round, "iterations": self.iterations,
+            "train_seconds": self.train_seconds, "lambda_net_checkpoint": lambda_net_checkpoint,
+        })
+    }
+}
+
+/// One training phase: its schedule, loss and validation.
+pub struct Phase<'a, L, V> {
+    pub label: String,
+    pub schedule: &'a Schedule,
+    pub vars: Vec<Var>,
+    pub loss: L,
+    pub validate: V,
+}
+
+/// λ-equitune's two phases (docs/methods.md, "λ-equitune"), shared by `cnn` and `clip finetune`:
+/// phase 1 trains the λ-net alone on the frozen pretrained backbone; `between` then runs on the
+/// trained λ-net (the zero-shot evaluation, saving it); phase 2 trains the backbone with the
+/// λ-net frozen and in eval mode, with the budget of the other methods. Each phase keeps the
+/// round `select` picks.
+pub fn lambda_two_phase<L1, V1, L2, V2, Z>(
+    select: Select,
+    lambda_net: Phase<L1, V1>,
+    between: impl FnOnce() -> Result<Z>,
+    backbone: Phase<L2, V2>,
+) -> Result<(PhaseOutcome, Z, PhaseOutcome)>
+where
+    L1: FnMut(usize) -> Result<Tensor>,
+    V1: FnMut() -> Result<f64>,
+    L2: FnMut(usize) -> Result<Tensor>,
+    V2: FnMut() -> Result<f64>,
+{
+    let p1 = run_phase(
+        &lambda_net.label,
+        lambda_net.schedule,
+        lambda_net.vars,
+        select,
+        lambda_net.loss,
+        lambda_net.validate,
+    )?;
+    let z = between()?;
+    let p2 = run_phase(
+        &backbone.label,
+        backbone.schedule,
+        backbone.vars,
+        select,
+        backbone.loss,
+        backbone.validate,
+    )?;
+    Ok((p1, z, p2))
 }

@@ -1144,7 +1144,7 @@ pub fn write_tiny_resnet_snapshot(dir: &Path, seed: u64, words: &[&str]) -> Resu
     )?;
     std::fs::write(
         dir.join("tokenizer.json"),
-        serde_json::to_string_pretty(&super::clip::tiny_tokenizer_json(words)?)?,
+        serde_json::to_string_pretty(&super::tiny_tokenizer::tiny_tokenizer_json(words)?)?,
     )?;
     Ok(())
 }

@@ -13,9 +13,12 @@
 //! seed set is the most common seed set of its cells; a cell with other seeds is marked
 //! incomplete (missing / extra seeds listed) rather than silently averaged over fewer. When
 //! several run folders fill the same cell with values that disagree on a shared seed, the cell
-//! is split into one column per run folder (`method [run]`). Adding an experiment is one
-//! `extract_*` function and one line in [`extract`].
+//! is split into one column per run folder (`method [run]`). What a result file contributes is
+//! its experiment's `extract` (`src/experiments/registry.rs`).
 
+use super::plot::{write_svg_png, FONT};
+use super::table::{short_id, Family, Obs};
+use crate::experiments::REGISTRY;
 use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -24,78 +27,6 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-/// One number: a table cell's value for one seed.
-#[derive(Clone, Debug)]
-pub struct Obs {
-    pub family: Family,
-    pub title: String,
-    pub setting: Vec<(String, String)>,
-    pub row: Vec<String>,
-    pub column: String,
-    pub seed: u64,
-    pub value: f64,
-    /// `<experiment>/<run folder>`.
-    pub source: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Clip,
-    Scan,
-    Fairness,
-    /// Regard disparity: the largest TVD between an axis' demographics.
-    Regard,
-    /// Multi-image classification accuracy per model.
-    MultiImage,
-    /// The pretrained CNN, zero-shot and finetuned through the wrappers.
-    Cnn,
-}
-
-impl Family {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Family::Clip => "clip",
-            Family::Scan => "scan",
-            Family::Fairness => "fairness",
-            Family::Regard => "regard",
-            Family::MultiImage => "multi-image",
-            Family::Cnn => "cnn",
-        }
-    }
-    fn row_fields(&self) -> &'static [&'static str] {
-        match self {
-            Family::Clip => &["model", "transform"],
-            Family::Scan => &["cell", "test split"],
-            Family::Fairness => &["axes", "contexts"],
-            Family::Regard => &["axis", "context"],
-            Family::MultiImage => &["k", "test tuples"],
-            Family::Cnn => &["stage", "test images"],
-        }
-    }
-    fn decimals(&self) -> usize {
-        match self {
-            Family::Fairness | Family::Regard => 3,
-            _ => 2,
-        }
-    }
-    fn y_max(&self) -> f64 {
-        match self {
-            Family::Fairness | Family::Regard => 1.0,
-            _ => 100.0,
-        }
-    }
-    fn y_label(&self) -> &'static str {
-        match self {
-            Family::Clip => "top-1 accuracy (%)",
-            Family::Scan => "test accuracy (%)",
-            Family::Fairness => "swap consistency",
-            Family::Regard => "max TVD of regard labels",
-            Family::MultiImage => "test accuracy (%)",
-            Family::Cnn => "test accuracy (%)",
-        }
-    }
-}
 
 /// Statistics of one cell.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,348 +126,14 @@ fn join(v: &[u64], sep: &str) -> String {
         .join(sep)
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(x) => x.clone(),
-        Value::Null => "none".into(),
-        other => other.to_string(),
-    }
-}
-
-fn short_id(id: &str) -> String {
-    id.trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(id)
-        .to_string()
-}
-
 // ---------------------------------------------------------------------------------------------
-// extraction: one function per experiment
+// extraction: each experiment's own `extract`, found through the registry
 
-/// The observations of one result file; `None` for an experiment the report does not know.
+/// The observations of one result file; `None` for an experiment the report does not tabulate.
 pub fn extract(rec: &Value, source: &str) -> Option<Vec<Obs>> {
-    match rec.get("experiment")?.as_str()? {
-        "clip" => Some(extract_clip(rec, source)),
-        "scan-pretrain" | "scan-finetune" => Some(extract_scan(rec, source)),
-        "gpt2-fairness" => {
-            let mut o = extract_fairness(rec, source);
-            o.extend(extract_regard(
-                rec,
-                &rec["metrics"]["regard"]["metrics"],
-                source,
-            ));
-            Some(o)
-        }
-        "regard-score" => Some(extract_regard(rec, &rec["metrics"]["regard"], source)),
-        "multi-image" => Some(extract_multi_image(rec, source)),
-        "cnn" => Some(extract_cnn(rec, source)),
-        _ => None,
-    }
-}
-
-fn seed_of(rec: &Value) -> u64 {
-    rec["seed"].as_u64().unwrap_or(0)
-}
-
-fn extract_clip(rec: &Value, source: &str) -> Vec<Obs> {
-    let c = &rec["config"];
-    let dataset = s(&c["dataset"]["name"]);
-    let model = c["model"]["id"]
-        .as_str()
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .unwrap_or_else(|| s(&c["model"]["path"]));
-    let transform = if c["transform"].is_null() {
-        "none".to_string()
-    } else {
-        s(&c["transform"]["name"])
-    };
-    let group = s(&c["group"]["name"]);
-    let scale = &c["logit_scale"];
-    let setting = vec![
-        ("dataset".to_string(), dataset.clone()),
-        ("images".into(), s(&c["dataset"]["n_images"])),
-        (
-            "logit scale".into(),
-            format!("{} {}", s(&scale["mode"]), s(&scale["value"])),
-        ),
-        (
-            "corruption draw".into(),
-            if c["transform_per_batch"].as_bool() == Some(true) {
-                "per batch".into()
-            } else {
-                "per image".into()
-            },
-        ),
-        ("equizero".into(), s(&c["equizero_select"])),
-    ];
-    let mut out = Vec::new();
-    if let Some(m) = rec["metrics"].as_object() {
-        for (method, v) in m {
-            let Some(top1) = v["top1"].as_f64() else {
-                continue;
-            };
-            let column = if method == "vanilla" || group == transform {
-                method.clone()
-            } else {
-                format!("{method} ({group})")
-            };
-            out.push(Obs {
-                family: Family::Clip,
-                title: format!("CLIP zero-shot top-1 accuracy (%) — {dataset}"),
-                setting: setting.clone(),
-                row: vec![model.clone(), transform.clone()],
-                column,
-                seed: seed_of(rec),
-                value: top1,
-                source: source.into(),
-            });
-        }
-    }
-    out
-}
-
-fn extract_scan(rec: &Value, source: &str) -> Vec<Obs> {
-    let c = &rec["config"];
-    let dataset = s(&c["data"]["dataset"]);
-    let cell = c["model"]["cell"]
-        .as_str()
-        .or(c["train"]["cell"].as_str())
-        .unwrap_or("?")
-        .to_string();
-    let mut setting = vec![("dataset".to_string(), dataset.clone())];
-    if !c["data"]["eval_limit"].is_null() {
-        setting.push((
-            "test examples per split".into(),
-            s(&c["data"]["eval_limit"]),
-        ));
-    }
-    let column = if rec["experiment"] == "scan-pretrain" {
-        "pretrained".to_string()
-    } else {
-        let m = s(&c["method"]);
-        if c["iters"].as_u64() == Some(0) {
-            format!("{m} (zero-shot)")
-        } else {
-            m
-        }
-    };
-    let mut out = Vec::new();
-    if let Some(t) = rec["metrics"]["test"].as_object() {
-        for (split, v) in t {
-            let Some(acc) = v["accuracy"].as_f64() else {
-                continue;
-            };
-            out.push(Obs {
-                family: Family::Scan,
-                title: format!("SCAN test accuracy (%) — {dataset}"),
-                setting: setting.clone(),
-                row: vec![cell.clone(), split.clone()],
-                column: column.clone(),
-                seed: seed_of(rec),
-                value: acc,
-                source: source.into(),
-            });
-        }
-    }
-    out
-}
-
-fn names(v: &Value) -> String {
-    match v {
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.get("name").map(s).unwrap_or_else(|| s(x)))
-            .collect::<Vec<_>>()
-            .join(","),
-        other => s(other),
-    }
-}
-
-fn extract_fairness(rec: &Value, source: &str) -> Vec<Obs> {
-    let c = &rec["config"];
-    let m = &c["model"];
-    let model = m["origin"]["id"]
-        .as_str()
-        .filter(|x| !x.is_empty())
-        .map(String::from)
-        .or_else(|| m["path"].as_str().map(short_id))
-        .or_else(|| m["origin"]["path"].as_str().map(short_id))
-        .unwrap_or_else(|| s(&m["kind"]));
-    let setting = vec![
-        ("model".to_string(), model.clone()),
-        (
-            "samples per demographic".into(),
-            s(&c["samples_per_demographic"]),
-        ),
-        ("top-k".into(), s(&c["top_k"])),
-        ("max new tokens".into(), s(&c["max_new_tokens"])),
-    ];
-    let axes = names(&c["axes"]);
-    let contexts = names(&c["contexts"]);
-    let mut out = Vec::new();
-    if let Some(ms) = rec["metrics"]["methods"].as_object() {
-        for (method, v) in ms {
-            let Some(x) = v["swap_consistency"].as_f64() else {
-                continue;
-            };
-            out.push(Obs {
-                family: Family::Fairness,
-                title: format!("Fairness: swap consistency — {}", short_id(&model)),
-                setting: setting.clone(),
-                row: vec![axes.clone(), contexts.clone()],
-                column: method.clone(),
-                seed: seed_of(rec),
-                value: x,
-                source: source.into(),
-            });
-        }
-    }
-    out
-}
-
-/// Per (zero-shot / finetuned, upright / corrupted test images) and method.
-fn extract_cnn(rec: &Value, source: &str) -> Vec<Obs> {
-    let c = &rec["config"];
-    let group = s(&c["group"]["name"]);
-    let transform = s(&c["transform"]["name"]);
-    let setting = vec![
-        ("group".to_string(), group.clone()),
-        ("corruption".into(), transform.clone()),
-        (
-            "finetune".into(),
-            format!(
-                "{}×{} iterations, batch {}, {} lr {}",
-                s(&c["finetune"]["schedule"]["rounds"]),
-                s(&c["finetune"]["schedule"]["iters_per_round"]),
-                s(&c["finetune"]["batch_size"]),
-                s(&c["finetune"]["schedule"]["optim"]["kind"]),
-                s(&c["finetune"]["schedule"]["optim"]["lr"])
-            ),
-        ),
-    ];
-    let title = format!("CNN on Fashion-MNIST — group {group}, corruption {transform}");
-    let mut out = Vec::new();
-    let m = &rec["metrics"];
-    if let Some(x) = m["pretrained"]["test_upright_accuracy"].as_f64() {
-        out.push(Obs {
-            family: Family::Cnn,
-            title: title.clone(),
-            setting: setting.clone(),
-            row: vec!["pretrained".into(), "upright".into()],
-            column: "vanilla".into(),
-            seed: seed_of(rec),
-            value: x,
-            source: source.into(),
-        });
-    }
-    for (stage, key) in [("zero-shot", "zero_shot"), ("finetuned", "finetuned")] {
-        for (method, v) in m[key].as_object().into_iter().flatten() {
-            let t = if key == "finetuned" { &v["test"] } else { v };
-            for (set, label) in [
-                ("upright", "upright".to_string()),
-                (transform.as_str(), transform.clone()),
-            ] {
-                let Some(x) = t[set].as_f64() else { continue };
-                out.push(Obs {
-                    family: Family::Cnn,
-                    title: title.clone(),
-                    setting: setting.clone(),
-                    row: vec![stage.into(), label.clone()],
-                    column: method.clone(),
-                    seed: seed_of(rec),
-                    value: x,
-                    source: source.into(),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Per (k, upright / rotated test tuples) and model: test accuracy at the validation-selected epoch.
-fn extract_multi_image(rec: &Value, source: &str) -> Vec<Obs> {
-    let c = &rec["config"];
-    let setting = vec![
-        ("train images".to_string(), s(&c["train_images"])),
-        ("epochs".into(), s(&c["epochs"])),
-        ("lr".into(), s(&c["optimizer"]["lr"])),
-        ("fusion".into(), s(&c["fusion_form"])),
-    ];
-    let mut out = Vec::new();
-    for (model, m) in rec["metrics"]["models"].as_object().into_iter().flatten() {
-        for (key, label) in [
-            ("test_upright", "upright"),
-            ("test_rotated", "rotated per view"),
-        ] {
-            let Some(x) = m[key].as_f64() else { continue };
-            out.push(Obs {
-                family: Family::MultiImage,
-                title: "Multi-image Fashion-MNIST: test accuracy (%)".into(),
-                setting: setting.clone(),
-                row: vec![s(&c["k"]), label.into()],
-                column: model.clone(),
-                seed: seed_of(rec),
-                value: x,
-                source: source.into(),
-            });
-        }
-    }
-    out
-}
-
-/// Per (axis, context) and model/method: the largest total-variation distance between the
-/// axis' demographics' regard label distributions.
-fn extract_regard(rec: &Value, m: &Value, source: &str) -> Vec<Obs> {
-    let c = &rec["config"];
-    let scorer = c["regard"]["scorer"]["scorer"]
-        .as_str()
-        .or(c["scorer"]["scorer"].as_str())
-        .unwrap_or("?")
-        .to_string();
-    let what = if rec["experiment"] == "regard-score" {
-        // `…/<run>/seed-0.samples.tsv` reads better as `<run>/seed-0.samples.tsv`
-        let input = c["input"].as_str().unwrap_or_default();
-        let p = std::path::Path::new(input);
-        match (p.file_name(), p.parent().and_then(|d| d.file_name())) {
-            (Some(f), Some(d)) if f.to_string_lossy().starts_with("seed-") => {
-                format!("{}/{}", d.to_string_lossy(), f.to_string_lossy())
-            }
-            _ => short_id(input),
-        }
-    } else {
-        short_id(&s(&c["model"]["origin"]["id"]))
-    };
-    let setting = vec![
-        ("samples".to_string(), what.clone()),
-        ("scorer".into(), scorer.clone()),
-        (
-            "bootstrap".into(),
-            "point estimates; seeds = generation or bootstrap seeds".into(),
-        ),
-    ];
-    let mut out = Vec::new();
-    for a in m["axes"].as_array().into_iter().flatten() {
-        let Some(x) = a["max_tvd"].as_f64() else {
-            continue;
-        };
-        out.push(Obs {
-            family: Family::Regard,
-            title: format!(
-                "Regard disparity (max TVD) — {} · {}",
-                what,
-                short_id(&scorer)
-            ),
-            setting: setting.clone(),
-            row: vec![s(&a["axis"]), s(&a["context"])],
-            column: s(&a["model"]),
-            seed: seed_of(rec),
-            value: x,
-            source: source.into(),
-        });
-    }
-    out
+    let name = rec.get("experiment")?.as_str()?;
+    let f = REGISTRY.iter().find(|e| e.name == name)?.extract?;
+    Some(f(rec, source))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -716,7 +313,7 @@ pub fn aggregate(obs: &[Obs]) -> Vec<Table> {
                 sources: sources.clone(),
             });
         }
-        let base = crate::experiments::sweep::slug(&format!(
+        let base = super::sweep::slug(&format!(
             "{}-{}",
             family.name(),
             setting
@@ -894,7 +491,6 @@ fn cells_csv(tables: &[Table]) -> String {
 // ---------------------------------------------------------------------------------------------
 // plots
 
-const FONT: &str = "monospace";
 const COLORS: [RGBColor; 8] = [
     RGBColor(0x4c, 0x72, 0xb0),
     RGBColor(0xdd, 0x84, 0x52),
@@ -905,17 +501,6 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(0xda, 0x8b, 0xc3),
     RGBColor(0x8c, 0x8c, 0x8c),
 ];
-
-/// Registers the embedded font (Hack Regular, MIT/Bitstream Vera, from crate `epaint_default_fonts`) once: plotters'
-/// ab_glyph text needs no system fonts.
-fn register_font() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        for style in [FontStyle::Normal, FontStyle::Bold] {
-            let _ = plotters::style::register_font(FONT, style, epaint_default_fonts::HACK_REGULAR);
-        }
-    });
-}
 
 struct Layout {
     w: u32,
@@ -1155,43 +740,6 @@ pub fn plot_table(t: &Table, dir: &Path) -> Result<Vec<PathBuf>> {
         |root| draw_table(&root, t, &lay),
         |root| draw_table(&root, t, &lay),
     )
-}
-
-pub(crate) const PLOT_FONT: &str = FONT;
-
-/// Renders one figure twice (SVG text, RGB bitmap) and writes `<dir>/<slug>.svg` and
-/// `<dir>/<slug>.png` atomically; both closures draw the same figure on their backend.
-pub(crate) fn write_svg_png(
-    dir: &Path,
-    slug: &str,
-    (w, h): (u32, u32),
-    draw_svg: impl FnOnce(DrawingArea<SVGBackend, Shift>) -> Result<()>,
-    draw_png: impl FnOnce(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
-) -> Result<Vec<PathBuf>> {
-    register_font();
-    let svg = dir.join(format!("{slug}.svg"));
-    let mut text = String::new();
-    {
-        let root = SVGBackend::with_string(&mut text, (w, h)).into_drawing_area();
-        draw_svg(root).with_context(|| format!("plotting {}", svg.display()))?;
-    }
-    crate::output::write_bytes_atomic(&svg, text.as_bytes())?;
-    let png = dir.join(format!("{slug}.png"));
-    let mut buf = vec![0u8; w as usize * h as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw_png(root).with_context(|| format!("plotting {}", png.display()))?;
-    }
-    let img =
-        image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("bitmap size mismatch"))?;
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .with_context(|| format!("encoding {}", png.display()))?;
-    crate::output::write_bytes_atomic(&png, &bytes)?;
-    Ok(vec![svg, png])
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,247 @@
+//! Option groups shared by the experiments' command lines, flattened into each experiment's
+//! `Args` (`#[command(flatten)]`). A group declares a flag once — its name, type, help and
+//! validation; an experiment whose default differs sets it with
+//! `#[command(mut_arg("flag", |a| a.default_value("...")))]` on its `Args`.
+//!
+//! Every group serialises flattened (`#[serde(flatten)]` at the use site), so an `Args` value
+//! reads as it did before the groups existed.
+
+use crate::groups::image::{image_group, D4};
+use crate::groups::FiniteGroup;
+use crate::hub::ModelSource;
+use crate::train::{OptimKind, Schedule, Select};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub use crate::device::DeviceOpts;
+
+/// Options shared by every experiment that writes results.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunOpts {
+    /// Seeds to run, e.g. `0,1,2` or `0-4`; one JSON per seed.
+    #[arg(long, default_value = "0")]
+    pub seeds: String,
+    /// Results root: files go to <out>/<experiment>/<run-name>/seed-<n>.json.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Run folder name (default: derived from the config, with a short config hash).
+    #[arg(long)]
+    pub run_name: Option<String>,
+    /// Recompute and overwrite results that already exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl RunOpts {
+    /// The parsed `--seeds`.
+    pub fn seed_list(&self) -> Result<Vec<u64>> {
+        crate::output::parse_seeds(&self.seeds).context("--seeds")
+    }
+}
+
+/// Where a model's weights come from. No built-in default: each experiment names its own
+/// ([`ModelOpts::source`]).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelOpts {
+    /// Model: a Hugging Face id (resolved through the HF cache; downloaded only when online) or a
+    /// name the experiment knows (CLIP paper names such as RN50, ViT-B/32; `smollm2`). Default:
+    /// the experiment's model (see the command's description).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// A local snapshot folder (config.json, model.safetensors, tokenizer.json); overrides --model.
+    #[arg(long, value_name = "PATH")]
+    pub model_dir: Option<PathBuf>,
+}
+
+impl ModelOpts {
+    /// The model id: `--model`, else `default`.
+    pub fn id<'a>(&'a self, default: &'a str) -> &'a str {
+        self.model.as_deref().unwrap_or(default)
+    }
+
+    /// The hub source, `default` standing in for a missing `--model`.
+    pub fn source(&self, default: &str) -> ModelSource {
+        ModelSource {
+            model: self.id(default).to_string(),
+            revision: self.revision.clone(),
+            model_dir: self.model_dir.clone(),
+        }
+    }
+}
+
+/// The default CLIP of `clip`, `clip finetune`, `bench-clip` and `check --model`.
+pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
+
+impl DeviceOpts {
+    /// For commands whose model runs on the CPU only: `--device cpu --dtype f32` or a clear error
+    /// (instead of silently ignoring the flags).
+    pub fn require_cpu_f32(&self, command: &str) -> Result<()> {
+        let (dev, dtype) = self.resolve()?;
+        if !dev.is_cpu() {
+            bail!(
+                "--device {}: `equirun {command}` runs on the CPU only (its training code is CPU-bound); \
+                 omit --device or pass --device cpu",
+                self.device
+            );
+        }
+        if dtype != candle_core::DType::F32 {
+            bail!(
+                "--dtype {}: `equirun {command}` trains and evaluates in f32 only; omit --dtype or pass --dtype f32",
+                self.dtype
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The wrapper group and the corruption of an image experiment.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GroupOpts {
+    /// Symmetry group of the wrappers: rot90, flip (=vflip), hflip, vflip, rot180, id, or a
+    /// product with 'x' such as rot90xflip (D4) or rot90xhflip (multi-* need a product).
+    #[arg(long, default_value = "rot90")]
+    pub group: String,
+    /// Corruption group, one random element per image (seeded); default = --group; `none` for
+    /// clean images.
+    #[arg(long)]
+    pub transform: Option<String>,
+}
+
+impl GroupOpts {
+    /// The wrapper group.
+    pub fn group(&self) -> Result<FiniteGroup<D4>> {
+        image_group(&self.group).context("--group")
+    }
+
+    /// The corruption group (`None` = clean images).
+    pub fn transform(&self) -> Result<Option<FiniteGroup<D4>>> {
+        match self.transform.as_deref().map(str::trim) {
+            None => Ok(Some(self.group()?)),
+            Some("none") | Some("") => Ok(None),
+            Some(t) => Ok(Some(image_group(t).context("--transform")?)),
+        }
+    }
+
+    /// The corruption's name as given (`--transform`, else `--group`).
+    pub fn transform_spec(&self) -> String {
+        self.transform.clone().unwrap_or_else(|| self.group.clone())
+    }
+}
+
+/// `--method`: the wrappers to run (parsed by [`crate::equi::Method::parse_list`]).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MethodOpts {
+    /// Methods, comma-separated (see docs/methods.md): vanilla, equitune, equizero,
+    /// multi-equitune, multi-equizero, and where the experiment supports them lambda-equitune,
+    /// r-equitune.
+    #[arg(long, default_value = "vanilla,equitune,equizero")]
+    pub method: String,
+}
+
+/// `--logit-scale`: the softmax scale on CLIP's cosine similarities.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LogitScaleOpts {
+    /// Softmax scale on cosine similarities: a number (papers: 1.0) or `model` for CLIP's
+    /// learned scale.
+    #[arg(long, default_value = "1.0")]
+    pub logit_scale: String,
+}
+
+impl LogitScaleOpts {
+    /// `Some(v)` for a fixed positive scale, `None` for the model's own.
+    pub fn fixed(&self) -> Result<Option<f32>> {
+        match self.logit_scale.trim() {
+            "model" => Ok(None),
+            s => {
+                let v: f32 = s.parse().with_context(|| {
+                    format!("--logit-scale '{s}': expected a number or 'model'")
+                })?;
+                if !v.is_finite() || v <= 0.0 {
+                    bail!("--logit-scale must be positive, got {v}");
+                }
+                Ok(Some(v))
+            }
+        }
+    }
+}
+
+/// The backbone finetuning schedule (rounds × iterations, optimiser, selection).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FinetuneOpts {
+    /// Finetuning batch size (input images; each costs one pass per copy).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Finetuning rounds (validation after each; the best round is kept).
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Finetuning iterations per round.
+    #[arg(long, default_value_t = 100)]
+    pub iters: usize,
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optim: OptimKind,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Momentum (SGD only).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Which round each finetuning phase keeps.
+    #[arg(long, value_enum, default_value = "best-val")]
+    pub select: Select,
+}
+
+impl FinetuneOpts {
+    /// The validated backbone schedule.
+    pub fn schedule(&self) -> Result<Schedule> {
+        Schedule::from_flags(
+            self.rounds,
+            self.iters,
+            self.optim,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            "finetuning (--lr, --momentum, --weight-decay)",
+        )
+    }
+}
+
+/// λ-equitune's λ-net phase.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LambdaOpts {
+    /// λ-equitune form: paper (softplus weights normalised over the orbit) or official (λ as a
+    /// per-copy inverse temperature).
+    #[arg(long, value_enum, default_value = "paper")]
+    pub lambda_form: crate::equi::lambda::LambdaForm,
+    /// λ-equitune phase 1 (λ-net only, backbone frozen): rounds.
+    #[arg(long, default_value_t = 2)]
+    pub lambda_rounds: usize,
+    /// λ-equitune phase 1: iterations per round.
+    #[arg(long, default_value_t = 100)]
+    pub lambda_iters: usize,
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub lambda_optim: OptimKind,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lambda_lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub lambda_momentum: f64,
+}
+
+impl LambdaOpts {
+    /// The validated λ-net schedule.
+    pub fn schedule(&self) -> Result<Schedule> {
+        Schedule::from_flags(
+            self.lambda_rounds,
+            self.lambda_iters,
+            self.lambda_optim,
+            self.lambda_lr,
+            self.lambda_momentum,
+            0.0,
+            "λ-net training (--lambda-lr, --lambda-momentum)",
+        )
+    }
+}
