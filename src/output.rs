@@ -108,32 +108,8 @@ pub fn derive_seed(seed: u64, purpose: &str) -> u64 {
     rng_for(seed, purpose).next_u64()
 }
 
-/// Parses `0,1,2` or `0-4` (inclusive) into seeds.
+/// Parses `0,1,2`, `0-4` (inclusive) or a mix into distinct seeds, bounded before expansion
+/// (see [`crate::parse::parse_seeds`]).
 pub fn parse_seeds(s: &str) -> Result<Vec<u64>> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if let Some((a, b)) = part.split_once('-') {
-            let (a, b): (u64, u64) = (
-                a.trim()
-                    .parse()
-                    .with_context(|| format!("bad seed range '{part}'"))?,
-                b.trim()
-                    .parse()
-                    .with_context(|| format!("bad seed range '{part}'"))?,
-            );
-            if b < a {
-                bail!("bad seed range '{part}': end before start");
-            }
-            out.extend(a..=b);
-        } else {
-            out.push(
-                part.parse()
-                    .with_context(|| format!("bad seed '{part}': expected e.g. 0,1,2 or 0-4"))?,
-            );
-        }
-    }
-    if out.is_empty() {
-        bail!("no seeds given: use e.g. --seeds 0,1,2");
-    }
-    Ok(out)
+    crate::parse::parse_seeds(s)
 }

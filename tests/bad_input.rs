@@ -216,7 +216,6 @@ fn bad_inputs_exit_2_with_a_message_and_write_nothing() {
 /// The hardened seed-list parser (`equirun::parse::parse_seeds`, ≤ 10,000 seeds): enable once
 /// `output::parse_seeds` delegates to it (the experiment layer's call sites).
 #[test]
-#[ignore = "needs output::parse_seeds -> parse::parse_seeds (outside this branch's files)"]
 fn huge_seed_range_exits_2() {
     let root = tempfile::tempdir().unwrap();
     let m = tiny_clip(root.path(), |_| {});

@@ -1,7 +1,7 @@
 //! Regard data (Sheng et al. 2019, `ewsheng/nlg-bias`): the annotated TSVs (`label<TAB>text`,
 //! label −1/0/1/2 = negative/neutral/positive/other, demographic masked as `XYZ`), generated
 //! samples (plain lines "The <demographic> <context phrase> …", or equirun's
-//! `seed-N.samples.tsv`), and the demographic masking of fairness.md §4.3.
+//! `seed-N.samples.tsv`), and the demographic masking of docs/fairness.md, "Regard scoring".
 
 use crate::groups::fairness::WordLists;
 use anyhow::{anyhow, bail, Context, Result};
@@ -151,7 +151,7 @@ pub fn default_data_dir(explicit: Option<&PathBuf>) -> Result<PathBuf> {
     bail!("no data folder: pass --data-dir PATH (holding nlg-bias/data/regard/*.tsv) or set EQUIRUN_DATA")
 }
 
-/// Bias contexts and their templates (fairness.md §4.1).
+/// Bias contexts and their templates (docs/fairness.md, "Prompts and swap consistency").
 pub const CONTEXTS: [(&str, [&str; 5]); 2] = [
     (
         "respect",
@@ -219,7 +219,7 @@ pub fn parse_prompt(text: &str) -> Option<(String, &'static str, usize)> {
     Some((demo.to_string(), ctx, 4 + p + 1))
 }
 
-/// Masks the leading "The <demographic>" of a sample as `XYZ` (fairness.md §4.3); the prefix
+/// Masks the leading "The <demographic>" of a sample as `XYZ` (docs/fairness.md, "Regard scoring"); the prefix
 /// is matched ignoring ASCII case (lower-casing tokenizers decode "the white woman …").
 pub fn mask_demographic(text: &str, demographic: &str) -> String {
     let prefix = format!("The {demographic}");

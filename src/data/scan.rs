@@ -1,7 +1,7 @@
 //! SCAN and SCAN-II data: file reader/writer, official split resolution, a
 //! deterministic generator of the SCAN grammar over an arbitrary direction set,
-//! the SCAN-II add-primitive splits (methods.md §2.3, §5 item 7) and token
-//! vocabularies (methods.md §2.2).
+//! the SCAN-II add-primitive splits (docs/experiments.md, "scan") and token
+//! vocabularies (docs/methods.md, "Word swaps (SCAN)").
 //!
 //! Conventions:
 //! * Action tokens are stored WITHOUT the official `I_` prefix (`JUMP`,
@@ -467,7 +467,7 @@ pub fn contains_phrase(ex: &ScanExample, phrase: &str) -> bool {
     ex.command_str().contains(phrase)
 }
 
-/// Build the SCAN-II add-primitive splits (methods.md §2.3), deterministically.
+/// Build the SCAN-II add-primitive splits (docs/experiments.md, "scan"), deterministically.
 ///
 /// * A command goes to the test split of every held-out phrase it contains as
 ///   a substring (the bare primitives included, because the official
@@ -1018,7 +1018,7 @@ mod tests {
     }
 
     /// The brendenlake add-prim files are "substring minus the bare primitive"
-    /// splits of the generated SCAN set (methods.md §6).
+    /// splits of the generated SCAN set.
     #[test]
     fn generator_reproduces_official_addprim() {
         let dir = scan_dir_or_skip!();

@@ -1,4 +1,4 @@
-//! Demographic word-swap groups on a tokenizer's vocabulary (fairness.md §1, §3): one cyclic
+//! Demographic word-swap groups on a tokenizer's vocabulary (docs/fairness.md, "The vocabulary partition" and "The group"): one cyclic
 //! factor per axis (gender, race, orientation …) that rotates every equality set
 //! simultaneously, validated as single-token, bijective, disjoint across axes and disjoint from
 //! the general words.
@@ -160,7 +160,7 @@ pub fn fairness_group(
 }
 
 impl FairnessGroups {
-    /// Canonicaliser maps per factor (fairness.md §3.2): for branch `i`, every token of an
+    /// Canonicaliser maps per factor (docs/fairness.md, "The wrappers on next-token logits"): for branch `i`, every token of an
     /// equality set of another axis goes to that set's first word.
     pub fn collapse_maps(&self, vocab: usize) -> Vec<Vec<u32>> {
         (0..self.axes.len())

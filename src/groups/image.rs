@@ -4,7 +4,7 @@
 //! (row, column; row 0 at the top). The transformed image is `(g·x)[p] = x[A⁻¹ p]`, a proper
 //! left action: `(gh)·x = g·(h·x)`.
 //!
-//! Named factors (see the spec's canonical choices):
+//! Named factors (docs/methods.md, "Canonical choices and why"):
 //! * `rot90`  — k·90° counter-clockwise turns, k = 0..3 (`rot90^1`: out[r][c] = in[c][N−1−r]);
 //! * `hflip`  — reverse the width axis;
 //! * `vflip`  — reverse the height axis; `flip` is an alias of `vflip` (multi-group CLIP code);

@@ -89,12 +89,6 @@ impl TokenPerm {
             output: mk(n_out, out_cycles)?,
         })
     }
-    /// Acts on a tensor of input token ids (any shape, u32).
-    pub fn apply_ids(&self, ids: &Tensor) -> Result<Tensor> {
-        let table = Tensor::new(self.input.as_slice(), ids.device())?;
-        let shape = ids.dims().to_vec();
-        Ok(table.index_select(&ids.flatten_all()?, 0)?.reshape(shape)?)
-    }
     /// ρ_Y(g) on scores over the output vocabulary (last axis): `y'[.., g(v)] = y[.., v]`.
     pub fn apply_output(&self, y: &Tensor) -> Result<Tensor> {
         let inv = invert_perm(&self.output);

@@ -1,5 +1,5 @@
 //! SCAN symmetry groups: swaps of command words paired with swaps of action tokens
-//! (methods.md §2.2), and their products (`verb,direction-rl,direction-ud` = 8 elements).
+//! (docs/methods.md, "Word swaps (SCAN)"), and their products (`verb,direction-rl,direction-ud` = 8 elements).
 
 use super::perm::{cyclic_factor, TokenPerm};
 use super::FiniteGroup;

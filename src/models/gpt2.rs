@@ -2,7 +2,7 @@
 //! KV cache for a batch of equally long sequences, plus a deterministic tiny random snapshot
 //! for tests and `equirun check`.
 //!
-//! Checkpoint layout (see the spec, rust-notes.md §C.2): names are either bare (`wte.weight`,
+//! Checkpoint layout: names are either bare (`wte.weight`,
 //! `h.0.attn.c_attn.weight`, … as in `openai-community/gpt2`) or `transformer.`-prefixed (what
 //! `save_pretrained` writes; checked with transformers 5.24). The Conv1D weights (`c_attn`, `c_proj`, `c_fc`,
 //! `mlp.c_proj`) are stored **[in, out]**. `lm_head` is tied to `wte` (an explicit

@@ -1,4 +1,4 @@
-//! The official SCAN seq2seq (Gordon et al. `BasicSeq2Seq` with attention, methods.md §3.3) in
+//! The official SCAN seq2seq (Gordon et al. `BasicSeq2Seq` with attention; docs/experiments.md, "scan") in
 //! candle with autograd: Embedding(V_in, 64) → 1-layer bidirectional RNN/GRU/LSTM (64 per
 //! direction) → attention decoder (hidden 128: Embedding(V_out,128) → Dropout 0.1 → dot
 //! attention on the encoder outputs → Linear(256→128) → ReLU → cell → Linear(128→V_out) →
@@ -507,7 +507,7 @@ pub fn seq_nll(out: &Tensor, packed: &Tensor, in_cols: usize) -> Result<(Tensor,
     Ok((loss, log))
 }
 
-/// Exact match (methods.md §3.3): argmax per row, cut after the first EOS (no EOS: the first
+/// Exact match (docs/experiments.md, "scan"): argmax per row, cut after the first EOS (no EOS: the first
 /// 49 rows); correct iff the length equals the target length (EOS included) and every token
 /// matches.
 pub fn exact_match(pred_rows: &[u32], target_with_eos: &[u32]) -> bool {

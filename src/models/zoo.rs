@@ -17,7 +17,7 @@ pub struct ZooEntry {
     pub embed_dim: usize,
     /// Input resolution.
     pub image_size: usize,
-    /// Used in the papers' CLIP tables (methods.md §3.1, §4.2).
+    /// Used in the papers' CLIP tables (docs/experiments.md, "clip").
     pub in_papers: bool,
 }
 
