@@ -118,6 +118,7 @@ export NVCC='$CUDA_HOME/bin/nvcc'
 export PATH='$CUDA_HOME/bin:$CUDA_HOME/nvvm/bin':"\$PATH"
 export CUDA_COMPUTE_CAP='$cap'
 export CUDARC_CUDA_VERSION='13000'
+export EQUIRUN_CUDA_STUBS='$STUBS'
 export LIBRARY_PATH='$LINK':"\${LIBRARY_PATH:-}"
 export LD_LIBRARY_PATH='$runtime_path':"\${LD_LIBRARY_PATH:-}"
 EOF
