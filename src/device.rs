@@ -95,6 +95,15 @@ fn missing_feature(kind: &str) -> anyhow::Error {
     )
 }
 
+static CUDA_DRIVER: std::sync::OnceLock<std::result::Result<(), String>> =
+    std::sync::OnceLock::new();
+
+/// Records whether the `cuda` build's binary could load the NVIDIA driver (set once, at the start
+/// of `main`, by its lazy driver binding; unset in library use, where the driver is linked).
+pub fn set_cuda_driver_status(status: std::result::Result<(), String>) {
+    let _ = CUDA_DRIVER.set(status);
+}
+
 /// Parses `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N` and opens that device.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let s = spec.trim().to_ascii_lowercase();
@@ -113,6 +122,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             let n = ordinal("cuda", rest)?;
             if !cfg!(feature = "cuda") {
                 return Err(missing_feature("cuda"));
+            }
+            if let Some(Err(why)) = CUDA_DRIVER.get() {
+                bail!("cannot open CUDA device {n}: {why}");
             }
             Device::new_cuda(n).with_context(|| {
                 format!("cannot open CUDA device {n} (is there a GPU with that number and a working driver?)")

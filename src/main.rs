@@ -1,3 +1,6 @@
+#[cfg(all(feature = "cuda", target_arch = "x86_64", target_os = "linux"))]
+mod cuda_shim;
+
 use clap::FromArgMatches;
 use equirun::cli::{Cli, Command};
 use equirun::experiments;
@@ -58,6 +61,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn main() {
+    // The `cuda` build binds the NVIDIA driver here, so that a machine without one still runs
+    // `--device cpu` and gets a clear error for `--device cuda` (see src/cuda_shim.rs).
+    #[cfg(all(feature = "cuda", target_arch = "x86_64", target_os = "linux"))]
+    cuda_shim::load();
     let matches = equirun::cli::command().get_matches();
     let name = matches.subcommand_name().unwrap_or_default().to_string();
     // The SCAN seq2seq is made of many tiny ops: a second worker thread only adds
