@@ -3,7 +3,7 @@
 //! half-written file), config hashes, per-purpose seeded RNGs, `--seeds` parsing, peak memory and
 //! progress bars. The per-seed result contract is `crate::experiments::harness`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
 use serde_json::Value;
