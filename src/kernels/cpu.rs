@@ -71,7 +71,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * (r * r) + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n through the float's bits (n is an integer in [-126, 128]): adding 1.5·2^23 puts n
+    // in the low mantissa bits; no saturating float→int conversion, so this vectorises
+    let nb = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    y * f32::from_bits(nb.wrapping_add(127) << 23)
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), as PyTorch's vectorised erf.
@@ -212,14 +215,52 @@ pub fn linear(
 // ---------------------------------------------------------------------------------------------
 // layer norm
 
+#[inline(always)]
+fn ln_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    // 16 partial sums in fixed order (vectorised), then their sum
+    let mut acc = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            acc[l] += c[l];
+        }
+    }
+    let mean = (acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / d;
+    let mut acc = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            acc[l] += (c[l] - mean) * (c[l] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>())
+        / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 simd_dispatch! {
     fn ln_rows(x: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
         for row in x.chunks_mut(d) {
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            let inv = 1.0 / (var + eps).sqrt();
+            let (mean, inv) = ln_stats(row, eps);
             for ((v, g), c) in row.iter_mut().zip(w).zip(b) {
                 *v = (*v - mean) * inv * g + c;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    fn ln_rows_into(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
+        for (row, o) in x.chunks(d).zip(out.chunks_mut(d)) {
+            let (mean, inv) = ln_stats(row, eps);
+            for (((o, v), g), c) in o.iter_mut().zip(row).zip(w).zip(b) {
+                *o = (*v - mean) * inv * g + c;
             }
         }
     }
@@ -236,10 +277,7 @@ pub fn layer_norm_into(x: &[f32], out: &mut [f32], d: usize, w: &[f32], b: &[f32
     let c = chunk_len(x.len(), d);
     out.par_chunks_mut(c)
         .zip(x.par_chunks(c))
-        .for_each(|(o, i)| {
-            o.copy_from_slice(i);
-            ln_rows(o, d, w, b, eps)
-        });
+        .for_each(|(o, i)| ln_rows_into(i, o, d, w, b, eps));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,11 +347,38 @@ pub fn attention(
             None => (0..t).collect(),
         };
         let mut s = vec![0f32; tq * t];
-        // S = scale · Q Kᵀ  [tq, t]
+        // S = scale · Q Kᵀ  [tq, t], read in place (Kᵀ through strides)
         for (r, &p) in qpos.iter().enumerate() {
-            let q = &qkv[q0 + p * ld..q0 + p * ld + hd];
-            let srow = &mut s[r * t..(r + 1) * t];
-            dots(q, &qkv[k0..], ld, srow, scale);
+            let (rows, start) = match queries {
+                Some(_) => (1, p),
+                None if r == 0 => (t, 0),
+                None => break,
+            };
+            // SAFETY: q rows [start, start+rows) and all t key rows lie inside qkv; s has
+            // rows·t cells.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    t,
+                    hd,
+                    s.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    qkv.as_ptr().add(q0 + start * ld),
+                    1,
+                    ld as isize,
+                    qkv.as_ptr().add(k0),
+                    ld as isize,
+                    1,
+                    0.0f32,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         let mut vis = vec![true; t];
         for (r, &p) in qpos.iter().enumerate() {
@@ -351,30 +416,6 @@ pub fn attention(
             );
         }
     });
-}
-
-simd_dispatch! {
-    fn dots(q: &[f32], k: &[f32], ld: usize, out: &mut [f32], scale: f32) {
-        let hd = q.len();
-        for (j, o) in out.iter_mut().enumerate() {
-            let kr = &k[j * ld..j * ld + hd];
-            // 16 independent partial sums (vectorised lanes), fixed order
-            let mut acc = [0f32; 16];
-            let mut c = 0;
-            while c + 16 <= hd {
-                for l in 0..16 {
-                    acc[l] += q[c + l] * kr[c + l];
-                }
-                c += 16;
-            }
-            let mut tail = 0f32;
-            while c < hd {
-                tail += q[c] * kr[c];
-                c += 1;
-            }
-            *o = (acc.iter().sum::<f32>() + tail) * scale;
-        }
-    }
 }
 
 #[cfg(test)]

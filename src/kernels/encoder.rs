@@ -76,9 +76,8 @@ struct Lin {
 
 struct LayerIdx {
     ln1: (usize, usize),
-    q: Lin,
-    k: Lin,
-    v: Lin,
+    /// q | k | v weights concatenated `[3D, D]` (one GEMM), bias `[3D]`
+    qkv: Lin,
     o: Lin,
     ln2: (usize, usize),
     fc1: Lin,
@@ -161,6 +160,16 @@ fn lin(p: &mut Params, vb: &VarBuilder, o: usize, i: usize) -> candle_core::Resu
 pub struct Encoder {
     pub spec: EncoderSpec,
     layers: Vec<LayerIdx>,
+    /// Work buffers kept between calls: fresh multi-MB allocations cost page faults and
+    /// zeroing on every forward pass.
+    scratch: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+fn take(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut v = pool.pop().unwrap_or_default();
+    v.clear();
+    v.resize(len, 0.0);
+    v
 }
 
 impl Encoder {
@@ -178,18 +187,32 @@ impl Encoder {
         let d = spec.d;
         for i in 0..spec.layers {
             let l = vb.pp(i.to_string());
+            let qkv = {
+                let (mut ws, mut bs) = (Vec::new(), Vec::new());
+                for n in [names.q, names.k, names.v] {
+                    let lv = l.pp(n);
+                    ws.push(lv.get((d, d), "weight")?);
+                    bs.push(lv.get(d, "bias")?);
+                }
+                Lin {
+                    w: p.push(Tensor::cat(&ws, 0)?)?,
+                    b: Some(p.push(Tensor::cat(&bs, 0)?)?),
+                }
+            };
             layers.push(LayerIdx {
                 ln1: layer_norm_params(p, &l.pp(names.ln1), d)?,
-                q: lin(p, &l.pp(names.q), d, d)?,
-                k: lin(p, &l.pp(names.k), d, d)?,
-                v: lin(p, &l.pp(names.v), d, d)?,
+                qkv,
                 o: lin(p, &l.pp(names.o), d, d)?,
                 ln2: layer_norm_params(p, &l.pp(names.ln2), d)?,
                 fc1: lin(p, &l.pp(names.fc1), spec.ff, d)?,
                 fc2: lin(p, &l.pp(names.fc2), d, spec.ff)?,
             });
         }
-        Ok(Encoder { spec, layers })
+        Ok(Encoder {
+            spec,
+            layers,
+            scratch: Default::default(),
+        })
     }
 
     /// Runs the stack on `x` `[b·t, d]`. With `pool` (one row index per batch element, within
@@ -208,11 +231,12 @@ impl Encoder {
         let hd = d / s.heads;
         let scale = (hd as f32).powf(-0.5);
         let n = b * t;
-        let mut h = vec![0f32; n * d];
-        let mut qkv = vec![0f32; n * 3 * d];
-        let mut attn = vec![0f32; n * d];
-        let mut x2 = vec![0f32; n * d];
-        let mut m = vec![0f32; n * ff];
+        let mut bufs = std::mem::take(&mut *self.scratch.lock().unwrap());
+        let mut m = take(&mut bufs, n * ff);
+        let mut x2 = take(&mut bufs, n * d);
+        let mut attn = take(&mut bufs, n * d);
+        let mut qkv = take(&mut bufs, n * 3 * d);
+        let mut h = take(&mut bufs, n * d);
         let nl = self.layers.len();
         for (li, l) in self.layers.iter().enumerate() {
             let last_pool = if li + 1 == nl { pool } else { None };
@@ -224,20 +248,18 @@ impl Encoder {
             } else {
                 &x
             };
-            for (j, lw) in [l.q, l.k, l.v].iter().enumerate() {
-                cpu::linear(
-                    src,
-                    d,
-                    n,
-                    d,
-                    w[lw.w],
-                    d,
-                    lw.b.map(|i| w[i]),
-                    None,
-                    &mut qkv[j * d..],
-                    3 * d,
-                );
-            }
+            cpu::linear(
+                src,
+                d,
+                n,
+                d,
+                w[l.qkv.w],
+                3 * d,
+                l.qkv.b.map(|i| w[i]),
+                None,
+                &mut qkv,
+                3 * d,
+            );
             cpu::attention(&qkv, b, t, s.heads, hd, scale, mask, last_pool, &mut attn);
             // residual rows
             let res: Vec<f32>;
@@ -300,6 +322,7 @@ impl Encoder {
                 cpu::layer_norm(&mut x, d, w[l.ln2.0], w[l.ln2.1], s.eps);
             }
         }
+        *self.scratch.lock().unwrap() = vec![h, qkv, attn, x2, m];
         if let (Some(p), 0) = (pool, nl) {
             return (0..b)
                 .flat_map(|bi| x[(bi * t + p[bi]) * d..(bi * t + p[bi] + 1) * d].to_vec())
