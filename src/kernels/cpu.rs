@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 /// Threads used by the kernels (and by the GEMM): candle's `RAYON_NUM_THREADS`-aware count.
 pub fn threads() -> usize {
+    super::tune_allocator();
     candle_core::utils::get_num_threads().max(1)
 }
 

@@ -138,6 +138,7 @@ impl BertEncoder {
         mut tokenizer: Tokenizer,
         max_len: usize,
     ) -> Result<Self> {
+        crate::kernels::tune_allocator();
         if max_len < 2 || max_len > config.max_position_embeddings {
             bail!(
                 "--max-pieces {max_len} must be between 2 and the model's {} positions",

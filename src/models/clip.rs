@@ -313,6 +313,7 @@ impl Clip {
 
     /// Loads from resolved snapshot files (either layout), running in `dtype` on `device`.
     pub fn load_with(files: &ResolvedModel, device: &Device, dtype: DType) -> Result<Clip> {
+        crate::kernels::tune_allocator();
         if files.files.contains_key("open_clip_config.json") {
             return Self::load_open_clip(files, device, dtype);
         }
@@ -360,6 +361,7 @@ impl Clip {
                 bail!("'{name}' tensors are missing from the checkpoint (not an OpenAI/OpenCLIP CLIP checkpoint?)");
             }
         }
+        crate::kernels::tune_allocator();
         let device = vb.device().clone();
         let model = OpenClip::new(vb, config, dtype)?;
         let vocab = config.text.vocab_size as u32;
