@@ -233,10 +233,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", default=None, help="comma list, default 1,2 (quick: 2)")
     ap.add_argument("--only", default=None, help="comma list of workloads: " + ",".join(WORKLOADS))
-    ap.add_argument("--no-fairness", action="store_true", help="skip the gpt2-fairness cost rows")
+    ap.add_argument("--fairness", action="store_true",
+                    help="also time gpt2-fairness per-token costs (relative to vanilla)")
+    ap.add_argument("--no-fairness", action="store_true", help="(default) skip them")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
-    rounds = a.rounds or (1 if a.quick else 3)
+    rounds = a.rounds or (1 if a.quick else 2)
     threads = [int(t) for t in (a.threads or ("2" if a.quick else "1,2")).split(",")]
     names = a.only.split(",") if a.only else list(WORKLOADS)
     for n in names:
@@ -282,7 +284,7 @@ def main():
             results.append(dict(workload=n, label=LABELS[n], unit=unit, threads=th, equirun=e,
                                 pytorch=t, base=b, ratio=ratios, load=loads))
     fair = None
-    if not a.no_fairness and any(n.startswith("gpt2") for n in names):
+    if a.fairness and any(n.startswith("gpt2") for n in names):
         fair = {th: fairness_costs(th, a.quick) for th in threads if th == max(threads)}
     head["load_at_end"] = os.getloadavg()[0]
 

@@ -5,8 +5,9 @@
 # several rounds; prints median and spread, CPU model and flags, threads, load and backend as a
 # Markdown table (the README's Performance section).
 #
-#   scripts/bench_all.sh              # 3 rounds at 1 and 2 threads (about 15 minutes on 2 cores)
-#   scripts/bench_all.sh --quick      # 1 round at 2 threads (about 4 minutes)
+#   scripts/bench_all.sh              # 2 rounds at 1 and 2 threads (about 20 minutes on 2 cores)
+#   scripts/bench_all.sh --quick      # 1 round at 2 threads (about 5 minutes)
+#   scripts/bench_all.sh --fairness   # also gpt2-fairness per-token cost ratios
 #   scripts/bench_all.sh --only clip-b32,minilm --threads 2 --rounds 5
 #
 # Needs the venv of scripts/setup_python.sh (EQUIRUN_VENV, default /work/venv); fixtures (random
