@@ -209,7 +209,7 @@ def fairness_costs(th, quick):
     for groups, label in [("gender", "d=2"), ("gender,race", "d=6")] + (
             [] if quick else [("gender,race,orientation", "d=12")]):
         sh([BIN, "gpt2-fairness", "--model-dir", d, "--groups", groups, "--method",
-            "vanilla,equitune,multi-equitune", "--samples-per-demographic", "2" if quick else "3",
+            "vanilla,equitune,multi-equitune", "--samples-per-demographic", "5",
             "--contexts", "respect", "--out", out, "--run-name", "bench-all", "--force"],
            {"RAYON_NUM_THREADS": str(th)})
         res = json.load(open(os.path.join(out, "gpt2-fairness/bench-all/seed-0.json")))
