@@ -41,6 +41,7 @@ impl Default for DeviceOpts {
 impl DeviceOpts {
     /// The candle device and dtype these options name.
     pub fn resolve(&self) -> Result<(Device, DType)> {
+        crate::kernels::tune_allocator();
         let dtype = parse_dtype(&self.dtype).context("--dtype")?;
         let dev = parse_device(&self.device).context("--device")?;
         check_supported(&dev, dtype).context("--dtype")?;
@@ -106,6 +107,7 @@ pub fn set_cuda_driver_status(status: std::result::Result<(), String>) {
 
 /// Parses `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N` and opens that device.
 pub fn parse_device(spec: &str) -> Result<Device> {
+    crate::kernels::tune_allocator();
     let s = spec.trim().to_ascii_lowercase();
     let (kind, rest) = match s.split_once(':') {
         Some((k, r)) => (k.to_string(), Some(r)),

@@ -8,6 +8,7 @@ pub mod equi;
 pub mod experiments;
 pub mod groups;
 pub mod hub;
+pub mod kernels;
 pub mod models;
 pub mod output;
 pub mod parse;

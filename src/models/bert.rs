@@ -34,6 +34,9 @@ pub struct BertEncoder {
     /// Pieces per text including [CLS]/[SEP]; longer texts are truncated.
     pub max_len: usize,
     pub device: Device,
+    /// The same weights behind the fused CPU f32 kernels (`crate::kernels`), used for the
+    /// forward pass when present.
+    pub fast: Option<crate::kernels::towers::FastBert>,
 }
 
 /// Sanity of a BERT config's sizes: no zero or absurd sizes, heads divide the width. Errors
@@ -184,6 +187,7 @@ impl BertEncoder {
         mut tokenizer: Tokenizer,
         max_len: usize,
     ) -> Result<Self> {
+        crate::kernels::tune_allocator();
         if max_len < 2 || max_len > config.max_position_embeddings {
             bail!(
                 "--max-pieces {max_len} must be between 2 and the model's {} positions",
@@ -193,6 +197,11 @@ impl BertEncoder {
         let model = BertModel::load(vb.clone(), &config).map_err(|e| {
             anyhow!("loading BERT weights: {e} (expected HF BertModel tensor names)")
         })?;
+        let fast = if crate::kernels::enabled(vb.device(), vb.dtype()) {
+            crate::kernels::towers::FastBert::load(&vb, &config).ok()
+        } else {
+            None
+        };
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {
                 max_length: max_len,
@@ -210,6 +219,7 @@ impl BertEncoder {
             pad_id,
             max_len,
             device: vb.device().clone(),
+            fast,
         })
     }
 
@@ -245,6 +255,9 @@ impl BertEncoder {
 
     /// Last hidden states [B, T, H].
     pub fn hidden(&self, batch: &Batch) -> Result<Tensor> {
+        if let Some(f) = &self.fast {
+            return Ok(f.forward(&batch.ids, &batch.mask, false)?);
+        }
         let types = batch.ids.zeros_like()?;
         Ok(self.model.forward(&batch.ids, &types, Some(&batch.mask))?)
     }
@@ -331,8 +344,11 @@ impl BertClassifier {
 
     /// Logits [B, num_labels].
     pub fn logits_of(&self, batch: &Batch) -> Result<Tensor> {
-        let h = self.encoder.hidden(batch)?;
-        let cls = h.narrow(1, 0, 1)?.squeeze(1)?;
+        let cls = match &self.encoder.fast {
+            // only the [CLS] rows are carried through the last layer
+            Some(f) => f.forward(&batch.ids, &batch.mask, true)?,
+            None => self.encoder.hidden(batch)?.narrow(1, 0, 1)?.squeeze(1)?,
+        };
         let pooled = self.pooler.forward(&cls)?.tanh()?;
         Ok(self.classifier.forward(&pooled)?)
     }

@@ -327,6 +327,9 @@ pub struct Clip {
     pub device: Device,
     /// Inference dtype of the network (features are returned in f32).
     pub dtype: DType,
+    /// The same weights behind the fused CPU f32 kernels (`crate::kernels`), used by
+    /// `encode_images` / `encode_token_ids` when present (HF ViT layout on the CPU in f32).
+    pub fast: Option<crate::kernels::towers::FastClip>,
 }
 
 /// Resolves a CLIP snapshot: a zoo alias (`RN50`, `ViT-B/16`, ...) or hub id through the HF
@@ -419,6 +422,7 @@ impl Clip {
 
     /// Loads from resolved snapshot files (either layout), running in `dtype` on `device`.
     pub fn load_with(files: &ResolvedModel, device: &Device, dtype: DType) -> Result<Clip> {
+        crate::kernels::tune_allocator();
         if files.files.contains_key("open_clip_config.json") {
             return Self::load_open_clip(files, device, dtype);
         }
@@ -471,6 +475,7 @@ impl Clip {
                 bail!("'{name}' tensors are missing from the checkpoint (not an OpenAI/OpenCLIP CLIP checkpoint?)");
             }
         }
+        crate::kernels::tune_allocator();
         let device = vb.device().clone();
         let model = OpenClip::new(vb, config, dtype)?;
         let vocab = config.text.vocab_size as u32;
@@ -493,6 +498,7 @@ impl Clip {
             eos_id,
             device,
             dtype,
+            fast: None,
         })
     }
 
@@ -514,7 +520,14 @@ impl Clip {
             .to_scalar::<f32>()?;
         let device = vb.device().clone();
         let dtype = vb.dtype();
-        let model = ClipModel::new(vb, &config)?;
+        let model = ClipModel::new(vb.clone(), &config)?;
+        // after ClipModel::new, so that a VarMap-backed builder already holds every tensor
+        // (nothing is created here with other initialisers)
+        let fast = if crate::kernels::enabled(&device, dtype) {
+            crate::kernels::towers::FastClip::load(&vb, &config).ok()
+        } else {
+            None
+        };
         let vocab = config.text_config.vocab_size as u32;
         let eos_id = tokenizer
             .as_ref()
@@ -536,6 +549,7 @@ impl Clip {
             model_logit_scale,
             device,
             dtype,
+            fast,
         })
     }
 
@@ -576,6 +590,9 @@ impl Clip {
     /// any device: they are moved and cast to the model's.
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
+        if let Some(f) = &self.fast {
+            return Ok(f.vision.forward(&x)?);
+        }
         Ok(self.model.get_image_features(&x)?.to_dtype(DType::F32)?)
     }
 
@@ -619,6 +636,9 @@ impl Clip {
     /// Unnormalised text features `[N, D]` in f32 for token ids `[N, T]`.
     pub fn encode_token_ids(&self, ids: &Tensor) -> Result<Tensor> {
         let ids = ids.to_device(&self.device)?;
+        if let Some(f) = &self.fast {
+            return Ok(f.text.forward(&ids)?);
+        }
         Ok(self.model.get_text_features(&ids)?.to_dtype(DType::F32)?)
     }
 

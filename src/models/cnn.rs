@@ -130,6 +130,7 @@ fn init_values(cfg: &CnnConfig, seed: u64) -> Vec<Vec<f32>> {
 impl Cnn {
     /// A trainable CNN with seeded random weights.
     pub fn init(cfg: &CnnConfig, seed: u64, dev: &Device) -> Result<(VarMap, Cnn)> {
+        crate::kernels::tune_allocator();
         cfg.validate()?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
@@ -144,6 +145,7 @@ impl Cnn {
 
     /// The CNN over the variables of `varmap` (gradients flow into them).
     pub fn from_varmap(cfg: &CnnConfig, varmap: &VarMap) -> Result<Cnn> {
+        crate::kernels::tune_allocator();
         let data = varmap.data().lock().unwrap();
         let w = cfg
             .params()

@@ -387,6 +387,7 @@ fn dequantized_copy(
 /// Loads a llama-architecture GGUF model onto `device` and rebuilds its tokenizer from the GGUF
 /// metadata; weights computed as [`GgufCompute::default_for`] the device.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<(GgufLm, Tokenizer)> {
+    crate::kernels::tune_allocator();
     load_gguf_with(path, device, GgufCompute::default_for(device))
 }
 

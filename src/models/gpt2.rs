@@ -312,6 +312,7 @@ pub struct Gpt2 {
 impl Gpt2 {
     /// Loads from a VarBuilder over an HF checkpoint with bare or `transformer.`-prefixed names.
     pub fn load(vb: VarBuilder, cfg: Gpt2Config) -> Result<Gpt2> {
+        crate::kernels::tune_allocator();
         cfg.validate()?;
         let root = vb.clone();
         let vb = if vb.contains_tensor("wte.weight") {
