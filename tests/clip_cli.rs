@@ -393,4 +393,16 @@ fn check_command_json() {
     }
     let o = env.run(&["check", "--group", "nope"]);
     assert_eq!(o.status.code(), Some(2));
+    // --compare-cpu on the CPU in f32: the same computation twice, bit for bit
+    let o = env.run(&["check", "--group", "rot90", "--compare-cpu", "--json"]);
+    ok(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["parity"]["device"], "cpu");
+    assert_eq!(v["parity"]["max_abs_feature_diff"].as_f64(), Some(0.0));
+    assert_eq!(v["parity"]["max_abs_prob_diff"].as_f64(), Some(0.0));
+    // the built-in tiny CLIP has no half-precision form: a clear error, not a silent f32 run
+    let o = env.run(&["check", "--dtype", "f16"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--dtype f16") && err.contains("--model-dir"), "{err}");
 }

@@ -498,4 +498,28 @@ fn check_command_on_the_resnet_backbone() {
         "2",
     ]);
     ok(&o);
+    // precision parity: the snapshot in f16 against itself in f32 (what scripts/gpu_check.sh
+    // measures for a GPU): close, but not equal
+    let o = env.run(&[
+        "check",
+        "--model-dir",
+        env.p("snapshot").to_str().unwrap(),
+        "--group",
+        "rot90",
+        "--method",
+        "vanilla,equitune",
+        "--dtype",
+        "f16",
+        "--compare-cpu",
+        "--json",
+        "--batch",
+        "2",
+    ]);
+    ok(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["parity"]["dtype"], "f16");
+    let fd = v["parity"]["max_abs_feature_diff"].as_f64().unwrap();
+    let pd = v["parity"]["max_abs_prob_diff"].as_f64().unwrap();
+    assert!(fd > 0.0 && fd < 5e-2, "f16 vs f32 feature difference {fd}");
+    assert!(pd < 5e-2, "f16 vs f32 probability difference {pd}");
 }

@@ -6,7 +6,7 @@ use crate::groups::image::image_group;
 use crate::hub::ModelSource;
 use crate::models::clip::{tiny_clip, tiny_resnet_clip, zero_shot_probs, Clip};
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -51,6 +51,12 @@ pub struct CheckArgs {
     #[command(flatten)]
     #[serde(default)]
     pub compute: crate::device::DeviceOpts,
+    /// Also run the same model and inputs on the CPU in f32 and report, under `parity`, the
+    /// largest difference of the image features and of the class probabilities (device and
+    /// precision parity: e.g. `--device cuda --compare-cpu`, or `--dtype f16 --compare-cpu`).
+    #[arg(long)]
+    #[serde(default)]
+    pub compare_cpu: bool,
 }
 
 /// Result of a check for one method.
@@ -82,34 +88,48 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     } else {
         Method::parse_list_of(&a.method, &Method::EVALUATOR, "equirun check")?
     };
-    let (clip, model_name) = match (&a.model_dir, &a.model) {
-        (None, None) => match a.backbone.trim().to_ascii_lowercase().as_str() {
-            "vit" | "" => (
-                tiny_clip(a.seed, &dev)?,
-                "built-in tiny random CLIP".to_string(),
-            ),
-            "resnet" | "rn" | "modifiedresnet" => (
-                tiny_resnet_clip(a.seed, &dev)?,
-                "built-in tiny random ModifiedResNet CLIP".to_string(),
-            ),
-            other => anyhow::bail!("--backbone '{other}': expected vit or resnet"),
-        },
-        _ => {
-            let src = ModelSource {
-                model: a
-                    .model
-                    .clone()
-                    .unwrap_or_else(|| "openai/clip-vit-base-patch32".into()),
-                revision: a.revision.clone(),
-                model_dir: a.model_dir.clone(),
-            };
-            let (files, _) = crate::models::clip::resolve(&src)?;
-            (
-                Clip::load_with(&files, &dev, dtype)?,
-                files.origin.id.clone(),
-            )
-        }
+    // The built-in tiny CLIPs are made from seeded random values, so every device gets the same
+    // weights; a checkpoint is loaded once per device.
+    let build = |dev: &Device, dtype: DType| -> Result<(Clip, String)> {
+        Ok(match (&a.model_dir, &a.model) {
+            (None, None) => {
+                if dtype != DType::F32 {
+                    anyhow::bail!(
+                        "--dtype {}: the built-in tiny CLIP is f32 only; check a checkpoint in half \
+                         precision with --model-dir PATH or --model ID",
+                        a.compute.dtype
+                    );
+                }
+                match a.backbone.trim().to_ascii_lowercase().as_str() {
+                    "vit" | "" => (
+                        tiny_clip(a.seed, dev)?,
+                        "built-in tiny random CLIP".to_string(),
+                    ),
+                    "resnet" | "rn" | "modifiedresnet" => (
+                        tiny_resnet_clip(a.seed, dev)?,
+                        "built-in tiny random ModifiedResNet CLIP".to_string(),
+                    ),
+                    other => anyhow::bail!("--backbone '{other}': expected vit or resnet"),
+                }
+            }
+            _ => {
+                let src = ModelSource {
+                    model: a
+                        .model
+                        .clone()
+                        .unwrap_or_else(|| "openai/clip-vit-base-patch32".into()),
+                    revision: a.revision.clone(),
+                    model_dir: a.model_dir.clone(),
+                };
+                let (files, _) = crate::models::clip::resolve(&src)?;
+                (
+                    Clip::load_with(&files, dev, dtype)?,
+                    files.origin.id.clone(),
+                )
+            }
+        })
     };
+    let (clip, model_name) = build(&dev, dtype)?;
     let s = clip.image_size();
     let proj = clip.projection_dim();
     let w = crate::models::l2_normalize(&random_tensor(
@@ -148,6 +168,28 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
             errs[mi] = errs[mi].max(e);
         }
     }
+    let parity = if a.compare_cpu {
+        let cpu = Device::Cpu;
+        let (clip_cpu, _) = build(&cpu, DType::F32)?;
+        let to_cpu = |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
+        let max_diff = |p: &Tensor, q: &Tensor| -> Result<f64> {
+            Ok((p - q)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64)
+        };
+        let (x_cpu, w_cpu) = (to_cpu(&x)?, to_cpu(&w)?);
+        let f_dev = to_cpu(&clip.encode_images(&x)?)?;
+        let f_cpu = clip_cpu.encode_images(&x_cpu)?;
+        let p_dev = to_cpu(&model(&x)?)?;
+        let p_cpu = zero_shot_probs(&f_cpu, &w_cpu, a.logit_scale)?;
+        json!({
+            "reference": "cpu f32",
+            "device": crate::device::device_name(&dev),
+            "dtype": crate::device::dtype_name(dtype),
+            "max_abs_feature_diff": max_diff(&f_dev, &f_cpu)?,
+            "max_abs_prob_diff": max_diff(&p_dev, &p_cpu)?,
+        })
+    } else {
+        serde_json::Value::Null
+    };
     let mut ms = serde_json::Map::new();
     let mut all_ok = true;
     for (mi, m) in methods.iter().enumerate() {
@@ -164,7 +206,7 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
             })?,
         );
     }
-    let value = json!({
+    let mut value = json!({
         "group": a.group,
         "elements": sym.order(),
         "factors": group.info().factors,
@@ -173,6 +215,9 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         "tolerance": a.tolerance,
         "methods": ms,
     });
+    if !parity.is_null() {
+        value["parity"] = parity;
+    }
     Ok(CheckReport { value, all_ok })
 }
 
@@ -207,6 +252,16 @@ pub fn format_table(v: &serde_json::Value) -> String {
             } else {
                 "no"
             }
+        );
+    }
+    if let Some(p) = v.get("parity") {
+        s += &format!(
+            "parity vs {} ({} {}): image features {:.3e}, probabilities {:.3e}\n",
+            p["reference"].as_str().unwrap_or(""),
+            p["device"].as_str().unwrap_or(""),
+            p["dtype"].as_str().unwrap_or(""),
+            p["max_abs_feature_diff"].as_f64().unwrap_or(f64::NAN),
+            p["max_abs_prob_diff"].as_f64().unwrap_or(f64::NAN)
         );
     }
     s
