@@ -404,5 +404,8 @@ fn check_command_json() {
     let o = env.run(&["check", "--dtype", "f16"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--dtype f16") && err.contains("--model-dir"), "{err}");
+    assert!(
+        err.contains("--dtype f16") && err.contains("--model-dir"),
+        "{err}"
+    );
 }

@@ -21,11 +21,7 @@ fn gpu_check_dry_run_on_the_cpu() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(v["device"], "cpu");
     assert_eq!(v["failures"], 0);
@@ -33,8 +29,16 @@ fn gpu_check_dry_run_on_the_cpu() {
     assert_eq!(results.len(), 4, "{results:?}");
     for (name, r) in results {
         // CPU f32 against itself: bit-identical
-        assert_eq!(r["parity"]["max_abs_feature_diff"].as_f64(), Some(0.0), "{name}");
-        assert_eq!(r["parity"]["max_abs_prob_diff"].as_f64(), Some(0.0), "{name}");
+        assert_eq!(
+            r["parity"]["max_abs_feature_diff"].as_f64(),
+            Some(0.0),
+            "{name}"
+        );
+        assert_eq!(
+            r["parity"]["max_abs_prob_diff"].as_f64(),
+            Some(0.0),
+            "{name}"
+        );
         for (m, c) in r["methods"].as_object().unwrap() {
             let e = c["max_error"].as_f64().unwrap();
             if m == "vanilla" {

@@ -171,7 +171,8 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     let parity = if a.compare_cpu {
         let cpu = Device::Cpu;
         let (clip_cpu, _) = build(&cpu, DType::F32)?;
-        let to_cpu = |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
+        let to_cpu =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
         let max_diff = |p: &Tensor, q: &Tensor| -> Result<f64> {
             Ok((p - q)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64)
         };

@@ -15,8 +15,9 @@ use crate::models::seq2seq::{
 use crate::models::tape::Tape;
 use crate::output::{self, progress_bar};
 use crate::tools::table::{s, seed_of, Family, Obs};
+use crate::train::GroupAdam;
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{backprop::GradStore, Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, D};
 use candle_nn::VarMap;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -285,89 +286,6 @@ fn split_val(
     (tr, val)
 }
 
-/// Adam with L2 weight decay added to the gradient (PyTorch `Adam(weight_decay=…)`), and
-/// gradient-norm clipping per parameter group (PyTorch `clip_grad_norm_`). The update runs as
-/// one fused loop per tensor on host memory (no per-op tensor allocations).
-struct Adam {
-    groups: Vec<Vec<Var>>,
-    m: Vec<Vec<Vec<f32>>>,
-    v: Vec<Vec<Vec<f32>>>,
-    step: usize,
-    lr: f64,
-    wd: f64,
-    clip: f64,
-}
-
-impl Adam {
-    fn new(groups: Vec<Vec<Var>>, lr: f64, wd: f64, clip: f64) -> Result<Adam> {
-        let zeros = |g: &Vec<Var>| {
-            g.iter()
-                .map(|v| vec![0f32; v.elem_count()])
-                .collect::<Vec<_>>()
-        };
-        let m = groups.iter().map(zeros).collect();
-        let v = groups.iter().map(zeros).collect();
-        Ok(Adam {
-            groups,
-            m,
-            v,
-            step: 0,
-            lr,
-            wd,
-            clip,
-        })
-    }
-    fn apply(&mut self, grads: &GradStore) -> Result<()> {
-        self.step += 1;
-        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2 = 1.0 - b2.powi(self.step as i32);
-        let (lr, wd) = (self.lr as f32, self.wd as f32);
-        for (gi, group) in self.groups.iter().enumerate() {
-            let gs: Vec<Option<Vec<f32>>> = group
-                .iter()
-                .map(|v| {
-                    grads
-                        .get(v.as_tensor())
-                        .map(|g| g.flatten_all()?.to_vec1::<f32>())
-                        .transpose()
-                })
-                .collect::<candle_core::Result<_>>()?;
-            let sq: f64 = gs
-                .iter()
-                .flatten()
-                .flat_map(|g| g.iter())
-                .map(|&x| (x as f64) * (x as f64))
-                .sum();
-            let norm = sq.sqrt();
-            let scale = if self.clip > 0.0 && norm > self.clip {
-                (self.clip / (norm + 1e-6)) as f32
-            } else {
-                1.0
-            };
-            for (k, (var, g)) in group.iter().zip(gs).enumerate() {
-                let Some(g) = g else { continue };
-                let mut theta = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                let (m, v) = (&mut self.m[gi][k], &mut self.v[gi][k]);
-                let (s1, s2) = (lr / bc1, 1.0 / bc2);
-                for (((t, m), v), &g) in theta
-                    .iter_mut()
-                    .zip(m.iter_mut())
-                    .zip(v.iter_mut())
-                    .zip(g.iter())
-                {
-                    let gd = g * scale + wd * *t;
-                    *m = b1 * *m + (1.0 - b1) * gd;
-                    *v = b2 * *v + (1.0 - b2) * gd * gd;
-                    *t -= s1 * *m / ((*v * s2).sqrt() + eps);
-                }
-                var.set(&Tensor::from_vec(theta, var.shape(), var.device())?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The wrapped model: the method's output (straight-through for equizero) on packed rows.
 struct Wrapped<'a> {
     method: Method,
@@ -479,7 +397,7 @@ fn train_loop(
         bail!("no training examples left after holding out the validation set; lower --val-fraction or check the data");
     }
     let (enc, dec) = crate::models::seq2seq::split_vars(varmap);
-    let mut opt = Adam::new(vec![enc, dec], spec.lr, spec.wd, spec.opts.clip_norm)?;
+    let mut opt = GroupAdam::new(vec![enc, dec], spec.lr, spec.wd, spec.opts.clip_norm)?;
     std::fs::create_dir_all(spec.ckpt_dir)?;
     let best_path = spec.ckpt_dir.join("best.safetensors");
     // state.json names the state file it belongs to; both are written atomically, the
@@ -647,7 +565,7 @@ fn save_params(varmap: &VarMap, path: &Path) -> Result<()> {
     output::save_varmap_atomic(varmap, path)
 }
 
-fn save_state(varmap: &VarMap, opt: &Adam, path: &Path) -> Result<()> {
+fn save_state(varmap: &VarMap, opt: &GroupAdam, path: &Path) -> Result<()> {
     let mut map = std::collections::HashMap::new();
     let names = sorted_names(varmap);
     let data = varmap.data().lock().unwrap();
@@ -997,7 +915,7 @@ pub fn overfit(
         eval_batch: 64,
     };
     let (enc, dec) = crate::models::seq2seq::split_vars(&varmap);
-    let mut opt = Adam::new(vec![enc, dec], lr, 0.0, opts.clip_norm)?;
+    let mut opt = GroupAdam::new(vec![enc, dec], lr, 0.0, opts.clip_norm)?;
     let drop_rng = RefCell::new(output::rng_for(seed, "overfit-dropout"));
     let mut rng = output::rng_for(seed, "overfit");
     let refs: Vec<(&[u32], &[u32])> = pairs
