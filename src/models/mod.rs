@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_tokenizer;
 pub mod lm;
+pub mod lm_loader;
 pub mod open_clip;
 pub mod probe;
 pub mod seq2seq;
