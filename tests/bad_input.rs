@@ -213,8 +213,8 @@ fn bad_inputs_exit_2_with_a_message_and_write_nothing() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// The hardened seed-list parser (`equirun::parse::parse_seeds`, ≤ 10,000 seeds): enable once
-/// `output::parse_seeds` delegates to it (the experiment layer's call sites).
+/// The hardened seed-list parser (`equirun::parse::parse_seeds`, ≤ 10,000 seeds), reached
+/// through every experiment's `--seeds`.
 #[test]
 fn huge_seed_range_exits_2() {
     let root = tempfile::tempdir().unwrap();
@@ -227,4 +227,121 @@ fn huge_seed_range_exits_2() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--seeds") && err.contains("10000"), "{err}");
     assert!(!root.path().join("out").exists());
+}
+
+/// Numeric ranges and run names are checked while the command line is parsed, before any work:
+/// each value that used to be accepted (a meaningless or out-of-range result, or a write outside
+/// `<out>/<experiment>/`) exits 2 naming the flag, and nothing is written under `--out`.
+#[test]
+fn out_of_range_flags_exit_2_naming_the_flag() {
+    let rows: &[(&[&str], &str, &str)] = &[
+        // (arguments, flag named, reason)
+        (&["check", "--logit-scale", "0"], "--logit-scale", "> 0"),
+        (
+            &["check", "--logit-scale", "inf"],
+            "--logit-scale",
+            "finite",
+        ),
+        (&["check", "--classes", "1"], "--classes", "at least 2"),
+        (&["check", "--batch", "0"], "--batch", "at least 1"),
+        (
+            &["scan", "pretrain", "--val-fraction", "0"],
+            "--val-fraction",
+            "(0, 1)",
+        ),
+        (
+            &["scan", "pretrain", "--val-fraction=-0.1"],
+            "--val-fraction",
+            "(0, 1)",
+        ),
+        (
+            &["scan", "pretrain", "--val-fraction", "1.5"],
+            "--val-fraction",
+            "(0, 1)",
+        ),
+        (
+            &["scan", "finetune", "--val-fraction", "NaN"],
+            "--val-fraction",
+            "finite",
+        ),
+        (
+            &["scan", "finetune", "--teacher-forcing", "2"],
+            "--teacher-forcing",
+            "[0, 1]",
+        ),
+        (
+            &["scan", "pretrain", "--batch-size", "0"],
+            "--batch-size",
+            "at least 1",
+        ),
+        (
+            &["scan", "pretrain", "--eval-every", "0"],
+            "--eval-every",
+            "at least 1",
+        ),
+        (
+            &["sweep", "grid.toml", "--jobs", "0"],
+            "--jobs",
+            "at least 1",
+        ),
+        (
+            &["regard", "score", "--bootstrap", "0"],
+            "--bootstrap",
+            "at least 1",
+        ),
+        (
+            &["gpt2-fairness", "--bootstrap", "0"],
+            "--bootstrap",
+            "at least 1",
+        ),
+        (
+            &["clip", "--run-name", "../../x"],
+            "--run-name",
+            "one path segment",
+        ),
+        (
+            &["cnn", "--run-name", "a/b"],
+            "--run-name",
+            "one path segment",
+        ),
+        (
+            &["scan", "pretrain", "--run-name", ".."],
+            "--run-name",
+            "one path segment",
+        ),
+    ];
+    for (args, flag, why) in rows {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        let mut a: Vec<&str> = args.to_vec();
+        let out_s = out.to_str().unwrap().to_string();
+        if args[0] != "sweep" && args[0] != "check" {
+            a.extend(["--out", out_s.as_str()]);
+        }
+        let o = run_equirun(BIN, &a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(why), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    // in range: accepted
+    let o = run_equirun(
+        BIN,
+        &[
+            "check",
+            "--group",
+            "rot90",
+            "--classes",
+            "2",
+            "--logit-scale",
+            "100",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

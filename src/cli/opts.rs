@@ -25,8 +25,9 @@ pub struct RunOpts {
     /// Results root: files go to <out>/<experiment>/<run-name>/seed-<n>.json.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
-    /// Run folder name (default: derived from the config, with a short config hash).
-    #[arg(long)]
+    /// Run folder name (default: derived from the config, with a short config hash). One path
+    /// segment: no `/`, `\\`, `.` or `..`, so results stay inside `<out>/<experiment>/`.
+    #[arg(long, value_parser = run_name_segment)]
     pub run_name: Option<String>,
     /// Recompute and overwrite results that already exist.
     #[arg(long)]
@@ -244,4 +245,80 @@ impl LambdaOpts {
             "λ-net training (--lambda-lr, --lambda-momentum)",
         )
     }
+}
+
+// Range checks run by clap while parsing (bad values exit with code 2 and name the flag, before
+// any work starts). Used as `#[arg(value_parser = …)]` by the option groups and experiments.
+
+/// A `--run-name`: one non-empty path segment, so that results cannot land outside
+/// `<out>/<experiment>/`.
+pub fn run_name_segment(s: &str) -> std::result::Result<String, String> {
+    let bad = s.is_empty()
+        || s == "."
+        || s == ".."
+        || s.chars()
+            .any(|c| c == '/' || c == '\\' || c == '\0' || c.is_control())
+        || s.len() > 200;
+    if bad {
+        return Err(format!(
+            "'{}' is not a run folder name: use one path segment (letters, digits, '-', '_', '.'; \
+             no '/', no '..', at most 200 bytes)",
+            s.escape_debug()
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An integer ≥ 1 (counts, batch sizes, resamples, parallel jobs).
+pub fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number ≥ 1")),
+    }
+}
+
+/// An integer ≥ 2 (class counts: one class makes every probability 1).
+pub fn at_least_two(s: &str) -> std::result::Result<usize, String> {
+    match at_least_one(s)? {
+        1 => Err("must be at least 2".into()),
+        n => Ok(n),
+    }
+}
+
+fn finite(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(format!("'{s}' is not a finite number")),
+    }
+}
+
+/// A probability in [0, 1].
+pub fn probability(s: &str) -> std::result::Result<f64, String> {
+    let x = finite(s)?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(format!("{x} is outside [0, 1]"));
+    }
+    Ok(x)
+}
+
+/// A fraction strictly between 0 and 1 (a held-out split: 0 would leave nothing to validate on,
+/// 1 nothing to train on).
+pub fn open_fraction(s: &str) -> std::result::Result<f64, String> {
+    let x = finite(s)?;
+    if !(x > 0.0 && x < 1.0) {
+        return Err(format!(
+            "{x} is outside (0, 1): it must leave examples on both sides"
+        ));
+    }
+    Ok(x)
+}
+
+/// A finite number > 0 (a scale).
+pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
+    let x = finite(s)?;
+    if x <= 0.0 || x > f32::MAX as f64 {
+        return Err(format!("{x} must be a finite number > 0"));
+    }
+    Ok(x as f32)
 }

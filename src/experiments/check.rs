@@ -28,13 +28,15 @@ pub struct CheckArgs {
     #[arg(long)]
     pub model_dir: Option<std::path::PathBuf>,
     /// Random inputs per check.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::cli::opts::at_least_one)]
     pub batch: usize,
-    /// Number of random classes in the classifier head.
-    #[arg(long, default_value_t = 10)]
+    /// Number of random classes in the classifier head (at least 2: with one class every
+    /// probability is 1 and the check cannot fail).
+    #[arg(long, default_value_t = 10, value_parser = crate::cli::opts::at_least_two)]
     pub classes: usize,
-    /// Softmax scale on cosine similarities.
-    #[arg(long, default_value_t = 1.0)]
+    /// Softmax scale on cosine similarities (> 0: a zero scale makes every output uniform, so the
+    /// check could not fail).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::cli::opts::positive_f32)]
     pub logit_scale: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

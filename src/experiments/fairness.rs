@@ -66,7 +66,7 @@ pub struct FairnessArgs {
     #[command(flatten)]
     pub scorer: crate::experiments::regard::ScorerOpts,
     /// Bootstrap resamples for the regard metrics' 95% intervals.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::cli::opts::at_least_one)]
     pub bootstrap: usize,
     #[command(flatten)]
     pub run: RunOpts,

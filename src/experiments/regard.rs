@@ -570,7 +570,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub wordlists: Option<PathBuf>,
     /// Bootstrap resamples for the 95% intervals.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::cli::opts::at_least_one)]
     pub bootstrap: usize,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

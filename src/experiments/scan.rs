@@ -80,15 +80,16 @@ pub struct TrainOpts {
     pub cell: CellKind,
     /// Examples per optimisation step (1 = official). Losses are per-example sums averaged
     /// over the batch, so batch > 1 keeps the loss definition.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 0.5)]
+    /// Probability of feeding the target token (not the prediction) to the decoder, in [0, 1].
+    #[arg(long, default_value_t = 0.5, value_parser = crate::cli::opts::probability)]
     pub teacher_forcing: f64,
     /// Gradient-norm clip, separately for the encoder and the decoder.
     #[arg(long, default_value_t = 5.0)]
     pub clip_norm: f64,
     /// Batch size for evaluation (greedy decoding).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::cli::opts::at_least_one)]
     pub eval_batch: usize,
 }
 
@@ -103,10 +104,10 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
     /// Validate every N iterations; the best checkpoint is kept.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = crate::cli::opts::at_least_one)]
     pub eval_every: usize,
-    /// Fraction of the training file held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    /// Fraction of the training file held out for validation, in (0, 1).
+    #[arg(long, default_value_t = 0.2, value_parser = crate::cli::opts::open_fraction)]
     pub val_fraction: f64,
     #[command(flatten)]
     pub run: RunOpts,
@@ -138,9 +139,11 @@ pub struct FinetuneArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 1_000)]
+    /// Validate every N iterations; the best checkpoint is kept.
+    #[arg(long, default_value_t = 1_000, value_parser = crate::cli::opts::at_least_one)]
     pub eval_every: usize,
-    #[arg(long, default_value_t = 0.01)]
+    /// Fraction of the training file held out for validation, in (0, 1).
+    #[arg(long, default_value_t = 0.01, value_parser = crate::cli::opts::open_fraction)]
     pub val_fraction: f64,
     #[command(flatten)]
     pub run: RunOpts,

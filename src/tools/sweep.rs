@@ -1272,7 +1272,7 @@ pub struct SweepArgs {
     /// Sweep config (TOML), e.g. configs/scan-ii.toml.
     pub config: PathBuf,
     /// Runs at once; each run is one equirun process.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::cli::opts::at_least_one)]
     pub jobs: usize,
     /// Print the commands (done runs commented out) and run nothing.
     #[arg(long)]
