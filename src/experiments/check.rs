@@ -82,6 +82,11 @@ fn random_tensor(seed: u64, purpose: &str, shape: &[usize], dev: &Device) -> Res
     Ok(Tensor::from_vec(v, shape, dev)?)
 }
 
+/// max |a − b| over all elements, as f64 (f32 tensors on any device).
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64)
+}
+
 pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     let (dev, dtype) = a.compute.resolve()?;
     let group = image_group(&a.group).context("--group")?;
@@ -162,12 +167,7 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         let (outs, _) = ev.run(&methods, &model, &gx)?;
         for (mi, (o, b)) in outs.iter().zip(&base).enumerate() {
             let expected = sym.act_output(g, b)?;
-            let e = (o - expected)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()? as f64;
-            errs[mi] = errs[mi].max(e);
+            errs[mi] = errs[mi].max(max_abs_diff(o, &expected)?);
         }
     }
     let parity = if a.compare_cpu {
@@ -175,9 +175,6 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         let (clip_cpu, _) = build(&cpu, DType::F32)?;
         let to_cpu =
             |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&cpu)?.to_dtype(DType::F32)?) };
-        let max_diff = |p: &Tensor, q: &Tensor| -> Result<f64> {
-            Ok((p - q)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64)
-        };
         let (x_cpu, w_cpu) = (to_cpu(&x)?, to_cpu(&w)?);
         let f_dev = to_cpu(&clip.encode_images(&x)?)?;
         let f_cpu = clip_cpu.encode_images(&x_cpu)?;
@@ -187,8 +184,8 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
             "reference": "cpu f32",
             "device": crate::device::device_name(&dev),
             "dtype": crate::device::dtype_name(dtype),
-            "max_abs_feature_diff": max_diff(&f_dev, &f_cpu)?,
-            "max_abs_prob_diff": max_diff(&p_dev, &p_cpu)?,
+            "max_abs_feature_diff": max_abs_diff(&f_dev, &f_cpu)?,
+            "max_abs_prob_diff": max_abs_diff(&p_dev, &p_cpu)?,
         })
     } else {
         serde_json::Value::Null
