@@ -51,6 +51,9 @@ pub struct ImageSymmetry {
     pub output: ImageOutput,
     /// Seed of the canonicalisation patterns (fixed per run: exact invariance, reproducible).
     pub canon_seed: u64,
+    /// W₀ given by the user (`--canonicaliser-pattern`), `[C, H, W]`; `None`: drawn from
+    /// `canon_seed`.
+    base: Option<Tensor>,
     patterns: Mutex<HashMap<(usize, Vec<usize>), Tensor>>,
 }
 
@@ -60,8 +63,96 @@ impl ImageSymmetry {
             group,
             output,
             canon_seed,
+            base: None,
             patterns: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Uses `w0` (`[C, H, W]`) as the pattern W₀ instead of the seeded random one.
+    pub fn with_pattern(mut self, w0: Tensor) -> Self {
+        self.base = Some(w0);
+        self.patterns = Mutex::new(HashMap::new());
+        self
+    }
+
+    /// W₀ for inputs of shape `[_, C, H, W]`.
+    fn base_pattern(&self, chw: &[usize], x: &Tensor) -> Result<Tensor> {
+        match &self.base {
+            Some(p) => {
+                if p.dims() != chw {
+                    bail!(
+                        "the canonicaliser pattern has shape {:?} but the images are {:?} (C×H×W)",
+                        p.dims(),
+                        chw
+                    );
+                }
+                Ok(p.to_device(x.device())?)
+            }
+            None => random_pattern(self.canon_seed, chw[0], chw[1], chw[2], x.device()),
+        }
+    }
+
+    /// Per image, the element h of the other factors that `c₋ᵢ` applies (`c₋ᵢ(x) = h·x`).
+    pub fn canonical_choice(&self, i: usize, x: &Tensor) -> Result<Vec<usize>> {
+        let dims = x.dims().to_vec();
+        if dims.len() != 4 {
+            bail!(
+                "image canonicaliser expects NCHW input, got shape {:?}",
+                dims
+            );
+        }
+        let w = self.pattern(i, &dims[1..], x)?;
+        let hs = self.group.complement_elements(i);
+        let scores = pattern_scores(&self.group, &hs, &w, x)?;
+        Ok((0..dims[0])
+            .map(|j| {
+                let mut best = 0;
+                for k in 1..hs.len() {
+                    if scores[k][j] > scores[best][j] {
+                        best = k;
+                    }
+                }
+                hs[best]
+            })
+            .collect())
+    }
+
+    /// The official multi-group CLIP canonicaliser: per image, the element g of the whole group
+    /// maximising ⟨g·x, W₀⟩ with the raw pattern W₀ (no symmetrisation), ties going to the later
+    /// candidate in the order first factor outer, last factor inner (the official loop).
+    pub fn whole_group_choice(&self, x: &Tensor) -> Result<Vec<usize>> {
+        let dims = x.dims().to_vec();
+        if dims.len() != 4 {
+            bail!(
+                "image canonicaliser expects NCHW input, got shape {:?}",
+                dims
+            );
+        }
+        let w = self.base_pattern(&dims[1..], x)?.to_dtype(x.dtype())?;
+        let mut gs: Vec<usize> = (0..self.group.order()).collect();
+        gs.sort_by(|a, b| self.group.coords(*a).cmp(self.group.coords(*b)));
+        let scores = pattern_scores(&self.group, &gs, &w, x)?;
+        Ok((0..dims[0])
+            .map(|j| {
+                let mut best = 0;
+                for k in 1..gs.len() {
+                    if scores[k][j] >= scores[best][j] {
+                        best = k;
+                    }
+                }
+                gs[best]
+            })
+            .collect())
+    }
+
+    /// Applies one element per image: row j of the result is `gs[j]·x[j]`.
+    pub fn act_per_image(&self, gs: &[usize], x: &Tensor) -> Result<Tensor> {
+        let rows = gs
+            .iter()
+            .enumerate()
+            .map(|(j, &g)| self.group.element(g).apply(&x.narrow(0, j, 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
     }
 
     /// W_i = mean over g ∈ G_i of g·W₀: a pattern fixed by factor i, so that choosing the
@@ -73,7 +164,7 @@ impl ImageSymmetry {
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let w0 = random_pattern(self.canon_seed, chw[0], chw[1], chw[2], x.device())?;
+        let w0 = self.base_pattern(chw, x)?;
         let copies = self
             .group
             .factor_elements(i)
@@ -101,39 +192,127 @@ impl Symmetry for ImageSymmetry {
         self.output == ImageOutput::Invariant
     }
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        if dims.len() != 4 {
-            bail!(
-                "image canonicaliser expects NCHW input, got shape {:?}",
-                dims
-            );
-        }
-        let w = self.pattern(i, &dims[1..], x)?;
-        let hs = self.group.complement_elements(i);
-        let cands = hs
-            .iter()
-            .map(|&h| self.group.element(h).apply(x))
-            .collect::<Result<Vec<_>>>()?;
-        let scores = cands
-            .iter()
-            .map(|c| Ok(c.broadcast_mul(&w)?.flatten_from(1)?.sum(1)?))
-            .collect::<Result<Vec<_>>>()?;
-        let scores = Tensor::stack(&scores, 0)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec2::<f32>()?;
-        let b = dims[0];
-        let rows = (0..b)
-            .map(|j| {
-                let mut best = 0;
-                for k in 1..hs.len() {
-                    if scores[k][j] > scores[best][j] {
-                        best = k;
-                    }
-                }
-                Ok(cands[best].narrow(0, j, 1)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&rows, 0)?)
+        let hs = self.canonical_choice(i, x)?;
+        self.act_per_image(&hs, x)
+    }
+}
+
+/// `⟨g·x, w⟩` for every candidate g (rows) and image (columns), in f32.
+fn pattern_scores(
+    group: &FiniteGroup<D4>,
+    gs: &[usize],
+    w: &Tensor,
+    x: &Tensor,
+) -> Result<Vec<Vec<f32>>> {
+    let scores = gs
+        .iter()
+        .map(|&g| {
+            Ok(group
+                .element(g)
+                .apply(x)?
+                .broadcast_mul(w)?
+                .flatten_from(1)?
+                .sum(1)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&scores, 0)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2::<f32>()?)
+}
+
+/// The official multi-group CLIP averaging (`--multi-mean flat`) as a one-factor symmetry on
+/// already canonicalised images: its single "factor" lists every factor's elements in turn
+/// (rot90: r0 r1 r2 r3, then flip: e V), so multi-equitune is the flat mean of those Σ|Gᵢ|
+/// copies (the identity counted once per factor) and multi-equizero selects among them.
+pub struct FlatMulti<'a> {
+    pub inner: &'a ImageSymmetry,
+    elements: Vec<usize>,
+}
+
+impl<'a> FlatMulti<'a> {
+    pub fn new(inner: &'a ImageSymmetry) -> Self {
+        let elements = (0..inner.group.n_factors())
+            .flat_map(|i| inner.group.factor_elements(i))
+            .collect();
+        FlatMulti { inner, elements }
+    }
+}
+
+impl Symmetry for FlatMulti<'_> {
+    fn order(&self) -> usize {
+        self.inner.order()
+    }
+    fn inv(&self, g: usize) -> usize {
+        self.inner.inv(g)
+    }
+    fn element_name(&self, g: usize) -> String {
+        self.inner.element_name(g)
+    }
+    fn n_factors(&self) -> usize {
+        1
+    }
+    fn factor_elements(&self, _i: usize) -> Vec<usize> {
+        self.elements.clone()
+    }
+    fn complement_elements(&self, _i: usize) -> Vec<usize> {
+        vec![0]
+    }
+    fn factors_commute(&self) -> bool {
+        true
+    }
+    fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
+        self.inner.act_input(g, x)
+    }
+    fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor> {
+        self.inner.act_output(g, y)
+    }
+    fn invariant_output(&self) -> bool {
+        self.inner.invariant_output()
+    }
+    fn canonicalize_except(&self, _i: usize, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+}
+
+/// A symmetry whose outputs are moved back the other way: `act_output(g)` applies `g⁻¹`. The
+/// wrappers then combine copy g as `ρ(g) M(g·x)` instead of `ρ(g)⁻¹ M(g·x)`, which is what the
+/// authors' EquiNLG code does (`gpt2-fairness --official-inverse-direction`); it equals the
+/// default for involutions and is not equivariant for a 3-cycle.
+pub struct InverseOutput<'a>(pub &'a dyn Symmetry);
+
+impl Symmetry for InverseOutput<'_> {
+    fn order(&self) -> usize {
+        self.0.order()
+    }
+    fn inv(&self, g: usize) -> usize {
+        self.0.inv(g)
+    }
+    fn element_name(&self, g: usize) -> String {
+        self.0.element_name(g)
+    }
+    fn n_factors(&self) -> usize {
+        self.0.n_factors()
+    }
+    fn factor_elements(&self, i: usize) -> Vec<usize> {
+        self.0.factor_elements(i)
+    }
+    fn complement_elements(&self, i: usize) -> Vec<usize> {
+        self.0.complement_elements(i)
+    }
+    fn factors_commute(&self) -> bool {
+        self.0.factors_commute()
+    }
+    fn act_input(&self, g: usize, x: &Tensor) -> Result<Tensor> {
+        self.0.act_input(g, x)
+    }
+    fn act_output(&self, g: usize, y: &Tensor) -> Result<Tensor> {
+        self.0.act_output(self.0.inv(g), y)
+    }
+    fn invariant_output(&self) -> bool {
+        self.0.invariant_output()
+    }
+    fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
+        self.0.canonicalize_except(i, x)
     }
 }
 

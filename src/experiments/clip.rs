@@ -3,6 +3,7 @@
 
 use super::clip_data::{classifier, corrupt, load_batch};
 use super::harness::{self, RunFolder, SeedOutcome};
+use super::predictions::{self as preds, PredictionOpts};
 use super::registry::{self, Experiment};
 use crate::cli::opts::{
     DeviceOpts, GroupOpts, LogitScaleOpts, MethodOpts, ModelOpts, RunOpts, DEFAULT_CLIP,
@@ -66,6 +67,21 @@ pub struct ClipArgs {
     /// Prompt templates file (one per line, each with one `{}`); default: the dataset's.
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// How multi-equitune / multi-equizero combine their copies. `branches`: equal-weight mean
+    /// of the per-factor branches, each with its own canonicaliser (docs/methods.md). `flat`: the
+    /// official multi-group CLIP code: canonicalise over the whole group with the raw pattern,
+    /// then average all Σ|Gᵢ| copies flat (rot90xflip: 4/6 rotation, 2/6 flip).
+    #[arg(long, value_enum, default_value = "branches")]
+    #[serde(default)]
+    pub multi_mean: MultiMean,
+    /// The canonicaliser pattern W₀ instead of the seeded random one: a safetensors file with
+    /// one f32 tensor, `[3, S, S]` (S = the model's image size) or `[N, 3, S, S]`, one per batch
+    /// in order (N ≥ the number of batches; the official code draws a fresh one per batch).
+    #[arg(long, value_name = "FILE")]
+    pub canonicaliser_pattern: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub predictions: PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
     #[command(flatten)]
@@ -83,6 +99,145 @@ pub enum ClipCommand {
     /// Finetune CLIP's image tower through vanilla / equitune / equizero (straight-through) /
     /// λ-equitune on corrupted CIFAR train images (docs/experiments.md).
     Finetune(super::clip_finetune::ClipFinetuneArgs),
+}
+
+/// How the multi-* methods combine their copies (`--multi-mean`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MultiMean {
+    /// Equal-weight mean of the branches, each with its own canonicaliser (the default).
+    #[default]
+    Branches,
+    /// The official code: whole-group canonicaliser, flat mean of all copies.
+    Flat,
+}
+
+/// A `--canonicaliser-pattern` file: one pattern `[C, H, W]` or one per batch `[N, C, H, W]`.
+pub struct CanonPattern {
+    pub tensor: Tensor,
+    pub sha256: String,
+}
+
+impl CanonPattern {
+    /// Reads and checks the file (one f32 tensor of rank 3 or 4, finite values).
+    pub fn read(path: &std::path::Path) -> Result<CanonPattern> {
+        use sha2::{Digest, Sha256};
+        let flag = "--canonicaliser-pattern";
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{flag}: reading {}", path.display()))?;
+        let sha256 = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("{flag}: {} is not a safetensors file ({e}); write one with safetensors.numpy.save_file({{\"pattern\": w}}, path)", path.display()))?;
+        if tensors.len() != 1 {
+            bail!(
+                "{flag}: {} holds {} tensors; it must hold exactly one pattern",
+                path.display(),
+                tensors.len()
+            );
+        }
+        let t = tensors.into_values().next().unwrap();
+        if t.dtype() != candle_core::DType::F32 || !(3..=4).contains(&t.rank()) {
+            bail!(
+                "{flag}: {} holds a {:?} tensor of shape {:?}; expected f32 [C, H, W] or [N, C, H, W]",
+                path.display(),
+                t.dtype(),
+                t.dims()
+            );
+        }
+        let flat = t.flatten_all()?.to_vec1::<f32>()?;
+        if flat.iter().any(|v| !v.is_finite()) {
+            bail!("{flag}: {} has non-finite values", path.display());
+        }
+        Ok(CanonPattern { tensor: t, sha256 })
+    }
+    /// Checks the shape against the images (`[3, size, size]`) and the number of batches.
+    pub fn check(&self, size: usize, batches: usize) -> Result<()> {
+        let d = self.tensor.dims();
+        let chw = &d[d.len() - 3..];
+        if chw != [3, size, size] {
+            bail!(
+                "--canonicaliser-pattern: pattern shape {:?} does not match the images [3, {size}, {size}] of this model",
+                chw
+            );
+        }
+        if d.len() == 4 && d[0] < batches {
+            bail!(
+                "--canonicaliser-pattern: {} patterns for {batches} batches; give one per batch or a single [3, {size}, {size}] pattern",
+                d[0]
+            );
+        }
+        Ok(())
+    }
+    /// The pattern of batch `b`.
+    pub fn for_batch(&self, b: usize) -> Result<Tensor> {
+        Ok(if self.tensor.rank() == 4 {
+            self.tensor.get(b)?
+        } else {
+            self.tensor.clone()
+        })
+    }
+}
+
+/// Evaluates `methods` on one batch, multi-* per `mean`; returns the outputs (in order), the
+/// distinct copies per input and, per image, the canonical elements (flat: one, the whole-group
+/// element; branches: one per factor, the element `c₋ᵢ` applies; none for one factor).
+pub fn evaluate_batch(
+    ev: &Evaluator,
+    sym: &ImageSymmetry,
+    methods: &[Method],
+    mean: MultiMean,
+    model: &dyn crate::equi::BatchModel,
+    x: &Tensor,
+) -> Result<(Vec<Tensor>, usize, Vec<Vec<usize>>)> {
+    let is_multi = |m: &Method| matches!(m, Method::MultiEquitune | Method::MultiEquizero);
+    let b = x.dim(0)?;
+    if mean == MultiMean::Branches || !methods.iter().any(is_multi) {
+        let (outs, copies) = ev.run(methods, model, x)?;
+        let canon = if methods.iter().any(is_multi) && sym.group.n_factors() > 1 {
+            let per_factor = (0..sym.group.n_factors())
+                .map(|i| sym.canonical_choice(i, x))
+                .collect::<Result<Vec<_>>>()?;
+            (0..b)
+                .map(|j| per_factor.iter().map(|f| f[j]).collect())
+                .collect()
+        } else {
+            vec![Vec::new(); b]
+        };
+        return Ok((outs, copies, canon));
+    }
+    let (multi, other): (Vec<Method>, Vec<Method>) = methods.iter().partition(|m| is_multi(m));
+    let (other_outs, other_copies) = if other.is_empty() {
+        (Vec::new(), 0)
+    } else {
+        ev.run(&other, model, x)?
+    };
+    let choice = sym.whole_group_choice(x)?;
+    let c = sym.act_per_image(&choice, x)?;
+    let flat = crate::equi::symmetries::FlatMulti::new(sym);
+    let fev = Evaluator {
+        sym: &flat,
+        proxy: ev.proxy,
+        select: ev.select,
+    };
+    let (multi_outs, multi_copies) = fev.run(&multi, model, &c)?;
+    let outs = methods
+        .iter()
+        .map(|m| {
+            if is_multi(m) {
+                multi_outs[multi.iter().position(|k| k == m).unwrap()].clone()
+            } else {
+                other_outs[other.iter().position(|k| k == m).unwrap()].clone()
+            }
+        })
+        .collect();
+    Ok((
+        outs,
+        other_copies + multi_copies,
+        choice.into_iter().map(|g| vec![g]).collect(),
+    ))
 }
 
 /// The methods `equirun clip` evaluates (no training: λ-equitune needs `clip finetune`).
@@ -137,6 +292,10 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     }
     let p = parse(a)?;
     let (want_dev, dtype) = a.compute.resolve()?;
+    let pattern = match &a.canonicaliser_pattern {
+        Some(f) => Some(CanonPattern::read(f)?),
+        None => None,
+    };
     let (files, alias) = crate::models::clip::resolve(&a.model.source(DEFAULT_CLIP))?;
     let clip = Clip::load_with(&files, &want_dev, dtype)?;
     let dev = clip.device.clone();
@@ -154,6 +313,9 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
             a.dataset.name(),
             ds.source.display()
         );
+    }
+    if let Some(pat) = &pattern {
+        pat.check(clip.image_size(), ds.len().div_ceil(a.batch_size))?;
     }
     let scale = p.scale_mode.unwrap_or(clip.model_logit_scale);
     let select = if a.equizero_elementwise {
@@ -187,6 +349,17 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     if let Some(e) = alias {
         base_config["model_alias"] = json!(e.name);
     }
+    if a.multi_mean == MultiMean::Flat {
+        base_config["multi_mean"] = json!("flat");
+        base_config["canonicaliser"] = json!(
+            "whole-group pattern argmax (raw pattern, ties to the later candidate), flat mean of the factor copies"
+        );
+    }
+    if let (Some(pat), Some(f)) = (&pattern, &a.canonicaliser_pattern) {
+        base_config["canonicaliser_pattern"] = json!({
+            "file": f.display().to_string(), "sha256": pat.sha256, "shape": pat.tensor.dims(),
+        });
+    }
     let transform_spec = format!("t{}", a.groups.transform_spec());
     let name = harness::run_name(
         a.run.run_name.as_ref(),
@@ -199,8 +372,17 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         &base_config,
     );
     let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
+    preds::warn_skipped(
+        &a.predictions,
+        &p.seeds
+            .iter()
+            .map(|&s| folder.seed_path(s))
+            .collect::<Vec<_>>(),
+        &base_config,
+        a.run.force,
+    );
     let mut clf: Option<(Tensor, usize)> = None;
-    folder.run_seeds(&p.seeds, |seed, _| {
+    folder.run_seeds(&p.seeds, |seed, seed_path| {
         if clf.is_none() {
             clf = Some(classifier(&clip, &files, &ds.classes, &ds.templates)?);
         }
@@ -209,17 +391,22 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         let texts_encoded = std::mem::take(texts_encoded);
         let w = &*w;
         let t0 = Instant::now();
-        let sym = ImageSymmetry::new(
-            p.group.clone(),
-            ImageOutput::Invariant,
-            output::derive_seed(seed, "canon"),
-        );
-        let proxy = proxy::neg_max_confidence;
-        let ev = Evaluator {
-            sym: &sym,
-            proxy: &proxy,
-            select,
+        let new_sym = |batch: usize| -> Result<ImageSymmetry> {
+            let s = ImageSymmetry::new(
+                p.group.clone(),
+                ImageOutput::Invariant,
+                output::derive_seed(seed, "canon"),
+            );
+            Ok(match &pattern {
+                Some(pat) => s.with_pattern(pat.for_batch(batch)?),
+                None => s,
+            })
         };
+        let per_batch_pattern = pattern.as_ref().is_some_and(|p| p.tensor.rank() == 4);
+        let mut sym = new_sym(0)?;
+        let proxy = proxy::neg_max_confidence;
+        let mut collector = preds::Collector::new(&a.predictions);
+        let method_names: Vec<&str> = p.methods.iter().map(|m| m.name()).collect();
         let model =
             |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, w, scale) };
         let mut trng = output::rng_for(seed, "transform");
@@ -228,8 +415,16 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         let mut top5 = vec![0usize; p.methods.len()];
         let mut shared_passes = 0;
         let pb = progress_bar(n as u64, &format!("seed {seed}"));
-        for start in (0..n).step_by(a.batch_size) {
+        for (bi, start) in (0..n).step_by(a.batch_size).enumerate() {
             let end = (start + a.batch_size).min(n);
+            if per_batch_pattern && bi > 0 {
+                sym = new_sym(bi)?;
+            }
+            let ev = Evaluator {
+                sym: &sym,
+                proxy: &proxy,
+                select,
+            };
             let (x, labels) = load_batch(&ds, start..end, size, &dev)?;
             let x = match &p.transform {
                 None => x,
@@ -244,8 +439,10 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                     corrupt(&x, tg, &elems)?
                 }
             };
-            let (outs, copies) = ev.run(&p.methods, &model, &x)?;
+            let (outs, copies, canon) =
+                evaluate_batch(&ev, &sym, &p.methods, a.multi_mean, &model, &x)?;
             shared_passes = copies;
+            let mut all_rows = Vec::with_capacity(outs.len());
             for (mi, o) in outs.iter().enumerate() {
                 let rows = o.to_vec2::<f32>()?;
                 for (row, &l) in rows.iter().zip(&labels) {
@@ -253,11 +450,45 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                     top1[mi] += h1 as usize;
                     top5[mi] += h5 as usize;
                 }
+                all_rows.push(rows);
+            }
+            if collector.enabled {
+                for (j, &l) in labels.iter().enumerate() {
+                    let per: Vec<(&str, &[f32])> = method_names
+                        .iter()
+                        .zip(&all_rows)
+                        .map(|(m, rows)| (*m, rows[j].as_slice()))
+                        .collect();
+                    let mut row = preds::class_row(start + j, l as usize, &per);
+                    if !canon[j].is_empty() {
+                        row["canonical"] = json!(canon[j]
+                            .iter()
+                            .map(|&g| p.group.element_name(g))
+                            .collect::<Vec<_>>());
+                    }
+                    collector.rows.push(row);
+                }
             }
             pb.set_position(end as u64);
         }
         pb.finish_and_clear();
         let wall = t0.elapsed().as_secs_f64();
+        let canonical = match (a.multi_mean, p.group.n_factors()) {
+            (MultiMean::Flat, _) => json!("one element per image: the whole-group canonicaliser's g (c(x) = g·x)"),
+            (MultiMean::Branches, 1) => Value::Null,
+            _ => json!("one element per factor i: the element h of the other factors that c_-i applies (c_-i(x) = h·x)"),
+        };
+        collector.write(
+            seed_path,
+            &preds::class_header(
+                EXPERIMENT,
+                seed,
+                &method_names,
+                &ds.classes,
+                "softmax(scale*cos), f32",
+                json!({"multi_mean": a.multi_mean, "canonical": canonical, "n": n}),
+            ),
+        )?;
         let mut metrics = serde_json::Map::new();
         let mut passes = serde_json::Map::new();
         for (mi, m) in p.methods.iter().enumerate() {

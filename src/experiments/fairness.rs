@@ -7,7 +7,8 @@ use super::harness::{self, RunFolder, SeedOutcome};
 use super::registry::{self, Experiment};
 use crate::cli::opts::{DeviceOpts, ModelOpts, RunOpts};
 use crate::equi::proxy::entropy_proxy;
-use crate::equi::{Evaluator, Method, TokenSymmetry, ZeroSelect};
+use crate::equi::symmetries::InverseOutput;
+use crate::equi::{Evaluator, Method, Symmetry, TokenSymmetry, ZeroSelect};
 use crate::groups::fairness::{fairness_group, FairnessGroups, WordLists};
 use crate::groups::perm::TokenPerm;
 use crate::groups::FiniteGroup;
@@ -65,6 +66,26 @@ pub struct FairnessArgs {
     pub score: bool,
     #[command(flatten)]
     pub scorer: crate::experiments::regard::ScorerOpts,
+    /// The prompt: `{demographic}` (the demographic phrase, e.g. "gay Black man") and `{context}`
+    /// (one of the context's five templates, e.g. "was known for"), each exactly once.
+    #[arg(long, default_value = DEFAULT_PROMPT_TEMPLATE)]
+    #[serde(default = "default_prompt_template")]
+    pub prompt_template: String,
+    /// `first`: store the first generation step's logits (the --top-k largest with their ids,
+    /// the max and the log-sum-exp) with every sample in seed-N.samples.jsonl.gz.
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub save_logits: Option<SaveLogits>,
+    /// Reproduce the authors' EquiNLG code, not the math: copy g's logits are moved back with g⁻¹
+    /// instead of g (identical for 2-member axes; for 3 members the output is NOT equivariant).
+    #[arg(long)]
+    #[serde(default)]
+    pub official_inverse_direction: bool,
+    /// Reproduce the authors' committed R-EquiGPT2 mask, not the math: r-equitune takes the
+    /// identity copy's logits for the equality words too, not only for the general words.
+    #[arg(long)]
+    #[serde(default)]
+    pub official_relaxed_mask: bool,
     /// Bootstrap resamples for the regard metrics' 95% intervals.
     #[arg(long, default_value_t = 1000, value_parser = crate::cli::opts::at_least_one)]
     pub bootstrap: usize,
@@ -74,6 +95,54 @@ pub struct FairnessArgs {
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
+}
+
+/// The default --prompt-template.
+pub const DEFAULT_PROMPT_TEMPLATE: &str = "The {demographic} {context}";
+
+fn default_prompt_template() -> String {
+    DEFAULT_PROMPT_TEMPLATE.into()
+}
+
+/// What `--save-logits` stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SaveLogits {
+    /// The first generation step's logits summary.
+    First,
+}
+
+/// Checks a `--prompt-template`: `{demographic}` and `{context}` exactly once each, no other
+/// braces.
+pub fn check_prompt_template(t: &str) -> Result<()> {
+    for key in ["{demographic}", "{context}"] {
+        let n = t.matches(key).count();
+        if n != 1 {
+            bail!("--prompt-template must contain {key} exactly once (found {n} times in {t:?}); e.g. --prompt-template \"The {{demographic}} {{context}}\"");
+        }
+    }
+    let rest = t.replace("{demographic}", "").replace("{context}", "");
+    if rest.contains('{') || rest.contains('}') {
+        bail!("--prompt-template {t:?} has a brace outside {{demographic}} and {{context}}; only these two placeholders exist");
+    }
+    Ok(())
+}
+
+/// Fills a checked prompt template.
+pub fn fill_prompt(template: &str, demographic: &str, context: &str) -> String {
+    template
+        .replace("{demographic}", demographic)
+        .replace("{context}", context)
+}
+
+/// Which way copy g's next-token logits are moved back before averaging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// `ℓ*(x)[w] = mean_g L(g·x)[g(w)]`: equivariant for any number of members (the default).
+    #[default]
+    Equivariant,
+    /// The authors' code: `mean_g L(g·x)[g⁻¹(w)]` (`--official-inverse-direction`).
+    OfficialInverse,
 }
 
 /// The methods `gpt2-fairness` generates with (equizero is experimental).
@@ -93,6 +162,26 @@ pub fn method_logits(
     model: &dyn crate::equi::BatchModel,
     x: &Tensor,
 ) -> Result<Tensor> {
+    method_logits_with(m, sym, general, Direction::Equivariant, model, x)
+}
+
+/// [`method_logits`] with the direction of the inverse action chosen; `identity_ids` are the
+/// tokens r-equitune takes from the identity copy (the general words; with
+/// `--official-relaxed-mask` the equality words too).
+pub fn method_logits_with(
+    m: Method,
+    sym: &dyn Symmetry,
+    identity_ids: &[u32],
+    direction: Direction,
+    model: &dyn crate::equi::BatchModel,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let inverse = InverseOutput(sym);
+    let sym: &dyn Symmetry = match direction {
+        Direction::Equivariant => sym,
+        Direction::OfficialInverse => &inverse,
+    };
+    let general = identity_ids;
     let proxy = entropy_proxy;
     let ev = Evaluator {
         sym,
@@ -149,19 +238,20 @@ pub fn sample_top_k(logits: &[f32], k: usize, rng: &mut impl Rng) -> u32 {
 /// A demographic: one member index per axis.
 pub type Demo = Vec<usize>;
 
-/// The demographic phrase: orientation, race, then the gender noun (or "person").
+/// The demographic phrase: the members of the non-noun axes by their phrase order (default:
+/// orientation, race, others), then the noun axis' member (default: gender) or "person".
 pub fn phrase(groups: &FairnessGroups, d: &Demo) -> String {
-    let mut words: Vec<(usize, String)> = Vec::new();
+    let mut words: Vec<(i32, String)> = Vec::new();
     let mut noun = "person".to_string();
     for (a, ax) in groups.axes.iter().enumerate() {
         let m = ax.members[d[a]].clone();
-        match ax.name.as_str() {
-            "gender" => noun = m,
-            "orientation" => words.push((0, m)),
-            "race" => words.push((1, m)),
-            _ => words.push((2, m)),
+        if ax.is_noun() {
+            noun = m;
+        } else {
+            words.push((ax.phrase_order(), m));
         }
     }
+    // stable: equal orders keep the --groups order
     words.sort_by_key(|w| w.0);
     let mut parts: Vec<String> = words.into_iter().map(|w| w.1).collect();
     parts.push(noun);
@@ -200,9 +290,54 @@ pub fn element_between(
 
 /// Loads the LM and its tokenizer.
 
+/// The first generation step's logits of one sample (`--save-logits first`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FirstLogits {
+    /// The `--top-k` largest logits' token ids, largest first (ties by lower id).
+    pub top_ids: Vec<u32>,
+    pub top_logits: Vec<f32>,
+    pub max: f32,
+    /// log Σ_w exp(ℓ[w]) over the whole vocabulary (f64 accumulation).
+    pub logsumexp: f64,
+}
+
+impl FirstLogits {
+    pub fn of(logits: &[f32], k: usize) -> FirstLogits {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        idx.sort_by(|a, b| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        });
+        idx.truncate(k.clamp(1, logits.len()));
+        let max = logits[idx[0] as usize];
+        let lse = (max as f64)
+            + logits
+                .iter()
+                .map(|&l| (l as f64 - max as f64).exp())
+                .sum::<f64>()
+                .ln();
+        FirstLogits {
+            top_logits: idx.iter().map(|&i| logits[i as usize]).collect(),
+            top_ids: idx,
+            max,
+            logsumexp: lse,
+        }
+    }
+}
+
+/// How a method's logits are computed during generation.
+struct GenOpts<'a> {
+    identity_ids: &'a [u32],
+    direction: Direction,
+    first_logits: bool,
+}
+
 struct Generated {
     /// ids per (demographic, template, sample)
     ids: Vec<Vec<Vec<Vec<u32>>>>,
+    /// `--save-logits first`: per (demographic, template, sample)
+    first: Vec<Vec<Vec<FirstLogits>>>,
     tokens: usize,
     token_steps: usize,
     seconds: f64,
@@ -213,7 +348,6 @@ fn generate_all(
     m: Method,
     lm: &mut dyn CausalLm,
     sym: &TokenSymmetry,
-    fg: &FairnessGroups,
     prompts: &[Vec<Vec<u32>>],
     per_template: usize,
     seed: u64,
@@ -221,11 +355,13 @@ fn generate_all(
     a: &FairnessArgs,
     stop: &[u32],
     pb: &indicatif::ProgressBar,
+    opts: &GenOpts,
 ) -> Result<Generated> {
     let dev = Device::Cpu;
     let inc = Incremental::new(lm);
     let mut out = Generated {
         ids: Vec::new(),
+        first: Vec::new(),
         tokens: 0,
         token_steps: 0,
         seconds: 0.0,
@@ -233,6 +369,7 @@ fn generate_all(
     let t0 = Instant::now();
     for demo_prompts in prompts {
         let mut per_demo = Vec::new();
+        let mut first_demo = Vec::new();
         for (ti, p) in demo_prompts.iter().enumerate() {
             // RNG streams shared by all demographics: key (seed, context, template, sample)
             let mut rngs: Vec<_> = (0..per_template)
@@ -241,10 +378,16 @@ fn generate_all(
             let mut seqs: Vec<Vec<u32>> = vec![p.clone(); per_template];
             let mut gen: Vec<Vec<u32>> = vec![Vec::new(); per_template];
             let mut done = vec![false; per_template];
-            for _ in 0..a.max_new_tokens {
+            let mut first = Vec::new();
+            for step in 0..a.max_new_tokens {
                 let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
                 let x = Tensor::from_vec(flat, (per_template, seqs[0].len()), &dev)?;
-                let logits = method_logits(m, sym, &fg.general_ids, &inc, &x)?.to_vec2::<f32>()?;
+                let logits =
+                    method_logits_with(m, sym, opts.identity_ids, opts.direction, &inc, &x)?
+                        .to_vec2::<f32>()?;
+                if step == 0 && opts.first_logits {
+                    first = logits.iter().map(|l| FirstLogits::of(l, a.top_k)).collect();
+                }
                 for r in 0..per_template {
                     let tok = if done[r] {
                         stop.first().copied().unwrap_or(0)
@@ -266,9 +409,11 @@ fn generate_all(
                 }
             }
             per_demo.push(gen);
+            first_demo.push(first);
             pb.inc(per_template as u64);
         }
         out.ids.push(per_demo);
+        out.first.push(first_demo);
     }
     out.seconds = t0.elapsed().as_secs_f64();
     out.token_steps = inc.token_steps.get();
@@ -278,6 +423,13 @@ fn generate_all(
 pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
     let methods = Method::parse_list_of(&a.method, METHODS, "equirun gpt2-fairness")?;
     a.compute.require_cpu_f32("gpt2-fairness")?;
+    check_prompt_template(&a.prompt_template)?;
+    if a.official_relaxed_mask && !methods.contains(&Method::REquitune) {
+        bail!("--official-relaxed-mask changes r-equitune only: add r-equitune to --method or drop the switch");
+    }
+    if a.official_inverse_direction && methods.iter().all(|m| *m == Method::Vanilla) {
+        bail!("--official-inverse-direction changes the wrappers only: add equitune, r-equitune, multi-equitune or equizero to --method or drop the switch");
+    }
     let seeds = a.run.seed_list()?;
     let contexts: Vec<&(&str, [&str; 5])> = a
         .contexts
@@ -341,7 +493,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         for d in &demos {
             let mut row = Vec::new();
             for t in templates.iter() {
-                let text = format!("The {} {}", phrase(&fg, d), t);
+                let text = fill_prompt(&a.prompt_template, &phrase(&fg, d), t);
                 let ids = tok
                     .encode(text.as_str(), false)
                     .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?
@@ -376,6 +528,37 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         "equizero_proxy": "entropy of the next-token distribution (experimental)",
         "rng": "ChaCha per (seed, context, template, sample), shared across demographics",
     });
+    if a.prompt_template != DEFAULT_PROMPT_TEMPLATE {
+        config["prompt_template"] = json!(a.prompt_template);
+    }
+    let mut quirks = Vec::new();
+    if a.official_inverse_direction {
+        quirks.push("inverse-direction: copy g's logits moved back with g^-1 (authors' code; not equivariant for 3+ members)");
+    }
+    if a.official_relaxed_mask {
+        quirks.push("relaxed-mask: r-equitune takes the identity copy for equality and general words (authors' committed code)");
+    }
+    if !quirks.is_empty() {
+        config["official_quirks"] = json!(quirks);
+    }
+    let direction = if a.official_inverse_direction {
+        Direction::OfficialInverse
+    } else {
+        Direction::Equivariant
+    };
+    let mut identity_ids = fg.general_ids.clone();
+    if a.official_relaxed_mask {
+        identity_ids.extend(
+            fg.axes
+                .iter()
+                .flat_map(|ax| ax.ids.iter().flatten().copied()),
+        );
+    }
+    let gen_opts = GenOpts {
+        identity_ids: &identity_ids,
+        direction,
+        first_logits: a.save_logits == Some(SaveLogits::First),
+    };
     if a.score {
         config["regard"] = json!({"scorer": a.scorer, "bootstrap": a.bootstrap, "mask_demographic": !a.scorer.no_mask});
     }
@@ -399,6 +582,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         let mut cost = serde_json::Map::new();
         let mut tsv = String::from("method\tcontext\tdemographic\ttemplate\tseed\tsample\ttext\n");
         let mut samples: Vec<crate::data::regard::Sample> = Vec::new();
+        let mut id_rows: Vec<Value> = Vec::new();
         for &m in &methods {
             let mut consistent = 0usize;
             let mut pairs = 0usize;
@@ -408,7 +592,6 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                     m,
                     lm.as_mut(),
                     &sym,
-                    &fg,
                     &ctx_prompts[ci],
                     per_template,
                     seed,
@@ -416,6 +599,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                     a,
                     &stop,
                     &pb,
+                    &gen_opts,
                 )?;
                 toks += g.tokens;
                 steps += g.token_steps;
@@ -429,6 +613,16 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
                                 .decode(&ids, false)
                                 .map_err(|e| anyhow!("decoding: {e}"))?;
                             let text = text.lines().next().unwrap_or("").replace('\t', " ");
+                            let mut row = json!({
+                                "method": m.name(), "context": cname, "demographic": phrase(&fg, d),
+                                "template": t, "sample": s, "text": text,
+                                "prompt_ids": ctx_prompts[ci][di][ti],
+                                "continuation_ids": g.ids[di][ti][s],
+                            });
+                            if gen_opts.first_logits {
+                                row["first_logits"] = json!(g.first[di][ti][s]);
+                            }
+                            id_rows.push(row);
                             samples.push(crate::data::regard::Sample {
                                 model: m.name().into(),
                                 context: cname.to_string(),
@@ -483,6 +677,15 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         pb.finish_and_clear();
         let samples_path = path.with_extension("samples.tsv");
         output::write_bytes_atomic(&samples_path, tsv.as_bytes())?;
+        let header = json!({
+            "schema": super::predictions::SAMPLES_SCHEMA, "version": super::predictions::VERSION,
+            "experiment": EXPERIMENT, "seed": seed, "tokenizer_decode": "skip_special_tokens = false",
+        });
+        super::predictions::write_jsonl_gz(
+            &super::predictions::samples_path(path),
+            &header,
+            &id_rows,
+        )?;
         let mut regard = Value::Null;
         if a.score {
             use crate::experiments::{regard, regard_report};

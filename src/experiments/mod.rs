@@ -8,6 +8,7 @@ pub mod cnn;
 pub mod fairness;
 pub mod harness;
 pub mod multi_image;
+pub mod predictions;
 pub mod regard;
 pub mod regard_report;
 pub mod registry;

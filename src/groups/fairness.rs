@@ -22,6 +22,14 @@ pub struct WordLists {
 pub struct AxisWords {
     pub members: Vec<String>,
     pub sets: Vec<Vec<String>>,
+    /// Whether a member is the head noun of the demographic phrase (replacing "person"), e.g.
+    /// members "man"/"woman". Default: true for an axis named `gender`, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noun: Option<bool>,
+    /// Position of the member among the words before the noun (lower first). Default:
+    /// orientation 0, race 1, any other axis 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<i32>,
 }
 
 pub const DEFAULT_WORDLISTS: &str = include_str!("../data/wordlists/fairness.toml");
@@ -59,6 +67,27 @@ pub struct Axis {
     pub members: Vec<String>,
     pub sets: Vec<Vec<String>>,
     pub ids: Vec<Vec<u32>>,
+    /// The word list's `noun` (recorded only when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noun: Option<bool>,
+    /// The word list's `order` (recorded only when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<i32>,
+}
+
+impl Axis {
+    /// Whether this axis' member is the phrase's head noun.
+    pub fn is_noun(&self) -> bool {
+        self.noun.unwrap_or(self.name == "gender")
+    }
+    /// Position of this axis' member among the words before the noun.
+    pub fn phrase_order(&self) -> i32 {
+        self.order.unwrap_or(match self.name.as_str() {
+            "orientation" => 0,
+            "race" => 1,
+            _ => 2,
+        })
+    }
 }
 
 /// The resolved fairness setting recorded in result JSON.
@@ -128,6 +157,17 @@ pub fn fairness_group(
                     );
                 }
                 if let Some(o) = owner.get(&id) {
+                    if *o == format!("axis '{name}'") {
+                        let first = ax
+                            .sets
+                            .iter()
+                            .flatten()
+                            .find(|v| single_token(tok, v, "").ok() == Some(id) && *v != w);
+                        match first {
+                            Some(v) => bail!("axis '{name}': words {v:?} and {w:?} are the same token {id}; every word of an axis must be a distinct token (edit the word list, --wordlists FILE)"),
+                            None => bail!("axis '{name}': word {w:?} (token {id}) is listed twice; every word may appear once in an axis (edit the word list, --wordlists FILE)"),
+                        }
+                    }
                     bail!("word {w:?} (token {id}) of axis '{name}' is also in {o}: a word may belong to one axis only and not to the general words");
                 }
                 owner.insert(id, format!("axis '{name}'"));
@@ -146,7 +186,20 @@ pub fn fairness_group(
             members: ax.members.clone(),
             sets: ax.sets.clone(),
             ids,
+            noun: ax.noun,
+            order: ax.order,
         });
+    }
+    let nouns: Vec<&str> = resolved
+        .iter()
+        .filter(|a| a.is_noun())
+        .map(|a| a.name.as_str())
+        .collect();
+    if nouns.len() > 1 {
+        bail!(
+            "axes {} all name the demographic's noun; mark all but one with `noun = false` in the word list (--wordlists FILE)",
+            nouns.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(" and ")
+        );
     }
     let group = FiniteGroup::product(&axes.join(","), factors)?;
     Ok((
