@@ -754,6 +754,8 @@ pub fn report(results_dir: &Path, out_dir: &Path) -> Result<Report> {
     let mut obs = Vec::new();
     let mut warnings = Vec::new();
     let mut records = 0;
+    // per-example tables from seed-<n>.predictions.jsonl.gz beside a result file
+    let mut per_example: Vec<(String, crate::experiments::predictions::Summary)> = Vec::new();
     let out_abs = std::fs::canonicalize(out_dir).ok();
     for f in &files {
         if out_abs.is_some()
@@ -779,6 +781,15 @@ pub fn report(results_dir: &Path, out_dir: &Path) -> Result<Report> {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         let source = format!("{}/{run}", rec["experiment"].as_str().unwrap_or("?"));
+        let pf = crate::experiments::predictions::predictions_path(f);
+        if pf.is_file() {
+            match crate::experiments::predictions::read_jsonl_gz(&pf)
+                .and_then(|(h, rows)| crate::experiments::predictions::summarize(&h, &rows))
+            {
+                Ok(s) => per_example.push((source.clone(), s)),
+                Err(e) => warnings.push(format!("{}: {e:#}", pf.display())),
+            }
+        }
         match extract(&rec, &source) {
             Some(o) => {
                 records += 1;
@@ -816,6 +827,20 @@ pub fn report(results_dir: &Path, out_dir: &Path) -> Result<Report> {
     }
     if tables.is_empty() {
         md += "No results found.\n";
+    }
+    if !per_example.is_empty() {
+        md += "\n## Per-example tables (from predictions files)\n\n";
+        let mut csv = String::from("source,seed,table,row,column,count,n,percent\n");
+        for (source, s) in &per_example {
+            md += &s.markdown(source);
+            for l in s.csv_rows(source) {
+                csv += &l;
+                csv.push('\n');
+            }
+        }
+        let p = out_dir.join("per_example.csv");
+        std::fs::write(&p, csv)?;
+        written.push(p);
     }
     if !warnings.is_empty() {
         md += "\n## Skipped files\n\n";
