@@ -457,3 +457,79 @@ fn predictions_file_roundtrip_and_bad_files() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     let _ = Device::Cpu;
 }
+
+#[test]
+fn scan_finetune_predictions_match_exact_match_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("res");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_equirun"))
+            .args(args)
+            .arg("--out")
+            .arg(&out)
+            .env("EQUIRUN_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let common = ["--eval-limit", "6", "--val-limit", "4", "--run-name", "r"];
+    let mut pre = vec![
+        "scan",
+        "pretrain",
+        "--iters",
+        "4",
+        "--eval-every",
+        "2",
+        "--batch-size",
+        "2",
+        "--save-predictions",
+    ];
+    pre.extend_from_slice(&common);
+    run(&pre);
+    let pre_dir = out.join("scan-pretrain/r");
+    let mut ft = vec![
+        "scan",
+        "finetune",
+        "--pretrained",
+        pre_dir.to_str().unwrap(),
+        "--method",
+        "vanilla,equitune",
+        "--iters",
+        "0",
+        "--save-predictions",
+    ];
+    ft.extend_from_slice(&common);
+    run(&ft);
+    for seed_json in [
+        pre_dir.join("seed-0.json"),
+        out.join("scan-finetune/r-vanilla/seed-0.json"),
+        out.join("scan-finetune/r-equitune/seed-0.json"),
+    ] {
+        let rec = read_json(&seed_json);
+        let (h, rows) = read_jsonl_gz(&predictions_path(&seed_json)).unwrap();
+        assert_eq!(h["kind"], "sequence");
+        let method = h["methods"][0].as_str().unwrap().to_string();
+        let tests = rec["metrics"]["test"].as_object().unwrap();
+        let n: u64 = tests.values().map(|t| t["n"].as_u64().unwrap()).sum();
+        assert_eq!(rows.len() as u64, n);
+        for (split, t) in tests {
+            let of: Vec<&Value> = rows.iter().filter(|r| r["split"] == *split).collect();
+            assert_eq!(of.len() as u64, t["n"].as_u64().unwrap());
+            let ok = of
+                .iter()
+                .filter(|r| r["methods"][&method]["correct"] == true)
+                .count();
+            assert_eq!(ok as u64, t["correct"].as_u64().unwrap(), "{split}");
+            for r in of {
+                let e = &r["methods"][&method];
+                // exact match ⇔ the decoded sequence is the target and EOS was produced
+                assert_eq!(
+                    e["correct"].as_bool().unwrap(),
+                    e["pred"] == r["label"] && e["eos"] == true,
+                    "{r}"
+                );
+                assert!(!r["command"].as_str().unwrap().is_empty());
+            }
+        }
+    }
+}

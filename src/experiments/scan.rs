@@ -3,6 +3,7 @@
 //! (docs/methods.md, docs/experiments.md#scan).
 
 use super::harness::{self, RunFolder, SeedOutcome};
+use super::predictions::{self as preds, PredictionOpts};
 use super::registry::{self, Experiment};
 use crate::cli::opts::{DeviceOpts, RunOpts};
 use crate::data::scan::{self as scandata, ScanExample, Side, Vocab};
@@ -110,6 +111,9 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 0.2, value_parser = crate::cli::opts::open_fraction)]
     pub val_fraction: f64,
     #[command(flatten)]
+    #[serde(default)]
+    pub predictions: PredictionOpts,
+    #[command(flatten)]
     pub run: RunOpts,
     /// CPU and f32 only.
     #[command(flatten)]
@@ -145,6 +149,9 @@ pub struct FinetuneArgs {
     /// Fraction of the training file held out for validation, in (0, 1).
     #[arg(long, default_value_t = 0.01, value_parser = crate::cli::opts::open_fraction)]
     pub val_fraction: f64,
+    #[command(flatten)]
+    #[serde(default)]
+    pub predictions: PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
     /// CPU and f32 only.
@@ -329,6 +336,36 @@ impl<'a> Wrapped<'a> {
     }
 }
 
+/// Where `--save-predictions` rows of a test split go.
+struct PredRec<'a> {
+    rows: &'a mut Vec<Value>,
+    data: &'a ScanData,
+    method: &'a str,
+    split: &'a str,
+}
+
+impl PredRec<'_> {
+    fn words(v: &scandata::Vocab, ids: &[u32]) -> String {
+        ids.iter()
+            .map(|&t| v.token(t).unwrap_or("<?>"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    /// One row: the command, the target and the decoded prediction (cut before EOS).
+    fn push(&mut self, index: usize, input: &[u32], target: &[u32], pred: &[u32], correct: bool) {
+        let eos = pred.iter().position(|&t| t == scandata::EOS);
+        let cut = &pred[..eos.unwrap_or(pred.len().min(MAX_LEN - 1))];
+        self.rows.push(json!({
+            "index": index, "split": self.split,
+            "command": Self::words(&self.data.in_vocab, input),
+            "label": Self::words(&self.data.out_vocab, target),
+            "methods": {self.method: {
+                "pred": Self::words(&self.data.out_vocab, cut), "correct": correct, "eos": eos.is_some(),
+            }},
+        }));
+    }
+}
+
 /// Exact-match accuracy (%) of a wrapped model on pairs (eval mode, greedy decoding).
 fn evaluate(
     w: &Wrapped,
@@ -338,6 +375,19 @@ fn evaluate(
     dev: &Device,
     label: &str,
 ) -> Result<(f64, usize)> {
+    evaluate_rec(w, model, pairs, batch, dev, label, None)
+}
+
+/// [`evaluate`], with the per-example rows when `rec` is given.
+fn evaluate_rec(
+    w: &Wrapped,
+    model: &Seq2Seq,
+    pairs: &[(Vec<u32>, Vec<u32>)],
+    batch: usize,
+    dev: &Device,
+    label: &str,
+    mut rec: Option<&mut PredRec>,
+) -> Result<(f64, usize)> {
     if pairs.is_empty() {
         return Ok((0.0, 0));
     }
@@ -345,7 +395,7 @@ fn evaluate(
     let mode = RunMode::eval();
     let mut correct = 0;
     let pb = progress_bar(pairs.len() as u64, label);
-    for chunk in pairs.chunks(batch.max(1)) {
+    for (ci, chunk) in pairs.chunks(batch.max(1)).enumerate() {
         let refs: Vec<(&[u32], &[u32])> = chunk
             .iter()
             .map(|(a, b)| (a.as_slice(), b.as_slice()))
@@ -353,10 +403,14 @@ fn evaluate(
         let x = pack(&refs, w.in_cols, dev)?;
         let y = w.forward(&det, &x, &mode, false)?;
         let pred = y.argmax(D::Minus1)?.to_vec2::<u32>()?;
-        for (p, (_, t)) in pred.iter().zip(chunk) {
+        for (k, (p, (inp, t))) in pred.iter().zip(chunk).enumerate() {
             let mut tgt = t.clone();
             tgt.push(scandata::EOS);
-            correct += exact_match(p, &tgt) as usize;
+            let ok = exact_match(p, &tgt);
+            correct += ok as usize;
+            if let Some(r) = rec.as_deref_mut() {
+                r.push(ci * batch.max(1) + k, inp, t, p, ok);
+            }
         }
         pb.inc(chunk.len() as u64);
     }
@@ -589,6 +643,16 @@ fn save_state(varmap: &VarMap, opt: &GroupAdam, path: &Path) -> Result<()> {
     output::save_safetensors_atomic(&map, path)
 }
 
+/// The header of a SCAN predictions file (one method per run folder).
+fn seq_header(experiment: &str, seed: u64, method: Method, d: &ScanData) -> Value {
+    json!({
+        "schema": preds::SCHEMA, "version": preds::VERSION, "kind": "sequence",
+        "experiment": experiment, "seed": seed, "methods": [method.name()],
+        "splits": d.tests.iter().map(|(n, t)| json!({"name": n, "n": t.len()})).collect::<Vec<_>>(),
+        "pred": "greedy decoding cut before the first EOS (eos: false when none within 49 steps)",
+    })
+}
+
 fn data_config(d: &ScanData, opts: &DataOpts) -> Value {
     json!({
         "dataset": d.name, "source": d.source, "split": if d.name.starts_with("scan-ii") { Value::Null } else { json!(opts.split) },
@@ -605,10 +669,25 @@ fn test_all(
     d: &ScanData,
     batch: usize,
     dev: &Device,
+    mut rows: Option<&mut Vec<Value>>,
 ) -> Result<Value> {
     let mut acc = serde_json::Map::new();
     for (name, pairs) in &d.tests {
-        let (a, c) = evaluate(w, model, pairs, batch, dev, &format!("test {name}"))?;
+        let mut rec = rows.as_deref_mut().map(|rows| PredRec {
+            rows,
+            data: d,
+            method: w.method.name(),
+            split: name,
+        });
+        let (a, c) = evaluate_rec(
+            w,
+            model,
+            pairs,
+            batch,
+            dev,
+            &format!("test {name}"),
+            rec.as_mut(),
+        )?;
         acc.insert(
             name.clone(),
             json!({"accuracy": a, "correct": c, "n": pairs.len()}),
@@ -639,7 +718,7 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
     );
     let folder = RunFolder::new(&a.run, PRETRAIN, name, &config);
     let run_dir = folder.dir();
-    folder.run_seeds(&seeds, |seed, _| {
+    folder.run_seeds(&seeds, |seed, seed_path| {
         let ckpt = run_dir.join(format!("seed-{seed}"));
         if a.run.force && ckpt.exists() {
             std::fs::remove_dir_all(&ckpt)?;
@@ -665,7 +744,16 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
         let o = train_loop(&varmap, &model, &w, &train, &val, &spec, &dev)?;
         // test with the best-validation parameters
         load_params(&varmap, &ckpt.join("best.safetensors"))?;
-        let tests = test_all(&w, &model, &data, a.train.eval_batch, &dev)?;
+        let mut collector = preds::Collector::new(&a.predictions);
+        let tests = test_all(
+            &w,
+            &model,
+            &data,
+            a.train.eval_batch,
+            &dev,
+            collector.enabled.then_some(&mut collector.rows),
+        )?;
+        collector.write(seed_path, &seq_header(PRETRAIN, seed, Method::Vanilla, &data))?;
         Ok(SeedOutcome {
             metrics: json!({"test": tests, "best_val_accuracy": o.best_val, "best_iteration": o.best_iter, "curve": o.curve,
                             "n_train": train.len(), "n_val": val.len()}),
@@ -753,7 +841,16 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
         );
         let folder = RunFolder::new(&a.run, FINETUNE, name, &config);
         let run_dir = folder.dir();
-        written.extend(folder.run_seeds(&seeds, |seed, _| {
+        preds::warn_skipped(
+            &a.predictions,
+            &seeds
+                .iter()
+                .map(|&s| folder.seed_path(s))
+                .collect::<Vec<_>>(),
+            &config,
+            a.run.force,
+        );
+        written.extend(folder.run_seeds(&seeds, |seed, seed_path| {
             let pre = a
                 .pretrained
                 .join(format!("seed-{seed}"))
@@ -796,7 +893,16 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
             } else {
                 None
             };
-            let tests = test_all(&w, &model, &data, a.train.eval_batch, &dev)?;
+            let mut collector = preds::Collector::new(&a.predictions);
+            let tests = test_all(
+                &w,
+                &model,
+                &data,
+                a.train.eval_batch,
+                &dev,
+                collector.enabled.then_some(&mut collector.rows),
+            )?;
+            collector.write(seed_path, &seq_header(FINETUNE, seed, method, &data))?;
             let mut metrics = json!({"test": tests});
             let mut cost = json!({"forward_passes_per_example": w.passes(), "iterations": a.iters,
                                   "wall_seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib()});
@@ -859,6 +965,7 @@ pub fn quick(a: &QuickArgs) -> Result<()> {
         lr: 1e-3,
         eval_every: (a.pretrain_iters / 3).max(1),
         val_fraction: 0.2,
+        predictions: PredictionOpts::default(),
         run: run(&format!("quick-scan-ii-{}", a.cell.name())),
         compute: a.compute.clone(),
     };
@@ -874,6 +981,7 @@ pub fn quick(a: &QuickArgs) -> Result<()> {
         weight_decay: 1e-4,
         eval_every: (a.finetune_iters / 2).max(1),
         val_fraction: 0.01,
+        predictions: PredictionOpts::default(),
         run: run(&format!("quick-scan-ii-{}", a.cell.name())),
         compute: a.compute.clone(),
     };
