@@ -533,3 +533,66 @@ fn scan_finetune_predictions_match_exact_match_counts() {
         }
     }
 }
+
+#[test]
+fn multi_image_predictions_match_accuracies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("fm");
+    equirun::testing::write_tiny_fashion(&data, 120, 40);
+    let out = dir.path().join("res");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_equirun"))
+        .args(["multi-image", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--k",
+            "2",
+            "--models",
+            "cnn,multi-gcnn",
+            "--train-images",
+            "80",
+            "--val-images",
+            "20",
+            "--test-images",
+            "40",
+            "--epochs",
+            "1",
+            "--run-name",
+            "t",
+            "--save-predictions",
+            "--out",
+        ])
+        .arg(&out)
+        .env("EQUIRUN_NO_PROGRESS", "1")
+        .env_remove("EQUIRUN_DATA")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seed_json = out.join("multi-image/t-k2/seed-0.json");
+    let rec = read_json(&seed_json);
+    let (h, rows) = read_jsonl_gz(&predictions_path(&seed_json)).unwrap();
+    assert_eq!(
+        rows.len() as u64,
+        rec["metrics"]["tuples"]["test"].as_u64().unwrap()
+    );
+    for model in ["cnn", "multi-gcnn"] {
+        for test in ["upright", "rotated"] {
+            let col = format!("{model}/{test}");
+            assert!(h["methods"].as_array().unwrap().contains(&json!(col)));
+            let ok = rows
+                .iter()
+                .filter(|r| r["methods"][&col]["correct"] == true)
+                .count();
+            let acc = rec["metrics"]["models"][model][format!("test_{test}")]
+                .as_f64()
+                .unwrap();
+            assert!(
+                (100.0 * ok as f64 / rows.len() as f64 - acc).abs() < 1e-9,
+                "{col}: {ok} vs {acc}"
+            );
+        }
+    }
+    for r in &rows {
+        assert_eq!(r["images"].as_array().unwrap().len(), 2);
+        assert_eq!(r["rotations"].as_array().unwrap().len(), 2);
+    }
+}

@@ -179,6 +179,11 @@ pub struct MultiImageArgs {
     pub momentum: f64,
     #[arg(long, default_value_t = 1e-3)]
     pub weight_decay: f64,
+    /// Per test tuple and model, on the upright and the rotated test: the columns
+    /// `<model>/upright` and `<model>/rotated` of seed-N.predictions.jsonl.gz.
+    #[command(flatten)]
+    #[serde(default)]
+    pub predictions: super::predictions::PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
     /// CPU and f32 only (training).
@@ -380,14 +385,29 @@ fn accuracy(
     c: &Corruptor,
     batch: usize,
 ) -> Result<f64> {
+    accuracy_rec(m, d, t, elems, c, batch, None)
+}
+
+/// [`accuracy`]; with `rec`, also every tuple's (argmax class, softmax probabilities).
+fn accuracy_rec(
+    m: &MultiView,
+    d: &GrayData,
+    t: &Tuples,
+    elems: &[Vec<usize>],
+    c: &Corruptor,
+    batch: usize,
+    mut rec: Option<&mut Vec<(usize, Vec<f32>)>>,
+) -> Result<f64> {
     let rows: Vec<usize> = (0..t.labels.len()).collect();
     let mut correct = 0usize;
     for chunk in rows.chunks(batch.max(1)) {
         let (views, y) = views_of(d, t, chunk, &elems[chunk[0]..chunk[0] + chunk.len()], c)?;
-        let p = m
-            .logits(&views, None)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
+        let logits = m.logits(&views, None)?;
+        let p = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        if let Some(r) = rec.as_deref_mut() {
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+            r.extend(p.iter().map(|&c| c as usize).zip(probs));
+        }
         correct += p
             .iter()
             .zip(y.to_vec1::<u32>()?)
@@ -435,6 +455,7 @@ fn train_eval(
     sets: &Sets,
     rot: &Corruptor,
     cfg: &CnnConfig,
+    mut rec: Option<&mut [Vec<(usize, Vec<f32>)>; 2]>,
 ) -> Result<Value> {
     let cfg = cfg.clone();
     let m = MultiView::new(kind, k, a.fusion_form, &cfg, seed)?;
@@ -483,9 +504,13 @@ fn train_eval(
     }
     pb.finish_and_clear();
     m.restore(&best_up.2)?;
-    let test_up = accuracy(&m, test, &sets.test, &sets.test_up, rot, 256)?;
+    let (up_rec, rot_rec) = match rec.as_deref_mut() {
+        Some([u, r]) => (Some(u), Some(r)),
+        None => (None, None),
+    };
+    let test_up = accuracy_rec(&m, test, &sets.test, &sets.test_up, rot, 256, up_rec)?;
     m.restore(&best_rot.2)?;
-    let test_rot = accuracy(&m, test, &sets.test, &sets.test_rot, rot, 256)?;
+    let test_rot = accuracy_rec(&m, test, &sets.test, &sets.test_rot, rot, 256, rot_rec)?;
     Ok(json!({
         "test_upright": test_up, "test_rotated": test_rot,
         "selected_epoch": {"upright": best_up.1, "rotated": best_rot.1},
@@ -591,7 +616,16 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             None => harness::run_name(None, &[&format!("k{k}")], &config),
         };
         let folder = RunFolder::new(&a.run, EXPERIMENT, name, &config);
-        written.extend(folder.run_seeds(&seeds, |seed, _| {
+        super::predictions::warn_skipped(
+            &a.predictions,
+            &seeds
+                .iter()
+                .map(|&s| folder.seed_path(s))
+                .collect::<Vec<_>>(),
+            &config,
+            a.run.force,
+        );
+        written.extend(folder.run_seeds(&seeds, |seed, seed_path| {
             let t0 = Instant::now();
             let mut trng = output::rng_for(seed, "tuples");
             let train_idx: Vec<usize> = (0..a.train_images).collect();
@@ -614,8 +648,23 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
                 test: te,
             };
             let mut metrics = serde_json::Map::new();
+            let mut collector = super::predictions::Collector::new(&a.predictions);
+            let mut per_model: Vec<[Vec<(usize, Vec<f32>)>; 2]> = Vec::new();
             for &kind in &models {
-                let r = train_eval(a, kind, k, seed, &train, &test, &sets, &rot, &cfg)?;
+                let mut rec = [Vec::new(), Vec::new()];
+                let r = train_eval(
+                    a,
+                    kind,
+                    k,
+                    seed,
+                    &train,
+                    &test,
+                    &sets,
+                    &rot,
+                    &cfg,
+                    collector.enabled.then_some(&mut rec),
+                )?;
+                per_model.push(rec);
                 eprintln!(
                     "k={k} seed {seed} {:18} test upright {:.2}%  rotated {:.2}%  ({:.1} s/epoch, {} passes/tuple)",
                     kind.name(),
@@ -625,6 +674,40 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
                     kind.passes(k)
                 );
                 metrics.insert(kind.name().into(), r);
+            }
+            if collector.enabled {
+                let names: Vec<String> = models
+                    .iter()
+                    .flat_map(|m| [format!("{}/upright", m.name()), format!("{}/rotated", m.name())])
+                    .collect();
+                for (j, &label) in sets.test.labels.iter().enumerate() {
+                    let label = label as usize;
+                    let mut methods = serde_json::Map::new();
+                    for (mi, rec) in per_model.iter().enumerate() {
+                        for (t, r) in rec.iter().enumerate() {
+                            let (pred, probs) = &r[j];
+                            let (top, scores) = super::predictions::top_k(probs, super::predictions::TOP_K);
+                            methods.insert(
+                                names[2 * mi + t].clone(),
+                                json!({"pred": pred, "correct": *pred == label, "top": top, "scores": scores}),
+                            );
+                        }
+                    }
+                    collector.rows.push(json!({
+                        "index": j, "label": label, "images": sets.test.idx[j],
+                        "rotations": sets.test_rot[j], "methods": methods,
+                    }));
+                }
+                let class_names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
+                let header = super::predictions::class_header(
+                    EXPERIMENT,
+                    seed,
+                    &names.iter().map(String::as_str).collect::<Vec<_>>(),
+                    &class_names,
+                    "softmax of the logits",
+                    json!({"k": k, "images": "test-split indices of the tuple's views", "rotations": "rot90 power per view on the rotated test (the upright test uses none)"}),
+                );
+                collector.write(seed_path, &header)?;
             }
             Ok(SeedOutcome {
                 metrics: json!({"models": metrics, "tuples": {"train": sets.train.labels.len(), "val": sets.val.labels.len(), "test": sets.test.labels.len()}}),
