@@ -596,3 +596,71 @@ fn multi_image_predictions_match_accuracies() {
         assert_eq!(r["rotations"].as_array().unwrap().len(), 2);
     }
 }
+
+#[test]
+fn clip_finetune_predictions_match_accuracies() {
+    let env = Env::new();
+    // a train batch of other random images beside the test batch
+    let train = env.p("train");
+    equirun::testing::write_tiny_cifar10(&train, 30, 6);
+    std::fs::copy(
+        train.join("cifar-10-batches-bin/test_batch.bin"),
+        env.p("data/cifar-10-batches-bin/data_batch_1.bin"),
+    )
+    .unwrap();
+    let (snap, data, out) = (env.p("snap"), env.p("data"), env.p("ft"));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_equirun"))
+        .args(["clip", "finetune", "--model-dir"])
+        .arg(&snap)
+        .args(["--dataset", "cifar10", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--method",
+            "vanilla,lambda-equitune",
+            "--val-size",
+            "6",
+            "--batch-size",
+            "4",
+            "--rounds",
+            "1",
+            "--iters",
+            "1",
+            "--lambda-rounds",
+            "1",
+            "--lambda-iters",
+            "1",
+            "--no-checkpoints",
+            "--run-name",
+            "t",
+            "--save-predictions",
+            "--out",
+        ])
+        .arg(&out)
+        .env("EQUIRUN_NO_PROGRESS", "1")
+        .env("EQUIRUN_CACHE", env.p("cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("EQUIRUN_DATA")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seed_json = out.join("clip-finetune/t/seed-0.json");
+    let rec = read_json(&seed_json);
+    let (h, rows) = read_jsonl_gz(&predictions_path(&seed_json)).unwrap();
+    assert_eq!(
+        h["methods"],
+        json!(["vanilla", "vanilla/zero-shot", "lambda-equitune"])
+    );
+    assert_eq!(rows.len(), 12);
+    for (col, m, key) in [
+        ("vanilla", "vanilla", "test_top1"),
+        ("vanilla/zero-shot", "vanilla", "zero_shot_test_top1"),
+        ("lambda-equitune", "lambda-equitune", "test_top1"),
+    ] {
+        let ok = rows
+            .iter()
+            .filter(|r| r["methods"][col]["correct"] == true)
+            .count();
+        let acc = rec["metrics"][m][key].as_f64().unwrap();
+        assert!((100.0 * ok as f64 / 12.0 - acc).abs() < 1e-9, "{col}");
+    }
+}

@@ -113,6 +113,11 @@ pub struct ClipFinetuneArgs {
     /// Prompt templates file (one per line, each with one `{}`); default: the dataset's.
     #[arg(long)]
     pub templates: Option<PathBuf>,
+    /// Per test image: the finetuned model of each method (column `<method>`) and, except for
+    /// λ-equitune, the zero-shot one (`<method>/zero-shot`).
+    #[command(flatten)]
+    #[serde(default)]
+    pub predictions: super::predictions::PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
     /// CPU and f32 only (training).
@@ -249,12 +254,28 @@ impl SeedRun<'_> {
         label: &str,
         predict: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<f64> {
+        self.accuracy_rec(set, label, predict, None)
+    }
+
+    /// [`Self::accuracy`]; with `rec`, also every image's (argmax class, scores).
+    fn accuracy_rec(
+        &self,
+        set: &EvalImages,
+        label: &str,
+        predict: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+        mut rec: Option<&mut Vec<(usize, Vec<f32>)>>,
+    ) -> Result<f64> {
         let eb = self.a.eval_batch_size.max(1);
         let pb = output::progress_bar(set.idx.len() as u64, label);
         let mut correct = 0usize;
         for (k, chunk) in set.idx.chunks(eb).enumerate() {
             let (x, y) = self.batch(set.ds, chunk, &set.elems[k * eb..k * eb + chunk.len()])?;
-            let p = predict(&x)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let out = predict(&x)?;
+            let p = out.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            if let Some(r) = rec.as_deref_mut() {
+                let scores = out.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                r.extend(p.iter().map(|&c| c as usize).zip(scores));
+            }
             correct += p
                 .iter()
                 .zip(y.to_vec1::<u32>()?)
@@ -392,6 +413,15 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
     let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
     let batch_size = a.finetune.batch_size;
     let select = a.finetune.select;
+    super::predictions::warn_skipped(
+        &a.predictions,
+        &seeds
+            .iter()
+            .map(|&s| folder.seed_path(s))
+            .collect::<Vec<_>>(),
+        &base_config,
+        a.run.force,
+    );
     let mut clf: Option<Tensor> = None;
     folder.run_seeds(&seeds, |seed, path| {
         if clf.is_none() {
@@ -439,11 +469,20 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
             .join(format!("seed-{seed}.checkpoints"));
         let mut metrics = serde_json::Map::new();
         let mut passes = serde_json::Map::new();
+        let mut collector = super::predictions::Collector::new(&a.predictions);
+        // (column, per test image (argmax, scores))
+        let mut columns: Vec<(String, Vec<(usize, Vec<f32>)>)> = Vec::new();
         for &m in &methods {
             let (vm, model) = trainable_clip(files.file("model.safetensors")?, &clip_config, &dev)?;
             let label = format!("seed {seed} {}", m.name());
             let mut rec = if m != Method::LambdaEquitune {
-                let zero = ctx.accuracy(&test_set, "test", &mut ctx.plain_predict(m, &model))?;
+                let mut zrec = Vec::new();
+                let zero = ctx.accuracy_rec(
+                    &test_set,
+                    "test",
+                    &mut ctx.plain_predict(m, &model),
+                    collector.enabled.then_some(&mut zrec),
+                )?;
                 let mut sample = ctx.sampler("clip-ft-data");
                 let proxy = proxy::neg_max_confidence;
                 let o = run_phase(
@@ -461,7 +500,17 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
                     },
                     || ctx.accuracy(&val, "val", &mut ctx.plain_predict(m, &model)),
                 )?;
-                let t = ctx.accuracy(&test_set, "test", &mut ctx.plain_predict(m, &model))?;
+                let mut frec = Vec::new();
+                let t = ctx.accuracy_rec(
+                    &test_set,
+                    "test",
+                    &mut ctx.plain_predict(m, &model),
+                    collector.enabled.then_some(&mut frec),
+                )?;
+                if collector.enabled {
+                    columns.push((m.name().to_string(), frec));
+                    columns.push((format!("{}/zero-shot", m.name()), zrec));
+                }
                 let mut r = record(&o, t, batch_size);
                 r["zero_shot_test_top1"] = json!(zero);
                 r
@@ -517,11 +566,16 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
                         },
                     },
                 )?;
-                let t = ctx.accuracy(
+                let mut frec = Vec::new();
+                let t = ctx.accuracy_rec(
                     &test_set,
                     "test",
                     &mut ctx.lambda_predict(&le, Some(&model)),
+                    collector.enabled.then_some(&mut frec),
                 )?;
+                if collector.enabled {
+                    columns.push((m.name().to_string(), frec));
+                }
                 let mut r = record(&o, t, batch_size);
                 r["zero_shot_test_top1"] = json!(zero);
                 r["zero_shot_note"] = json!("after the λ-net phase (pretrained backbone)");
@@ -556,6 +610,37 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
                 rec["test_top1"].as_f64().unwrap_or(f64::NAN)
             );
             metrics.insert(m.name().into(), rec);
+        }
+        if collector.enabled {
+            for (j, &i) in test_set.idx.iter().enumerate() {
+                let label = test.label(i) as usize;
+                let mut ms = serde_json::Map::new();
+                for (name, rows) in &columns {
+                    let (pred, scores) = &rows[j];
+                    let (top, sc) = super::predictions::top_k(scores, super::predictions::TOP_K);
+                    ms.insert(
+                        name.clone(),
+                        json!({"pred": pred, "correct": *pred == label, "top": top, "scores": sc}),
+                    );
+                }
+                collector.rows.push(json!({
+                    "index": i, "label": label,
+                    "corruption": transform.as_ref().map(|t| t.element_name(test_set.elems[j])),
+                    "methods": ms,
+                }));
+            }
+            let names: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
+            collector.write(
+                path,
+                &super::predictions::class_header(
+                    EXPERIMENT,
+                    seed,
+                    &names,
+                    &test.classes,
+                    "the wrapped model's class probabilities",
+                    json!({}),
+                ),
+            )?;
         }
         let wall = t0.elapsed().as_secs_f64();
         Ok(SeedOutcome {
