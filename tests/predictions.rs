@@ -664,3 +664,80 @@ fn clip_finetune_predictions_match_accuracies() {
         assert!((100.0 * ok as f64 / 12.0 - acc).abs() < 1e-9, "{col}");
     }
 }
+
+#[test]
+fn cnn_predictions_match_accuracies() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("fm");
+    equirun::testing::write_tiny_fashion(&data, 84, 30);
+    let out = root.path().join("res");
+    let o = equirun::testing::run_equirun(
+        env!("CARGO_BIN_EXE_equirun"),
+        &[
+            "cnn",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--val-size",
+            "20",
+            "--val-eval",
+            "20",
+            "--pretrain-epochs",
+            "1",
+            "--pretrain-batch-size",
+            "16",
+            "--rounds",
+            "1",
+            "--iters",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-batch-size",
+            "16",
+            "--group",
+            "rot90",
+            "--method",
+            "vanilla,equitune",
+            "--run-name",
+            "t",
+            "--save-predictions",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let seed_json = out.join("cnn/t/seed-0.json");
+    let rec = read_json(&seed_json);
+    let (h, rows) = read_jsonl_gz(&predictions_path(&seed_json)).unwrap();
+    assert_eq!(rows.len(), 30);
+    let tests: Vec<String> = rec["metrics"]["finetuned"]["vanilla"]["test"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(tests.len(), 2, "upright and the corrupted test");
+    for m in ["vanilla", "equitune"] {
+        for t in &tests {
+            for (col, acc) in [
+                (
+                    format!("{m}/{t}"),
+                    &rec["metrics"]["finetuned"][m]["test"][t],
+                ),
+                (
+                    format!("{m}/zero-shot/{t}"),
+                    &rec["metrics"]["zero_shot"][m][t],
+                ),
+            ] {
+                assert!(h["methods"].as_array().unwrap().contains(&json!(col)));
+                let ok = rows
+                    .iter()
+                    .filter(|r| r["methods"][&col]["correct"] == true)
+                    .count();
+                assert!(
+                    (100.0 * ok as f64 / 30.0 - acc.as_f64().unwrap()).abs() < 1e-9,
+                    "{col}: {ok} vs {acc}"
+                );
+            }
+        }
+    }
+}

@@ -97,6 +97,11 @@ pub struct CnnArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub finetune: FinetuneOpts,
+    /// Per test image, for every method but λ-equitune: the zero-shot and the finetuned model on
+    /// each test set (columns `<method>/zero-shot/<test>`, `<method>/<test>`).
+    #[command(flatten)]
+    #[serde(default)]
+    pub predictions: super::predictions::PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
     /// CPU and f32 only (training).
@@ -662,7 +667,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         &base_config,
     );
     let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
-    let written = folder.run_seeds(&p.seeds, |seed, _| {
+    let written = folder.run_seeds(&p.seeds, |seed, seed_path| {
         let t0 = Instant::now();
         let (tr_idx, val_idx) = split(train.len(), a.val_size, seed)?;
         let pre = pretrain(a, &cfg, &train, &test, &tr_idx, &val_idx, seed, &pre_config)?;
@@ -758,6 +763,9 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
                 rec["test"]
             );
             finetuned.insert(w.name().into(), rec);
+        }
+        if a.predictions.save_predictions {
+            write_predictions(&ctx, &plain, &pre_model, &test, seed, seed_path)?;
         }
         let wall = t0.elapsed().as_secs_f64();
         let pre_metrics = &pre.record["metrics"];
@@ -1004,3 +1012,98 @@ pub const PRETRAIN_ENTRY: Experiment = Experiment {
     run_folders: registry::one_folder,
     extract: None,
 };
+
+// ---------------------------------------------------------------------------------------------
+// --save-predictions (docs/experiments.md, "Predictions files")
+
+/// Per test image: argmax class and softmax probabilities of `predict`'s logits.
+fn eval_scores(
+    set: &EvalSet,
+    batch: usize,
+    predict: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<(usize, Vec<f32>)>> {
+    let mut out = Vec::with_capacity(set.idx.len());
+    for (ci, chunk) in set.idx.chunks(batch.max(1)).enumerate() {
+        let start = ci * batch.max(1);
+        let elems = &set.elems[start..start + chunk.len()];
+        let (x, _) = make_batch(set.data, chunk, elems, set.corruptor, &Device::Cpu)?;
+        let logits = predict(&x)?;
+        let p = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        out.extend(p.into_iter().map(|c| c as usize).zip(probs));
+    }
+    Ok(out)
+}
+
+/// Writes `seed-<n>.predictions.jsonl.gz`: the plain methods' zero-shot (pretrained) and
+/// finetuned (reloaded from their checkpoints) predictions on every test set.
+fn write_predictions(
+    ctx: &SeedRun,
+    plain: &[Method],
+    pre_model: &Cnn,
+    test: &GrayData,
+    seed: u64,
+    seed_path: &Path,
+) -> Result<()> {
+    use super::predictions as preds;
+    let proxy = ctx.proxy();
+    let ev = Evaluator {
+        sym: ctx.sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let mut columns: Vec<(String, Vec<(usize, Vec<f32>)>)> = Vec::new();
+    for &m in plain {
+        let (_, tuned) = ctx.fresh(&ctx.ckpt_dir.join(format!("{}.safetensors", m.name())))?;
+        for (model, tag) in [(pre_model, "zero-shot/"), (&tuned, "")] {
+            let f = |x: &Tensor| model.logits(x, None);
+            for (name, set) in &ctx.tests {
+                let rows = eval_scores(set, ctx.a.eval_batch_size, &mut |x| {
+                    Ok(ev.run(&[m], &f, x)?.0.remove(0))
+                })?;
+                columns.push((format!("{}/{tag}{name}", m.name()), rows));
+            }
+        }
+    }
+    let n = ctx.tests.first().map(|t| t.1.idx.len()).unwrap_or(0);
+    let mut c = preds::Collector::new(&ctx.a.predictions);
+    for j in 0..n {
+        let i = ctx.tests[0].1.idx[j];
+        let label = test.labels[i] as usize;
+        let mut ms = serde_json::Map::new();
+        for (name, rows) in &columns {
+            let (pred, probs) = &rows[j];
+            let (top, scores) = preds::top_k(probs, preds::TOP_K);
+            ms.insert(
+                name.clone(),
+                json!({"pred": pred, "correct": *pred == label, "top": top, "scores": scores}),
+            );
+        }
+        let corr: Vec<String> = ctx
+            .tests
+            .iter()
+            .filter_map(|(_, s)| {
+                s.corruptor
+                    .group
+                    .as_ref()
+                    .map(|g| g.element_name(s.elems[j]))
+            })
+            .collect();
+        c.rows
+            .push(json!({"index": i, "label": label, "corruption": corr.first(), "methods": ms}));
+    }
+    let names: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
+    let classes: Vec<String> = (0..ctx.cfg.classes).map(|k| k.to_string()).collect();
+    c.write(
+        seed_path,
+        &preds::class_header(
+            EXPERIMENT,
+            seed,
+            &names,
+            &classes,
+            "softmax of the wrapped logits",
+            json!({}),
+        ),
+    )?;
+    Ok(())
+}
