@@ -252,6 +252,36 @@ fn clip_flat_mean_with_pattern_file_cli() {
     for r in &rows {
         assert_eq!(r["canonical"].as_array().unwrap().len(), 1, "{r}");
     }
+    // the same file's first pattern for the per-factor (default) canonicalisers
+    let one = env.p("one.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([(
+            "w".to_string(),
+            equirun::testing::randn(11, &[3, 3, size, size])
+                .get(0)
+                .unwrap(),
+        )]),
+        &one,
+    )
+    .unwrap();
+    let o = env.clip(
+        "p",
+        &[
+            "--canonicaliser-pattern",
+            one.to_str().unwrap(),
+            "--save-predictions",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recp = read_json(&env.p("p/clip/r/seed-0.json"));
+    assert!(recp["config"]["canonicaliser"]
+        .as_str()
+        .unwrap()
+        .contains("--canonicaliser-pattern"));
+    let (_, prow) = read_jsonl_gz(&predictions_path(&env.p("p/clip/r/seed-0.json"))).unwrap();
+    assert!(prow
+        .iter()
+        .all(|r| r["canonical"].as_array().unwrap().len() == 2));
     // the non-multi methods do not depend on --multi-mean
     let base = read_json(&env.p("b/clip/r/seed-0.json"));
     for m in ["vanilla", "equitune", "equizero"] {

@@ -356,6 +356,10 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         );
     }
     if let (Some(pat), Some(f)) = (&pattern, &a.canonicaliser_pattern) {
+        if a.multi_mean == MultiMean::Branches {
+            base_config["canonicaliser"] =
+                json!("per-factor pattern argmax, pattern W0 from --canonicaliser-pattern");
+        }
         base_config["canonicaliser_pattern"] = json!({
             "file": f.display().to_string(), "sha256": pat.sha256, "shape": pat.tensor.dims(),
         });
