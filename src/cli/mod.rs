@@ -32,11 +32,14 @@ pub enum Command {
         /// A llama GGUF file instead.
         #[arg(long)]
         gguf: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 1)]
+        /// Sequences generated together.
+        #[arg(long = "batch-size", alias = "batch", default_value_t = 1, value_parser = opts::at_least_one)]
         batch: usize,
-        #[arg(long, default_value_t = 16)]
+        /// Prompt tokens per sequence.
+        #[arg(long, default_value_t = 16, value_parser = opts::at_least_one)]
         prompt_len: usize,
-        #[arg(long, default_value_t = 32)]
+        /// Tokens generated per sequence (timed).
+        #[arg(long, default_value_t = 32, value_parser = opts::at_least_one)]
         new_tokens: usize,
         /// CPU and f32 only.
         #[command(flatten)]
@@ -81,7 +84,8 @@ pub fn command() -> clap::Command {
 pub enum DataCommand {
     /// Download the official SCAN files (brendenlake/SCAN, pinned commit) into --out.
     Scan {
-        #[arg(long, default_value = "data/scan")]
+        /// Folder to download into (read it back with `--data-dir`).
+        #[arg(long = "data-dir", alias = "out", default_value = "data/scan")]
         out: std::path::PathBuf,
         /// Raw-file URL prefix of the repository.
         #[arg(
