@@ -104,11 +104,11 @@ impl DeviceOpts {
 pub struct GroupOpts {
     /// Symmetry group of the wrappers: rot90, flip (=vflip), hflip, vflip, rot180, id, or a
     /// product with 'x' such as rot90xflip (D4) or rot90xhflip (multi-* need a product).
-    #[arg(long, default_value = "rot90")]
+    #[arg(long, default_value = "rot90", value_parser = image_group_spec)]
     pub group: String,
     /// Corruption group, one random element per image (seeded); default = --group; `none` for
     /// clean images.
-    #[arg(long)]
+    #[arg(long, value_parser = transform_spec)]
     pub transform: Option<String>,
 }
 
@@ -139,7 +139,7 @@ pub struct MethodOpts {
     /// Methods, comma-separated (see docs/methods.md): vanilla, equitune, equizero,
     /// multi-equitune, multi-equizero, and where the experiment supports them lambda-equitune,
     /// r-equitune.
-    #[arg(long, default_value = "vanilla,equitune,equizero")]
+    #[arg(long, default_value = "vanilla,equitune,equizero", value_parser = method_list)]
     pub method: String,
 }
 
@@ -391,4 +391,26 @@ pub fn max_pieces(s: &str) -> std::result::Result<usize, String> {
         ));
     }
     Ok(n)
+}
+
+/// An image group spec (`rot90`, `rot90xflip`, …), checked by building the group (bounded, see
+/// [`crate::groups::image::image_group`]); kept as written.
+pub fn image_group_spec(s: &str) -> std::result::Result<String, String> {
+    image_group(s).map_err(|e| format!("{e:#}"))?;
+    Ok(s.to_string())
+}
+
+/// A corruption spec: an image group spec or `none`.
+pub fn transform_spec(s: &str) -> std::result::Result<String, String> {
+    match s.trim() {
+        "none" | "" => Ok(s.to_string()),
+        _ => image_group_spec(s),
+    }
+}
+
+/// A comma-separated list of known method names (which of them an experiment supports is
+/// checked by the experiment); kept as written.
+pub fn method_list(s: &str) -> std::result::Result<String, String> {
+    crate::equi::Method::parse_list(s).map_err(|e| format!("{e:#}"))?;
+    Ok(s.to_string())
 }

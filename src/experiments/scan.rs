@@ -235,6 +235,11 @@ pub fn load_data(d: &DataOpts) -> Result<ScanData> {
             let (tr, te) = scandata::split_files(&dir, &d.split)?;
             let train = scandata::read_scan_file(&tr)?;
             let test = scandata::read_scan_file(&te)?;
+            for (f, split) in [(&tr, &train), (&te, &test)] {
+                if split.is_empty() {
+                    bail!("{}: no SCAN examples in this file (empty?): nothing to train or evaluate on", f.display());
+                }
+            }
             (
                 format!("scan-{}", d.split),
                 tr.display().to_string(),

@@ -671,6 +671,11 @@ pub fn expand(cfg: &SweepConfig) -> Result<Vec<Run>> {
             }
         }
     }
+    // every command line must parse as an equirun command (a typo'd flag or subcommand in the
+    // TOML fails here, before anything runs)
+    for r in &runs {
+        check_parses(r)?;
+    }
     // two runs writing the same file would race
     let mut seen: BTreeMap<&Path, usize> = BTreeMap::new();
     for r in &runs {
@@ -686,6 +691,34 @@ pub fn expand(cfg: &SweepConfig) -> Result<Vec<Run>> {
         }
     }
     Ok(runs)
+}
+
+/// Parses a run's command line with equirun's own command-line parser (the one its process
+/// will use): flag names, subcommands and every parse-time range check. The error names the run
+/// and carries the parser's message.
+pub fn check_parses(run: &Run) -> Result<()> {
+    let argv = std::iter::once("equirun".to_string()).chain(run.args.iter().cloned());
+    if let Err(e) = crate::cli::command().try_get_matches_from(argv) {
+        let text = e.render().to_string();
+        let msg: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+            .collect();
+        bail!(
+            "run {} of stage '{}' ({}) is not a valid equirun command:\n  {}\n  {}",
+            run.index + 1,
+            run.stage,
+            run.label(),
+            run.args
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+            msg.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -795,10 +828,27 @@ fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last `n` lines of a run's log; when its `error:` line is further up (output printed after
+/// it), that line comes first, so the excerpt always says why the run failed.
+pub fn log_excerpt(path: &Path, n: usize) -> String {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => return format!("(log unreadable: {e})"),
+    };
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let start = lines.len().saturating_sub(n);
+    let mut out: Vec<&str> = Vec::new();
+    let is_error = |l: &&str| l.starts_with("error:") || l.starts_with("error[");
+    if !lines[start..].iter().any(is_error) {
+        if let Some(i) = lines[..start].iter().rposition(is_error) {
+            out.push(lines[i]);
+            if i + 1 < start {
+                out.push("…");
+            }
+        }
+    }
+    out.extend_from_slice(&lines[start..]);
+    out.join("\n")
 }
 
 fn log_path(cfg: &SweepConfig, run: &Run) -> PathBuf {
@@ -890,7 +940,7 @@ fn execute_inner(cfg: &SweepConfig, run: &Run, opts: &SweepOptions, n: usize) ->
         return Ok(Outcome::Failed(format!(
             "exit {code} after {secs:.1}s; log {}:\n{}",
             log.display(),
-            tail(&log, 6)
+            log_excerpt(&log, 6)
         )));
     }
     let missing: Vec<String> = run
@@ -1302,6 +1352,15 @@ pub fn run(a: &SweepArgs) -> Result<i32> {
         None => std::env::current_exe().context("locating the equirun binary")?,
     };
     let Some(kind) = a.emit else {
+        if !a.dry_run {
+            crate::output::check_writable_dir(&cfg.out).map_err(|e| {
+                anyhow::anyhow!(
+                    "results root {} (--out, or `out` in {}): {e:#}; choose a folder you can write to",
+                    cfg.out.display(),
+                    a.config.display()
+                )
+            })?;
+        }
         let s = run_sweep(
             &cfg,
             &SweepOptions {
