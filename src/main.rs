@@ -59,20 +59,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// An error and its causes on one line (`a: b: c`), a cause left out when the message before it
-/// already says it (wrappers such as tempfile's repeat their source in their own message).
-fn error_text(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if parts.last().is_some_and(|p| p.contains(&s)) {
-            continue;
-        }
-        parts.push(s);
-    }
-    parts.join(": ")
-}
-
 /// Checks made before any command starts work (after the command line parsed): the folders the
 /// command writes into (`--out` and the like) can be written, so that a long evaluation does not
 /// fail at its end; a cache that cannot be written is only a warning (what it holds is still
@@ -109,7 +95,7 @@ fn preflight(matches: &clap::ArgMatches) -> anyhow::Result<()> {
                 anyhow::anyhow!(
                     "{f} {}: {}; pass {f} with a folder you can write to",
                     dir.display(),
-                    error_text(&e)
+                    equirun::output::error_text(&e)
                 )
             })?;
         }
@@ -123,7 +109,7 @@ fn preflight(matches: &clap::ArgMatches) -> anyhow::Result<()> {
             eprintln!(
                 "warning: the Hugging Face cache cannot be written ({}): models already there are \
                  used, new downloads will fail; set HF_HUB_CACHE (or HF_HOME) to a writable folder",
-                error_text(&e)
+                equirun::output::error_text(&e)
             );
         }
     }
@@ -143,7 +129,7 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     if let Err(e) = preflight(&matches) {
-        eprintln!("error: {}", error_text(&e));
+        eprintln!("error: {}", equirun::output::error_text(&e));
         std::process::exit(2);
     }
     let result = match (experiments::registry::command(&name), matches.subcommand()) {
@@ -155,7 +141,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            eprintln!("error: {}", equirun::output::error_text(&e));
             std::process::exit(2);
         }
     }

@@ -49,7 +49,8 @@ pub fn write_atomic_with(
     let tmp = builder
         .tempfile_in(dir)
         .map_err(|e| io_error("creating a temp file in", dir, &e))?;
-    write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
+    write(tmp.path())
+        .map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), error_text(&e)))?;
     std::fs::File::open(tmp.path())
         .and_then(|f| f.sync_all())
         .map_err(|e| io_error("syncing", tmp.path(), &e))?;
@@ -67,6 +68,21 @@ pub fn io_error(what: &str, path: &Path, e: &std::io::Error) -> anyhow::Error {
         None => e.to_string(),
     };
     anyhow::anyhow!("{what} {}: {reason}", path.display())
+}
+
+/// An error and its causes on one line (`a: b: c`), a cause left out when the message before it
+/// already says it: wrappers such as the safetensors crate's `IO error: {0}` print their source
+/// in their own message, and the OS reason ("No space left on device") would read twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if parts.last().is_some_and(|p| p.contains(&s)) {
+            continue;
+        }
+        parts.push(s);
+    }
+    parts.join(": ")
 }
 
 /// Checks up front that files can be created in `dir` (or, if it does not exist yet, in the

@@ -269,7 +269,8 @@ fn parse_seed_value(v: &toml::Value, what: &str) -> Result<Vec<u64>> {
     }
 }
 
-const RESERVED: [&str; 3] = ["seeds", "out", "run-name"];
+/// Flags the sweep sets on every run (`seed` is the old spelling of `--seeds`).
+const RESERVED: [&str; 4] = ["seeds", "seed", "out", "run-name"];
 
 fn table_pairs(t: &toml::Table, what: &str) -> Result<Vec<(String, toml::Value)>> {
     let mut out: Vec<(String, toml::Value)> = Vec::new();
