@@ -455,11 +455,6 @@ fn out_of_range_flags_exit_2_naming_the_flag() {
             "≥ 0",
         ),
         (
-            &["scan", "finetune", "--iters", "0"],
-            "--iters",
-            "at least 1",
-        ),
-        (
             &["scan", "quick", "--pretrain-iters", "0"],
             "--pretrain-iters",
             "at least 1",
@@ -869,4 +864,93 @@ fn old_flag_spellings_still_work() {
     ]))
     .unwrap();
     assert_eq!(serde_json::to_value(&a).unwrap()["limit"], 7);
+}
+
+/// Every command's `--help` documents itself: examples that the real parser accepts (and that
+/// run the command they are listed under), a sentence per method where it takes `--method`, the
+/// exit-status footer, and a description for every flag.
+#[test]
+fn every_command_has_examples_and_described_flags() {
+    fn walk(cmd: &clap::Command, path: Vec<String>, seen: &mut usize, missing: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_string());
+            walk(sub, p, seen, missing);
+        }
+        if path.is_empty() {
+            return;
+        }
+        *seen += 1;
+        let name = path.join(" ");
+        let after = cmd
+            .get_after_help()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        assert!(after.contains("Examples:\n"), "{name}: no examples");
+        assert!(
+            after.contains("Exit status: 0 success"),
+            "{name}: no exit status"
+        );
+        if cmd.get_arguments().any(|a| a.get_id() == "method") {
+            assert!(
+                after.contains("Methods (--method):\n  vanilla"),
+                "{name}: {after}"
+            );
+        }
+        // examples: `equirun …` lines (with `\` continuations), each parsed for real
+        let text = after.split("\n\n").next().unwrap().replace("\\\n", " ");
+        let mut n = 0;
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("equirun "))
+        {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let m = equirun::cli::command()
+                .try_get_matches_from(&words)
+                .unwrap_or_else(|e| panic!("{name}: example `{line}` does not parse: {e}"));
+            // a parent command's examples may run its subcommands
+            let mut got = Vec::new();
+            let mut cur = &m;
+            while let Some((s, sub)) = cur.subcommand() {
+                got.push(s.to_string());
+                cur = sub;
+            }
+            assert!(
+                got.starts_with(&path),
+                "{name}: example `{line}` runs {got:?}"
+            );
+            n += 1;
+        }
+        assert!(n > 0, "{name}: no `equirun …` example line in {after}");
+        let undescribed: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|a| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|a| a.get_long().unwrap_or(a.get_id().as_str()).to_string())
+            .collect();
+        if !undescribed.is_empty() {
+            missing.push(format!("{name}: {undescribed:?}"));
+        }
+    }
+    let root = equirun::cli::command();
+    let top = root
+        .get_after_help()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    for needle in [
+        "EQUIRUN_NO_PROGRESS",
+        "Exit status:",
+        "  2    an error: bad input",
+    ] {
+        assert!(top.contains(needle), "equirun --help lacks {needle}");
+    }
+    let (mut seen, mut missing) = (0, Vec::new());
+    walk(&root, Vec::new(), &mut seen, &mut missing);
+    assert!(
+        missing.is_empty(),
+        "flags without a description:\n{}",
+        missing.join("\n")
+    );
+    assert!(seen >= 20, "{seen} commands");
 }

@@ -283,8 +283,8 @@ fn configs_dir() -> PathBuf {
 fn paper_configs_expand_and_emit() {
     type Expect<'a> = (&'a str, usize, &'a [(&'a str, usize)]);
     let expect: &[Expect] = &[
-        ("clip-exp0", 48, &[("runs", 48)]),
-        ("clip-exp1", 12, &[("runs", 12)]),
+        ("clip-exp0", 96, &[("runs", 96)]),
+        ("clip-exp1", 24, &[("runs", 24)]),
         ("clip-neurips-zeroshot", 24, &[("runs", 24)]),
         ("scan-ii", 18, &[("pretrain", 9), ("finetune", 9)]),
         ("scan-original", 36, &[("pretrain", 18), ("finetune", 18)]),

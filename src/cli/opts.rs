@@ -26,7 +26,7 @@ pub struct RunOpts {
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
     /// Run folder name (default: derived from the config, with a short config hash). One path
-    /// segment: no `/`, `\\`, `.` or `..`, so results stay inside `<out>/<experiment>/`.
+    /// segment: no `/`, backslash, `.` or `..`, so results stay inside `<out>/<experiment>/`.
     #[arg(long, value_parser = run_name_segment)]
     pub run_name: Option<String>,
     /// Recompute and overwrite results that already exist.

@@ -136,8 +136,8 @@ pub struct FinetuneArgs {
     /// Symmetry group: verb, direction-rl, direction-ud or a comma-separated product.
     #[arg(long, default_value = "verb,direction-rl,direction-ud")]
     pub group: String,
-    /// Finetuning iterations (one batch each).
-    #[arg(long, default_value_t = 10_000, value_parser = crate::cli::opts::at_least_one)]
+    /// Finetuning iterations (one batch each); 0 evaluates zero-shot.
+    #[arg(long, default_value_t = 10_000)]
     pub iters: usize,
     /// Adam learning rate (> 0).
     #[arg(long, default_value_t = 2e-5, value_parser = crate::cli::opts::positive_f64)]
