@@ -954,3 +954,47 @@ fn every_command_has_examples_and_described_flags() {
     );
     assert!(seen >= 20, "{seen} commands");
 }
+
+/// The clip-tiny parity fixture carries the tokenizer it needs to run as a `--model-dir` (the
+/// tiny word-level one of `equirun::models::tiny_tokenizer`, over the CIFAR-10 prompt words; ids
+/// 98/99 are its BOS/EOS, as in its config). Regenerate with `EQUIRUN_BLESS=1`.
+#[test]
+fn clip_tiny_fixture_runs_as_a_model_dir() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-tiny");
+    let words = equirun::testing::cifar10_prompt_words();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut want = serde_json::to_string_pretty(
+        &equirun::models::tiny_tokenizer::tiny_tokenizer_json(&refs).unwrap(),
+    )
+    .unwrap();
+    want.push('\n');
+    let path = fixture.join("tokenizer.json");
+    if std::env::var_os("EQUIRUN_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).expect("tests/fixtures/clip-tiny/tokenizer.json");
+    assert_eq!(have, want, "regenerate with EQUIRUN_BLESS=1");
+    let root = tempfile::tempdir().unwrap();
+    let mut a = clip_args(root.path(), &fixture);
+    let i = a.iter().position(|x| x == "--method").unwrap();
+    a[i + 1] = "vanilla,equitune".into();
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    let o = run_equirun(BIN, &refs);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let results: Vec<PathBuf> = std::fs::read_dir(root.path().join("out/clip"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&results[0]).unwrap()).unwrap();
+    for m in ["vanilla", "equitune"] {
+        assert_eq!(v["metrics"][m]["n"], 6, "{m}: {v}");
+    }
+}
