@@ -237,6 +237,12 @@ fn out_of_range_flags_exit_2_naming_the_flag() {
     let rows: &[(&[&str], &str, &str)] = &[
         // (arguments, flag named, reason)
         (&["check", "--logit-scale", "0"], "--logit-scale", "> 0"),
+        // rounds to 0 in f32 (found by the property test of the flag parsers)
+        (
+            &["check", "--logit-scale", "1e-320"],
+            "--logit-scale",
+            "> 0",
+        ),
         (
             &["check", "--logit-scale", "inf"],
             "--logit-scale",
@@ -397,7 +403,11 @@ fn out_of_range_flags_exit_2_naming_the_flag() {
             "at least 1",
         ),
         (&["check", "--tolerance=-1"], "--tolerance", "≥ 0"),
-        (&["multi-image", "--k", "0"], "--k", "between 1 and 6"),
+        (
+            &["multi-image", "--k", "0"],
+            "--k",
+            "views per sample must be between 1 and 6",
+        ),
         (&["multi-image", "--k", "2,9"], "--k", "between 1 and 6"),
         (&["multi-image", "--k", ","], "--k", "comma-separated list"),
         (

@@ -89,17 +89,8 @@ pub fn command() -> clap::Command {
     cmd = cmd.mut_subcommand("clip", |s| {
         s.mut_subcommand("finetune", |f| {
             f.mut_arg("dataset", |a| {
-                use clap::builder::TypedValueParser;
-                use clap::ValueEnum;
                 a.help("Dataset with a train split: cifar100 (the paper) or cifar10")
-                    .value_parser(
-                        clap::builder::PossibleValuesParser::new(["cifar100", "cifar10"]).map(
-                            |v| {
-                                crate::data::images::DatasetKind::from_str(&v, false)
-                                    .expect("a listed value")
-                            },
-                        ),
-                    )
+                    .value_parser(opts::finetune_dataset)
             })
         })
     });

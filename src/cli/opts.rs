@@ -323,10 +323,12 @@ pub fn open_fraction(s: &str) -> std::result::Result<f64, String> {
 /// A finite number > 0 (a scale).
 pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
     let x = finite(s)?;
-    if x <= 0.0 || x > f32::MAX as f64 {
-        return Err(format!("{x} must be a finite number > 0"));
+    // in f32: a tiny positive f64 such as 1e-320 rounds to 0, a huge one to infinity
+    let y = x as f32;
+    if x <= 0.0 || !y.is_finite() || y <= 0.0 {
+        return Err(format!("{x} must be a finite number > 0 (in f32)"));
     }
-    Ok(x as f32)
+    Ok(y)
 }
 
 /// A finite number > 0 (learning rates, gradient-norm clips, tolerances).
@@ -375,7 +377,7 @@ pub fn views_list(s: &str) -> std::result::Result<String, String> {
     for k in items.iter().filter(|k| !k.is_empty()) {
         match k.parse::<usize>() {
             Ok(n) if (1..=6).contains(&n) => {}
-            _ => return Err(format!("'{k}' is not a number of views between 1 and 6")),
+            _ => return Err(format!("'{k}': views per sample must be between 1 and 6")),
         }
     }
     Ok(s.to_string())
@@ -413,4 +415,16 @@ pub fn transform_spec(s: &str) -> std::result::Result<String, String> {
 pub fn method_list(s: &str) -> std::result::Result<String, String> {
     crate::equi::Method::parse_list(s).map_err(|e| format!("{e:#}"))?;
     Ok(s.to_string())
+}
+
+/// `clip finetune --dataset`: the datasets with a train split it reads (CIFAR-100, CIFAR-10).
+pub fn finetune_dataset(s: &str) -> std::result::Result<crate::data::images::DatasetKind, String> {
+    use crate::data::images::DatasetKind;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "cifar100" => Ok(DatasetKind::Cifar100),
+        "cifar10" => Ok(DatasetKind::Cifar10),
+        _ => Err(format!(
+            "'{s}': finetuning needs a train split, which equirun reads for cifar100 and cifar10 only"
+        )),
+    }
 }

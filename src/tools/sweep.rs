@@ -759,13 +759,13 @@ pub fn is_done(out: &Path, run: &Run) -> bool {
 fn write_marker(out: &Path, run: &Run) -> Result<()> {
     let path = marker_path(out, run);
     let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| output::io_error("creating", dir, &e))?;
     let tmp = dir.join(format!(".{}.tmp-{}", run.id(), std::process::id()));
     let text = serde_json::to_string_pretty(&json!({
         "args": run.args, "results": run.results, "finished_at": crate::experiments::harness::now_rfc3339(),
     }))?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, text).map_err(|e| output::io_error("writing", &tmp, &e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| output::io_error("renaming into", &path, &e))?;
     Ok(())
 }
 
@@ -871,7 +871,8 @@ fn log_path(cfg: &SweepConfig, run: &Run) -> PathBuf {
 
 fn open_lock(out: &Path, run: &Run) -> Result<File> {
     let p = lock_path(out, run);
-    std::fs::create_dir_all(p.parent().unwrap())?;
+    let dir = p.parent().unwrap();
+    std::fs::create_dir_all(dir).map_err(|e| output::io_error("creating", dir, &e))?;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -898,16 +899,20 @@ fn execute_inner(cfg: &SweepConfig, run: &Run, opts: &SweepOptions, n: usize) ->
                 run.index + 1,
                 run.label()
             );
-            lock.lock()?;
+            lock.lock()
+                .map_err(|e| output::io_error("locking", &lock_path(&cfg.out, run), &e))?;
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(output::io_error("locking", &lock_path(&cfg.out, run), &e))
+        }
     }
     if is_done(&cfg.out, run) {
         return Ok(Outcome::AlreadyDone);
     }
     let before = mtimes(&run.results);
     let log = log_path(cfg, run);
-    std::fs::create_dir_all(log.parent().unwrap())?;
+    let log_dir = log.parent().unwrap();
+    std::fs::create_dir_all(log_dir).map_err(|e| output::io_error("creating", log_dir, &e))?;
     let logf = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     eprintln!("[{}/{n}] start {}", run.index + 1, run.label());
     let t0 = Instant::now();
@@ -1008,10 +1013,13 @@ pub fn clean_stale_temps(out: &Path, runs: &[&Run]) -> Result<Vec<PathBuf>> {
             }
         }
         if all {
-            for e in std::fs::read_dir(&folder)?.flatten() {
+            let entries =
+                std::fs::read_dir(&folder).map_err(|e| output::io_error("listing", &folder, &e))?;
+            for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(".tmp-") && e.path().is_file() {
-                    std::fs::remove_file(e.path())?;
+                    std::fs::remove_file(e.path())
+                        .map_err(|err| output::io_error("removing", &e.path(), &err))?;
                     removed.push(e.path());
                 }
             }
@@ -1172,7 +1180,8 @@ fn write_text(path: &Path, text: &str, executable: bool) -> Result<()> {
     #[cfg(unix)]
     if executable {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| output::io_error("making executable", path, &e))?;
     }
     #[cfg(not(unix))]
     let _ = executable;
