@@ -186,7 +186,7 @@ pub struct FinetuneOpts {
     #[arg(long, value_enum, default_value = "adamw")]
     pub optim: OptimKind,
     /// Finetuning learning rate (> 0).
-    #[arg(long, default_value_t = 1e-4, value_parser = positive_f64)]
+    #[arg(long, default_value_t = 1e-4, value_parser = learning_rate)]
     pub lr: f64,
     /// Momentum (SGD only), in [0, 1).
     #[arg(long, default_value_t = 0.9, value_parser = momentum)]
@@ -231,7 +231,7 @@ pub struct LambdaOpts {
     #[arg(long, value_enum, default_value = "adamw")]
     pub lambda_optim: OptimKind,
     /// λ-equitune phase 1: learning rate (> 0).
-    #[arg(long, default_value_t = 1e-3, value_parser = positive_f64)]
+    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate)]
     pub lambda_lr: f64,
     /// λ-equitune phase 1: momentum (SGD only), in [0, 1).
     #[arg(long, default_value_t = 0.9, value_parser = momentum)]
@@ -427,4 +427,9 @@ pub fn finetune_dataset(s: &str) -> std::result::Result<crate::data::images::Dat
             "'{s}': finetuning needs a train split, which equirun reads for cifar100 and cifar10 only"
         )),
     }
+}
+
+/// A learning rate: a finite number > 0.
+pub fn learning_rate(s: &str) -> std::result::Result<f64, String> {
+    positive_f64(s).map_err(|e| format!("a learning rate must be a finite number > 0 ({e})"))
 }

@@ -95,7 +95,7 @@ pub struct CnnArgs {
     #[arg(long, default_value_t = 64, value_parser = crate::cli::opts::at_least_one)]
     pub pretrain_batch_size: usize,
     /// Pretraining learning rate (> 0).
-    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli::opts::positive_f64)]
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli::opts::learning_rate)]
     pub pretrain_lr: f64,
     #[command(flatten)]
     #[serde(flatten)]

@@ -179,7 +179,7 @@ pub struct MultiImageArgs {
     #[arg(long, default_value_t = 32, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
     /// SGD learning rate (the official 0.01 is for 100 epochs; 0.05 suits the short CPU budget).
-    #[arg(long, default_value_t = 0.05, value_parser = crate::cli::opts::positive_f64)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
     /// SGD momentum, in [0, 1).
     #[arg(long, default_value_t = 0.9, value_parser = crate::cli::opts::momentum)]

@@ -104,7 +104,7 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 200_000, value_parser = crate::cli::opts::at_least_one)]
     pub iters: usize,
     /// Adam learning rate (> 0).
-    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::positive_f64)]
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
     /// Validate every N iterations; the best checkpoint is kept.
     #[arg(long, default_value_t = 20_000, value_parser = crate::cli::opts::at_least_one)]
@@ -140,7 +140,7 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 10_000)]
     pub iters: usize,
     /// Adam learning rate (> 0).
-    #[arg(long, default_value_t = 2e-5, value_parser = crate::cli::opts::positive_f64)]
+    #[arg(long, default_value_t = 2e-5, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
     /// Weight decay (≥ 0).
     #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::non_negative)]
