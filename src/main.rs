@@ -45,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::Sweep(a) => equirun::tools::sweep::run(&a),
+        Command::Sweep(a) => equirun::tools::sweep::run(&a, equirun::cli::parse_error),
         Command::Report(a) => equirun::tools::report::run(&a),
         Command::Check(a) => {
             let r = experiments::check::run(&a)?;

@@ -215,7 +215,10 @@ fn stages_placeholders_and_result_folders() {
 
 #[test]
 fn config_errors_are_explained() {
-    let err = |t: &str| match SweepConfig::parse(t, "t").and_then(|c| expand(&c).map(|_| ())) {
+    // as `equirun sweep` does: expand, then parse every command line with the real parser
+    let err = |t: &str| match SweepConfig::parse(t, "t")
+        .and_then(|c| sweep::check_parses(&expand(&c)?, equirun::cli::parse_error))
+    {
         Ok(()) => panic!("accepted: {t}"),
         Err(e) => format!("{e:#}"),
     };
@@ -261,7 +264,9 @@ fn config_errors_are_explained() {
     ))
     .unwrap();
     assert!(r[0].args.contains(&"--eval-limit".to_string()));
-    expand(&cfg("command = \"clip\"\n[args]\nlimit = 3\n")).unwrap();
+    sweep::check_parses(&r, equirun::cli::parse_error).unwrap();
+    let r = expand(&cfg("command = \"clip\"\n[args]\nlimit = 3\n")).unwrap();
+    sweep::check_parses(&r, equirun::cli::parse_error).unwrap();
     assert!(err("command = \"clip\"\n[args]\nseed = 3\n").contains("set by the sweep"));
     // a declared results folder overrides the registry's
     let c = cfg("command = \"clip\"\nexperiment = \"bench\"\nresults = [\"{run-name}-a\", \"{run-name}-b\"]\n");

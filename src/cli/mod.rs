@@ -98,6 +98,21 @@ pub fn command() -> clap::Command {
     document(cmd, "")
 }
 
+/// Parses `args` (the words after the binary) as [`command`] would: `None` when they parse, else
+/// the parser's message without its help hint (one or a few lines). `equirun sweep` checks every
+/// generated command line with it.
+pub fn parse_error(args: &[String]) -> Option<String> {
+    let argv = std::iter::once("equirun".to_string()).chain(args.iter().cloned());
+    let e = command().try_get_matches_from(argv).err()?;
+    let text = e.render().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+        .collect();
+    Some(lines.join("\n"))
+}
+
 /// Shown after `equirun --help`: exit codes and environment variables.
 const TOP_AFTER_HELP: &str = "\
 Examples:

@@ -672,11 +672,6 @@ pub fn expand(cfg: &SweepConfig) -> Result<Vec<Run>> {
             }
         }
     }
-    // every command line must parse as an equirun command (a typo'd flag or subcommand in the
-    // TOML fails here, before anything runs)
-    for r in &runs {
-        check_parses(r)?;
-    }
     // two runs writing the same file would race
     let mut seen: BTreeMap<&Path, usize> = BTreeMap::new();
     for r in &runs {
@@ -694,30 +689,30 @@ pub fn expand(cfg: &SweepConfig) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-/// Parses a run's command line with equirun's own command-line parser (the one its process
-/// will use): flag names, subcommands and every parse-time range check. The error names the run
-/// and carries the parser's message.
-pub fn check_parses(run: &Run) -> Result<()> {
-    let argv = std::iter::once("equirun".to_string()).chain(run.args.iter().cloned());
-    if let Err(e) = crate::cli::command().try_get_matches_from(argv) {
-        let text = e.render().to_string();
-        let msg: Vec<&str> = text
-            .lines()
-            .map(str::trim_end)
-            .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
-            .collect();
-        bail!(
-            "run {} of stage '{}' ({}) is not a valid equirun command:\n  {}\n  {}",
-            run.index + 1,
-            run.stage,
-            run.label(),
-            run.args
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" "),
-            msg.join("\n  ")
-        );
+/// Equirun's own command-line parser, given to the sweep by its caller (`crate::cli::parse_error`:
+/// the command line depends on this module, not the other way round): `None` when the arguments
+/// (after the binary) parse, else the parser's message.
+pub type Parser = fn(&[String]) -> Option<String>;
+
+/// Parses every run's command line with `parse` (flag names, subcommands, every parse-time
+/// range check), so that a typo'd flag or subcommand in a grid fails before anything runs (and
+/// `--dry-run` fails too). The error names the run and carries the parser's message.
+pub fn check_parses(runs: &[Run], parse: Parser) -> Result<()> {
+    for run in runs {
+        if let Some(msg) = parse(&run.args) {
+            bail!(
+                "run {} of stage '{}' ({}) is not a valid equirun command:\n  {}\n  {}",
+                run.index + 1,
+                run.stage,
+                run.label(),
+                run.args
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                msg.replace('\n', "\n  ")
+            );
+        }
     }
     Ok(())
 }
@@ -1352,11 +1347,13 @@ pub struct SweepArgs {
 }
 
 /// Entry point of `equirun sweep`: the exit code (1 when a run failed).
-pub fn run(a: &SweepArgs) -> Result<i32> {
+/// `parse` checks each run's command line ([`check_parses`]) before anything runs or is written.
+pub fn run(a: &SweepArgs, parse: Parser) -> Result<i32> {
     let mut cfg = SweepConfig::from_file(&a.config)?;
     if let Some(o) = &a.out {
         cfg.out = o.clone();
     }
+    check_parses(&expand(&cfg)?, parse)?;
     let binary = match &a.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("locating the equirun binary")?,
