@@ -45,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        Command::Sweep(a) => equirun::tools::sweep::run(&a),
+        Command::Sweep(a) => equirun::tools::sweep::run(&a, equirun::cli::parse_error),
         Command::Report(a) => equirun::tools::report::run(&a),
         Command::Check(a) => {
             let r = experiments::check::run(&a)?;
@@ -57,6 +57,63 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if r.all_ok { 0 } else { 1 })
         }
     }
+}
+
+/// Checks made before any command starts work (after the command line parsed): the folders the
+/// command writes into (`--out` and the like) can be written, so that a long evaluation does not
+/// fail at its end; a cache that cannot be written is only a warning (what it holds is still
+/// read; what is not there cannot be kept).
+fn preflight(matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    use std::path::PathBuf;
+    let root = equirun::cli::command();
+    let (mut m, mut c) = (matches, &root);
+    let mut words: Vec<String> = Vec::new();
+    while let Some((name, sub)) = m.subcommand() {
+        match c.find_subcommand(name) {
+            Some(next) => c = next,
+            None => break,
+        }
+        words.push(name.to_string());
+        m = sub;
+    }
+    // `sweep` checks its results root itself (the config may set it; a dry run writes nothing)
+    if words.first().map(String::as_str) == Some("sweep") {
+        return Ok(());
+    }
+    let flag = |id: &str| {
+        c.get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+            .unwrap_or_else(|| id.to_string())
+    };
+    let listing = matches!(m.try_get_one::<bool>("list_models"), Ok(Some(true)));
+    if !listing {
+        if let Ok(Some(dir)) = m.try_get_one::<PathBuf>("out") {
+            equirun::output::check_writable_dir(dir).map_err(|e| {
+                let f = flag("out");
+                anyhow::anyhow!(
+                    "{f} {}: {}; pass {f} with a folder you can write to",
+                    dir.display(),
+                    equirun::output::error_text(&e)
+                )
+            })?;
+        }
+    }
+    let offline = std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0" && !v.is_empty());
+    let has = |id: &str| m.try_get_raw(id).is_ok_and(|v| v.is_some());
+    let from_hub = (has("revision") && !has("model_dir")) || has("scorer_revision");
+    if from_hub && !offline && !listing {
+        let cache = equirun::hub::hf_cache_dir();
+        if let Err(e) = equirun::output::check_writable_dir(&cache) {
+            eprintln!(
+                "warning: the Hugging Face cache cannot be written ({}): models already there are \
+                 used, new downloads will fail; set HF_HUB_CACHE (or HF_HOME) to a writable folder",
+                equirun::output::error_text(&e)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -71,6 +128,10 @@ fn main() {
     if name == "scan" && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
+    if let Err(e) = preflight(&matches) {
+        eprintln!("error: {}", equirun::output::error_text(&e));
+        std::process::exit(2);
+    }
     let result = match (experiments::registry::command(&name), matches.subcommand()) {
         (Some(c), Some((_, sub))) => (c.run)(sub),
         _ => Cli::from_arg_matches(&matches)
@@ -80,7 +141,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", equirun::output::error_text(&e));
             std::process::exit(2);
         }
     }

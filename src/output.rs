@@ -28,22 +28,95 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a file atomically through `write(temp path)`: the temp file (`.tmp-*<suffix>`) sits
 /// beside the target (parallel runs get unique names), is synced, then renamed over `path`.
+/// The file is created readable by others (0644 before the umask, like `File::create`; a temp
+/// file alone would be 0600), and every error names the path it is about, once.
 pub fn write_atomic_with(
     path: &Path,
     suffix: &str,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().context("path has no parent folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(suffix)
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent folder", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error("creating the folder", dir, &e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".tmp-").suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let tmp = builder
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    write(tmp.path()).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::File::open(tmp.path())?.sync_all()?;
+        .map_err(|e| io_error("creating a temp file in", dir, &e))?;
+    write(tmp.path())
+        .map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), error_text(&e)))?;
+    std::fs::File::open(tmp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error("syncing", tmp.path(), &e))?;
     tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+        .map_err(|e| io_error("renaming into", path, &e.error))?;
+    Ok(())
+}
+
+/// An I/O error as one line that names `path`: `<what> <path>: <reason>`. The reason is the
+/// OS's message alone (some wrappers, e.g. tempfile's, repeat it with their own path, which read
+/// as the same error printed twice).
+pub fn io_error(what: &str, path: &Path, e: &std::io::Error) -> anyhow::Error {
+    let reason = match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.to_string(),
+    };
+    anyhow::anyhow!("{what} {}: {reason}", path.display())
+}
+
+/// An error and its causes on one line (`a: b: c`), a cause left out when the message before it
+/// already says it: wrappers such as the safetensors crate's `IO error: {0}` print their source
+/// in their own message, and the OS reason ("No space left on device") would read twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if parts.last().is_some_and(|p| p.contains(&s)) {
+            continue;
+        }
+        parts.push(s);
+    }
+    parts.join(": ")
+}
+
+/// Checks up front that files can be created in `dir` (or, if it does not exist yet, in the
+/// nearest folder above it that does, where it would be created), without leaving anything
+/// behind: an unnamed temp file is created and dropped. Errors name the folder and the reason.
+pub fn check_writable_dir(dir: &Path) -> Result<()> {
+    let mut probe: &Path = dir;
+    loop {
+        match std::fs::metadata(probe) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => anyhow::bail!(
+                "{} is not a folder{}",
+                probe.display(),
+                if probe == dir {
+                    String::new()
+                } else {
+                    format!(" (so {} cannot be created)", dir.display())
+                }
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) && probe != Path::new(".") =>
+            {
+                probe = match probe.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+            }
+            Err(e) => return Err(io_error("cannot inspect", probe, &e)),
+        }
+    }
+    tempfile::tempfile_in(probe).map_err(|e| io_error("cannot create files in", probe, &e))?;
     Ok(())
 }
 

@@ -296,3 +296,62 @@ fn huge_products_are_rejected_up_front() {
     assert!(e.contains("2048") && e.contains("1024"), "{e}");
     assert!(t.elapsed().as_secs() < 5);
 }
+
+const NUMBER_TOKENS: &[&str] = &[
+    "0",
+    "1",
+    "2",
+    "4",
+    "7",
+    "9",
+    "-",
+    "+",
+    ".",
+    "e",
+    "E",
+    "inf",
+    "nan",
+    "NaN",
+    ",",
+    " ",
+    "1e308",
+    "1e-320",
+    "18446744073709551616",
+];
+
+proptest! {
+    #![proptest_config(cfg(CASES))]
+
+    /// The command line's range checks (`src/cli/opts.rs`): never panic, and whatever they accept
+    /// is in the range they promise.
+    #[test]
+    fn flag_value_parsers_never_panic(s in text_or(NUMBER_TOKENS, 8)) {
+        use equirun::cli::opts::*;
+        if let Ok(n) = at_least_one(&s) { prop_assert!(n >= 1); }
+        if let Ok(n) = at_least_two(&s) { prop_assert!(n >= 2); }
+        if let Ok(x) = probability(&s) { prop_assert!((0.0..=1.0).contains(&x)); }
+        if let Ok(x) = open_fraction(&s) { prop_assert!(x > 0.0 && x < 1.0); }
+        if let Ok(x) = positive_f32(&s) { prop_assert!(x.is_finite() && x > 0.0); }
+        if let Ok(x) = positive_f64(&s) { prop_assert!(x.is_finite() && x > 0.0); }
+        if let Ok(x) = non_negative(&s) { prop_assert!(x.is_finite() && x >= 0.0); }
+        if let Ok(x) = momentum(&s) { prop_assert!((0.0..1.0).contains(&x)); }
+        if let Ok(n) = multiple_of_four(&s) { prop_assert!(n >= 4 && n % 4 == 0); }
+        if let Ok(n) = max_pieces(&s) { prop_assert!((3..=512).contains(&n)); }
+        if let Ok(k) = views_list(&s) {
+            for v in k.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                let v: usize = v.parse().unwrap();
+                prop_assert!((1..=6).contains(&v));
+            }
+        }
+    }
+
+    /// `--run-name`: what is accepted is one path segment.
+    #[test]
+    fn run_names_stay_one_segment(s in text_or(&["a", ".", "..", "/", "\\", "-", "_", "\0", "x"], 8)) {
+        if let Ok(n) = equirun::cli::opts::run_name_segment(&s) {
+            let p = Path::new("out").join(&n);
+            prop_assert_eq!(p.parent(), Some(Path::new("out")));
+            prop_assert!(n != "." && n != ".." && !n.contains('/') && !n.contains('\\'));
+        }
+    }
+}

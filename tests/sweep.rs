@@ -215,7 +215,10 @@ fn stages_placeholders_and_result_folders() {
 
 #[test]
 fn config_errors_are_explained() {
-    let err = |t: &str| match SweepConfig::parse(t, "t").and_then(|c| expand(&c).map(|_| ())) {
+    // as `equirun sweep` does: expand, then parse every command line with the real parser
+    let err = |t: &str| match SweepConfig::parse(t, "t")
+        .and_then(|c| sweep::check_parses(&expand(&c)?, equirun::cli::parse_error))
+    {
         Ok(()) => panic!("accepted: {t}"),
         Err(e) => format!("{e:#}"),
     };
@@ -231,8 +234,42 @@ fn config_errors_are_explained() {
             .contains("both in args and in the grid")
     );
     assert!(err("seeds = [0]\n").contains("no command"));
-    // an unknown command with a declared results folder is fine
-    let c = cfg("command = \"bench-lm\"\nexperiment = \"bench\"\nresults = [\"{run-name}-a\", \"{run-name}-b\"]\n");
+    // every cell is parsed by equirun's own parser: a typo'd flag, a subcommand that takes no
+    // --seeds/--out/--run-name, a value out of range fail before anything runs, naming the run
+    let e = err("command = \"clip\"\n[grid]\nlimt = [3]\n");
+    assert!(
+        e.contains("run 1 of stage")
+            && e.contains("--limt")
+            && e.contains("not a valid equirun command"),
+        "{e}"
+    );
+    let e = err("command = \"bench-lm\"\nexperiment = \"bench\"\n");
+    assert!(e.contains("unexpected argument '--seeds'"), "{e}");
+    let e = err("command = \"clip\"\n[args]\nbatch-size = 0\n");
+    assert!(
+        e.contains("--batch-size") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = err("command = \"clip\"\n[grid]\ngroup = [\"rot90\", \"rot9\"]\n");
+    assert!(
+        e.contains("run 2 of stage") && e.contains("unknown image group 'rot9'"),
+        "{e}"
+    );
+    // old flag spellings (hidden aliases) still parse
+    assert!(
+        err("command = \"clip\"\n[args]\nbatch = 3\n").contains("unexpected argument '--batch'")
+    );
+    let r = expand(&cfg(
+        "command = \"scan pretrain\"\n[args]\neval-limit = 3\neval-batch = 8\n",
+    ))
+    .unwrap();
+    assert!(r[0].args.contains(&"--eval-limit".to_string()));
+    sweep::check_parses(&r, equirun::cli::parse_error).unwrap();
+    let r = expand(&cfg("command = \"clip\"\n[args]\nlimit = 3\n")).unwrap();
+    sweep::check_parses(&r, equirun::cli::parse_error).unwrap();
+    assert!(err("command = \"clip\"\n[args]\nseed = 3\n").contains("set by the sweep"));
+    // a declared results folder overrides the registry's
+    let c = cfg("command = \"clip\"\nexperiment = \"bench\"\nresults = [\"{run-name}-a\", \"{run-name}-b\"]\n");
     let r = expand(&c).unwrap();
     assert_eq!(
         r[0].results,
@@ -251,8 +288,8 @@ fn configs_dir() -> PathBuf {
 fn paper_configs_expand_and_emit() {
     type Expect<'a> = (&'a str, usize, &'a [(&'a str, usize)]);
     let expect: &[Expect] = &[
-        ("clip-exp0", 48, &[("runs", 48)]),
-        ("clip-exp1", 12, &[("runs", 12)]),
+        ("clip-exp0", 96, &[("runs", 96)]),
+        ("clip-exp1", 24, &[("runs", 24)]),
         ("clip-neurips-zeroshot", 24, &[("runs", 24)]),
         ("scan-ii", 18, &[("pretrain", 9), ("finetune", 9)]),
         ("scan-original", 36, &[("pretrain", 18), ("finetune", 18)]),
@@ -1089,4 +1126,28 @@ fn report_splits_runs_that_disagree() {
         t.cell(&["m/a", "rot90"], "vanilla").unwrap().sources,
         ["clip/exp0", "clip/neurips"]
     );
+}
+
+/// A failing run's excerpt always carries its `error:` line, even when more output follows it.
+#[test]
+fn failing_run_excerpt_keeps_the_error_line() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("run.log");
+    let mut text = String::from("loading\nerror: --data-dir /x: no CIFAR-10 files there\n");
+    for i in 0..10 {
+        text.push_str(&format!("trailing line {i}\n"));
+    }
+    std::fs::write(&log, &text).unwrap();
+    let ex = sweep::log_excerpt(&log, 6);
+    let lines: Vec<&str> = ex.lines().collect();
+    assert_eq!(
+        lines[0], "error: --data-dir /x: no CIFAR-10 files there",
+        "{ex}"
+    );
+    assert_eq!(lines[1], "…");
+    assert_eq!(lines.last(), Some(&"trailing line 9"));
+    assert_eq!(lines.len(), 8, "{ex}");
+    // already in the tail: not repeated
+    std::fs::write(&log, "a\nb\nerror: boom\n").unwrap();
+    assert_eq!(sweep::log_excerpt(&log, 6), "a\nb\nerror: boom");
 }

@@ -20,13 +20,13 @@ pub use crate::device::DeviceOpts;
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunOpts {
     /// Seeds to run, e.g. `0,1,2` or `0-4`; one JSON per seed.
-    #[arg(long, default_value = "0")]
+    #[arg(long, default_value = "0", alias = "seed")]
     pub seeds: String,
     /// Results root: files go to <out>/<experiment>/<run-name>/seed-<n>.json.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
     /// Run folder name (default: derived from the config, with a short config hash). One path
-    /// segment: no `/`, `\\`, `.` or `..`, so results stay inside `<out>/<experiment>/`.
+    /// segment: no `/`, backslash, `.` or `..`, so results stay inside `<out>/<experiment>/`.
     #[arg(long, value_parser = run_name_segment)]
     pub run_name: Option<String>,
     /// Recompute and overwrite results that already exist.
@@ -104,11 +104,11 @@ impl DeviceOpts {
 pub struct GroupOpts {
     /// Symmetry group of the wrappers: rot90, flip (=vflip), hflip, vflip, rot180, id, or a
     /// product with 'x' such as rot90xflip (D4) or rot90xhflip (multi-* need a product).
-    #[arg(long, default_value = "rot90")]
+    #[arg(long, default_value = "rot90", value_parser = image_group_spec)]
     pub group: String,
     /// Corruption group, one random element per image (seeded); default = --group; `none` for
     /// clean images.
-    #[arg(long)]
+    #[arg(long, value_parser = transform_spec)]
     pub transform: Option<String>,
 }
 
@@ -139,7 +139,7 @@ pub struct MethodOpts {
     /// Methods, comma-separated (see docs/methods.md): vanilla, equitune, equizero,
     /// multi-equitune, multi-equizero, and where the experiment supports them lambda-equitune,
     /// r-equitune.
-    #[arg(long, default_value = "vanilla,equitune,equizero")]
+    #[arg(long, default_value = "vanilla,equitune,equizero", value_parser = method_list)]
     pub method: String,
 }
 
@@ -174,22 +174,25 @@ impl LogitScaleOpts {
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FinetuneOpts {
     /// Finetuning batch size (input images; each costs one pass per copy).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Finetuning rounds (validation after each; the best round is kept).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub rounds: usize,
     /// Finetuning iterations per round.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub iters: usize,
+    /// Finetuning optimiser.
     #[arg(long, value_enum, default_value = "adamw")]
     pub optim: OptimKind,
-    #[arg(long, default_value_t = 1e-4)]
+    /// Finetuning learning rate (> 0).
+    #[arg(long, default_value_t = 1e-4, value_parser = learning_rate)]
     pub lr: f64,
-    /// Momentum (SGD only).
-    #[arg(long, default_value_t = 0.9)]
+    /// Momentum (SGD only), in [0, 1).
+    #[arg(long, default_value_t = 0.9, value_parser = momentum)]
     pub momentum: f64,
-    #[arg(long, default_value_t = 0.0)]
+    /// Decoupled weight decay (≥ 0).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     pub weight_decay: f64,
     /// Which round each finetuning phase keeps.
     #[arg(long, value_enum, default_value = "best-val")]
@@ -219,16 +222,19 @@ pub struct LambdaOpts {
     #[arg(long, value_enum, default_value = "paper")]
     pub lambda_form: crate::equi::lambda::LambdaForm,
     /// λ-equitune phase 1 (λ-net only, backbone frozen): rounds.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     pub lambda_rounds: usize,
     /// λ-equitune phase 1: iterations per round.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
     pub lambda_iters: usize,
+    /// λ-equitune phase 1: optimiser of the λ-net.
     #[arg(long, value_enum, default_value = "adamw")]
     pub lambda_optim: OptimKind,
-    #[arg(long, default_value_t = 1e-3)]
+    /// λ-equitune phase 1: learning rate (> 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate)]
     pub lambda_lr: f64,
-    #[arg(long, default_value_t = 0.9)]
+    /// λ-equitune phase 1: momentum (SGD only), in [0, 1).
+    #[arg(long, default_value_t = 0.9, value_parser = momentum)]
     pub lambda_momentum: f64,
 }
 
@@ -317,8 +323,113 @@ pub fn open_fraction(s: &str) -> std::result::Result<f64, String> {
 /// A finite number > 0 (a scale).
 pub fn positive_f32(s: &str) -> std::result::Result<f32, String> {
     let x = finite(s)?;
-    if x <= 0.0 || x > f32::MAX as f64 {
+    // in f32: a tiny positive f64 such as 1e-320 rounds to 0, a huge one to infinity
+    let y = x as f32;
+    if x <= 0.0 || !y.is_finite() || y <= 0.0 {
+        return Err(format!("{x} must be a finite number > 0 (in f32)"));
+    }
+    Ok(y)
+}
+
+/// A finite number > 0 (learning rates, gradient-norm clips, tolerances).
+pub fn positive_f64(s: &str) -> std::result::Result<f64, String> {
+    let x = finite(s)?;
+    if x <= 0.0 {
         return Err(format!("{x} must be a finite number > 0"));
     }
-    Ok(x as f32)
+    Ok(x)
+}
+
+/// A finite number ≥ 0 (weight decay).
+pub fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    let x = finite(s)?;
+    if x < 0.0 {
+        return Err(format!("{x} must be a finite number ≥ 0"));
+    }
+    Ok(x)
+}
+
+/// An SGD momentum in [0, 1) (1 never forgets a gradient: the steps grow without bound).
+pub fn momentum(s: &str) -> std::result::Result<f64, String> {
+    let x = finite(s)?;
+    if !(0.0..1.0).contains(&x) {
+        return Err(format!("{x} is outside [0, 1)"));
+    }
+    Ok(x)
+}
+
+/// A positive multiple of 4 (image sides that rot90 and the CNN's pooling keep whole).
+pub fn multiple_of_four(s: &str) -> std::result::Result<usize, String> {
+    let n = at_least_one(s)?;
+    if n % 4 != 0 {
+        return Err(format!("{n} is not a multiple of 4"));
+    }
+    Ok(n)
+}
+
+/// A comma-separated list of views per sample, each in 1..=6 (the multi-input groups grow as
+/// 4^k); the list is kept as written.
+pub fn views_list(s: &str) -> std::result::Result<String, String> {
+    let items: Vec<&str> = s.split(',').map(str::trim).collect();
+    if items.iter().all(|k| k.is_empty()) {
+        return Err("expected a comma-separated list such as `2,3,4`".into());
+    }
+    for k in items.iter().filter(|k| !k.is_empty()) {
+        match k.parse::<usize>() {
+            Ok(n) if (1..=6).contains(&n) => {}
+            _ => return Err(format!("'{k}': views per sample must be between 1 and 6")),
+        }
+    }
+    Ok(s.to_string())
+}
+
+/// A tokenizer budget for the BERT-style scorers: [CLS] + at least one piece + [SEP], at most
+/// their 512 positions.
+pub fn max_pieces(s: &str) -> std::result::Result<usize, String> {
+    let n = at_least_one(s)?;
+    if !(3..=512).contains(&n) {
+        return Err(format!(
+            "{n} is outside [3, 512] ([CLS], the pieces and [SEP] share 512 positions)"
+        ));
+    }
+    Ok(n)
+}
+
+/// An image group spec (`rot90`, `rot90xflip`, …), checked by building the group (bounded, see
+/// [`crate::groups::image::image_group`]); kept as written.
+pub fn image_group_spec(s: &str) -> std::result::Result<String, String> {
+    image_group(s).map_err(|e| format!("{e:#}"))?;
+    Ok(s.to_string())
+}
+
+/// A corruption spec: an image group spec or `none`.
+pub fn transform_spec(s: &str) -> std::result::Result<String, String> {
+    match s.trim() {
+        "none" | "" => Ok(s.to_string()),
+        _ => image_group_spec(s),
+    }
+}
+
+/// A comma-separated list of known method names (which of them an experiment supports is
+/// checked by the experiment); kept as written.
+pub fn method_list(s: &str) -> std::result::Result<String, String> {
+    crate::equi::Method::parse_list(s).map_err(|e| format!("{e:#}"))?;
+    Ok(s.to_string())
+}
+
+/// `clip finetune --dataset`: the datasets with a train split it reads (CIFAR-100, CIFAR-10).
+pub fn finetune_dataset(s: &str) -> std::result::Result<crate::data::images::DatasetKind, String> {
+    use crate::data::images::DatasetKind;
+    match s.trim().to_ascii_lowercase().as_str() {
+        "cifar100" => Ok(DatasetKind::Cifar100),
+        "cifar10" => Ok(DatasetKind::Cifar10),
+        _ => Err(format!(
+            "'{s}': finetuning needs a train split, which equirun reads for cifar100 and cifar10 only"
+        )),
+    }
+}
+
+/// A learning rate: a finite number > 0.
+pub fn learning_rate(s: &str) -> std::result::Result<f64, String> {
+    positive_f64(s).map_err(|e| format!("a learning rate must be a finite number > 0 ({e})"))
 }

@@ -28,7 +28,7 @@ pub struct CheckArgs {
     #[arg(long)]
     pub model_dir: Option<std::path::PathBuf>,
     /// Random inputs per check.
-    #[arg(long, default_value_t = 4, value_parser = crate::cli::opts::at_least_one)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 4, value_parser = crate::cli::opts::at_least_one)]
     pub batch: usize,
     /// Number of random classes in the classifier head (at least 2: with one class every
     /// probability is 1 and the check cannot fail).
@@ -38,10 +38,10 @@ pub struct CheckArgs {
     /// check could not fail).
     #[arg(long, default_value_t = 1.0, value_parser = crate::cli::opts::positive_f32)]
     pub logit_scale: f32,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, alias = "seeds")]
     pub seed: u64,
     /// Error above which a method counts as not invariant (exit code 1 if an equivariant method fails).
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, value_parser = crate::cli::opts::non_negative)]
     pub tolerance: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]

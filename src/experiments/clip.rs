@@ -54,9 +54,10 @@ pub struct ClipArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Use only the first N images.
-    #[arg(long)]
+    #[arg(long = "limit-test", alias = "limit", value_parser = crate::cli::opts::at_least_one)]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 32)]
+    /// Images per forward pass (each costs one pass per group element).
+    #[arg(long, default_value_t = 32, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
     #[command(flatten)]
     #[serde(flatten)]
@@ -544,15 +545,17 @@ pub struct BenchClipArgs {
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
-    #[arg(long, default_value_t = 32)]
+    /// Images per timed batch.
+    #[arg(long, default_value_t = 32, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
     /// Timed batches.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::cli::opts::at_least_one)]
     pub batches: usize,
     /// Untimed warm-up batches.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0, alias = "seeds")]
     pub seed: u64,
 }
 

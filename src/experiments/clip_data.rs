@@ -74,10 +74,13 @@ pub fn classifier(
     let w = clip.zero_shot_classifier(classes, templates, &|i| pb.set_position(i as u64))?;
     pb.finish_and_clear();
     // atomic with a unique temp name: parallel runs (sweep --jobs) may build the same classifier
-    output::save_safetensors_atomic(
+    // a cache that cannot be written only costs the recomputation next time
+    if let Err(e) = output::save_safetensors_atomic(
         &std::collections::HashMap::from([("classifier".to_string(), w.clone())]),
         &path,
-    )?;
+    ) {
+        eprintln!("warning: the text classifier is not cached ({e:#}); set EQUIRUN_CACHE to a writable folder to keep it");
+    }
     Ok((w, classes.len() * templates.len()))
 }
 

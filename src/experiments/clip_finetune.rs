@@ -94,15 +94,16 @@ pub struct ClipFinetuneArgs {
     #[serde(flatten)]
     pub scale: LogitScaleOpts,
     /// Training images held out for validation (selection and per-round curves).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::cli::opts::at_least_one)]
     pub val_size: usize,
     /// Use only the first N training images (before the validation split).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
     pub limit_train: Option<usize>,
     /// Use only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
     pub limit_test: Option<usize>,
-    #[arg(long, default_value_t = 32)]
+    /// Images per evaluation forward pass.
+    #[arg(long, default_value_t = 32, value_parser = crate::cli::opts::at_least_one)]
     pub eval_batch_size: usize,
     #[command(flatten)]
     #[serde(flatten)]

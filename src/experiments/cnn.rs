@@ -74,25 +74,28 @@ pub struct CnnArgs {
     #[arg(long, value_enum, default_value = "entropy")]
     pub equizero_proxy: ProxyKind,
     /// Training images held out for validation (model selection).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, value_parser = crate::cli::opts::at_least_one)]
     pub val_size: usize,
     /// Corrupted validation images evaluated after each finetuning round.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::cli::opts::at_least_one)]
     pub val_eval: usize,
     /// Use only the first N training images (before the validation split).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
     pub limit_train: Option<usize>,
     /// Use only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
     pub limit_test: Option<usize>,
-    #[arg(long, default_value_t = 500)]
+    /// Images per evaluation forward pass.
+    #[arg(long, default_value_t = 500, value_parser = crate::cli::opts::at_least_one)]
     pub eval_batch_size: usize,
     /// Pretraining epochs over the upright training split (AdamW).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::cli::opts::at_least_one)]
     pub pretrain_epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Pretraining batch size.
+    #[arg(long, default_value_t = 64, value_parser = crate::cli::opts::at_least_one)]
     pub pretrain_batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    /// Pretraining learning rate (> 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli::opts::learning_rate)]
     pub pretrain_lr: f64,
     #[command(flatten)]
     #[serde(flatten)]
@@ -119,10 +122,11 @@ pub enum CnnCommand {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
-    #[arg(long, default_value_t = 64)]
+    /// Images per training step.
+    #[arg(long, default_value_t = 64, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
     /// Timed training steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::cli::opts::at_least_one)]
     pub steps: usize,
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,

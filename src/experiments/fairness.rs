@@ -42,7 +42,7 @@ pub struct FairnessArgs {
     #[arg(long)]
     pub gguf: Option<PathBuf>,
     /// Demographic axes, any subset in any order: gender, race, orientation.
-    #[arg(long, default_value = "gender")]
+    #[arg(long = "group", alias = "groups", default_value = "gender")]
     pub groups: String,
     /// Methods: vanilla, equitune, r-equitune, multi-equitune, equizero (experimental).
     #[arg(long, default_value = "vanilla,equitune")]
@@ -54,11 +54,13 @@ pub struct FairnessArgs {
     #[arg(long, default_value = "respect,occupation")]
     pub contexts: String,
     /// Samples per (demographic, context), spread over the 5 templates.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = crate::cli::opts::at_least_one)]
     pub samples_per_demographic: usize,
-    #[arg(long, default_value_t = 40)]
+    /// Top-k sampling: draw each token among the k most likely.
+    #[arg(long, default_value_t = 40, value_parser = crate::cli::opts::at_least_one)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 15)]
+    /// Tokens generated per sample.
+    #[arg(long, default_value_t = 15, value_parser = crate::cli::opts::at_least_one)]
     pub max_new_tokens: usize,
     /// After generation, classify every sample with a regard scorer (--scorer) and add the
     /// fairness metrics (fractions with bootstrap CIs, TVD, gap differences) and plots.

@@ -12,7 +12,7 @@
 
 use crate::cli::opts::RunOpts;
 use crate::output;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -75,15 +75,23 @@ pub enum Existing {
     DifferentConfig,
 }
 
+/// What `path` holds. A file that is not a result JSON (truncated by a full disk, corrupt) is an
+/// error naming it, not "a different config".
 pub fn check_existing(path: &Path, config: &Value) -> Result<Existing> {
     if !path.exists() {
         return Ok(Existing::Missing);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(_) => return Ok(Existing::DifferentConfig),
+    let bytes = std::fs::read(path).map_err(|e| output::io_error("reading", path, &e))?;
+    let v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => bail!(
+            "{} is not a result file (its JSON is not an object); pass --force to recompute it, or delete the file",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "{} is unreadable (truncated or corrupt JSON: {e}); pass --force to recompute it, or delete the file",
+            path.display()
+        ),
     };
     Ok(if v.get("config") == Some(config) {
         Existing::SameConfig
@@ -92,7 +100,8 @@ pub fn check_existing(path: &Path, config: &Value) -> Result<Existing> {
     })
 }
 
-/// Decides whether to run: `Ok(false)` = skip (done), error = a different run holds the path.
+/// Decides whether to run: `Ok(false)` = skip (done), error = a different run holds the path
+/// or the file there cannot be read as a result (truncated, corrupt).
 pub fn should_run(path: &Path, config: &Value, force: bool) -> Result<bool> {
     if force {
         return Ok(true);
@@ -228,7 +237,8 @@ impl<'a> RunFolder<'a> {
         if !dir.is_dir() {
             return Ok(Vec::new());
         }
-        let mut seeds: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)?
+        let mut seeds: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(|e| output::io_error("listing", &dir, &e))?
             .flatten()
             .map(|e| e.path())
             .filter_map(|p| {

@@ -93,7 +93,7 @@ impl ModelKind {
             }
         }
         if out.is_empty() {
-            bail!("--models is empty");
+            bail!("--model is empty");
         }
         Ok(out)
     }
@@ -148,36 +148,44 @@ pub struct MultiImageArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Side of the square grayscale images of a `folder` dataset (a multiple of 4).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::cli::opts::multiple_of_four)]
     pub image_size: usize,
     /// Views per sample, comma-separated (one run folder per k).
-    #[arg(long, default_value = "2,3,4")]
+    #[arg(long, default_value = "2,3,4", value_parser = crate::cli::opts::views_list)]
     pub k: String,
     /// Models: cnn, cnn-aug, multi-gcnn, multi-gcnn-fusion, product-gcnn (k·4^k passes: small k only).
-    #[arg(long, default_value = "cnn,cnn-aug,multi-gcnn,multi-gcnn-fusion")]
+    #[arg(
+        long = "model",
+        alias = "models",
+        default_value = "cnn,cnn-aug,multi-gcnn,multi-gcnn-fusion"
+    )]
     pub models: String,
+    /// Multi-GCNN-Fusion's fusion layer: the official code's form or the paper's.
     #[arg(long, value_enum, default_value = "official")]
     pub fusion_form: FusionForm,
     /// Training images (the first N of the train split), grouped into k-tuples.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long = "limit-train", alias = "train-images", default_value_t = 3000, value_parser = crate::cli::opts::at_least_one)]
     pub train_images: usize,
     /// Validation images (the next N of the train split): model selection only.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long = "val-size", alias = "val-images", default_value_t = 600, value_parser = crate::cli::opts::at_least_one)]
     pub val_images: usize,
     /// Test images (the first N of the test split).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long = "limit-test", alias = "test-images", default_value_t = 1500, value_parser = crate::cli::opts::at_least_one)]
     pub test_images: usize,
-    #[arg(long, default_value_t = 3)]
+    /// Training epochs (SGD).
+    #[arg(long, default_value_t = 3, value_parser = crate::cli::opts::at_least_one)]
     pub epochs: usize,
     /// Tuples per SGD step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
     /// SGD learning rate (the official 0.01 is for 100 epochs; 0.05 suits the short CPU budget).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9, value_parser = crate::cli::opts::momentum)]
     pub momentum: f64,
-    #[arg(long, default_value_t = 1e-3)]
+    /// SGD weight decay (≥ 0).
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::cli::opts::non_negative)]
     pub weight_decay: f64,
     /// Per test tuple and model, on the upright and the rotated test: the columns
     /// `<model>/upright` and `<model>/rotated` of seed-N.predictions.jsonl.gz.
@@ -589,7 +597,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
     };
     if train.len() < a.train_images + a.val_images {
         bail!(
-            "{} has {} training images; --train-images {} + --val-images {} is too many",
+            "{} has {} training images; --limit-train {} + --val-size {} is too many",
             train.source.display(),
             train.len(),
             a.train_images,
@@ -635,7 +643,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             let va = make_tuples(&train.labels, &val_idx, k, &mut trng);
             let te = make_tuples(&test.labels, &test_idx, k, &mut trng);
             if tr.labels.is_empty() || va.labels.is_empty() || te.labels.is_empty() {
-                bail!("k = {k}: too few images for one tuple per split; raise --train-images/--val-images/--test-images");
+                bail!("k = {k}: too few images for one tuple per split; raise --limit-train/--val-size/--limit-test");
             }
             let mut erng = output::rng_for(seed, "eval-rotations");
             let sets = Sets {

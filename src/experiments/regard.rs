@@ -55,13 +55,13 @@ pub struct ScorerOpts {
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
     /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::cli::opts::max_pieces)]
     pub max_pieces: usize,
     /// Do not mask the leading "The <demographic>" as XYZ (masking is the default, docs/fairness.md).
     #[arg(long)]
     pub no_mask: bool,
     /// Texts per classifier forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::cli::opts::at_least_one)]
     pub scorer_batch_size: usize,
     /// Folder with Sheng's regard annotations (nlg-bias/data/regard/*.tsv); default --data-dir,
     /// $EQUIRUN_DATA, else ../shared/data.
@@ -533,7 +533,7 @@ pub struct TrainArgs {
     pub data_dir: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::cli::opts::max_pieces)]
     pub max_pieces: usize,
     /// Where to save the head (default: <out>/regard-train/minilm-probe.safetensors).
     #[arg(long)]

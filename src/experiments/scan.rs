@@ -48,10 +48,11 @@ pub struct GenerateArgs {
     /// `scan` (tasks.txt, 20,910 commands) or `scan-ii` (train.txt + test_<split>.txt).
     #[arg(long, default_value = "scan-ii")]
     pub dataset: String,
-    #[arg(long)]
+    /// Folder to write the generated files into (read them back with `--data-dir`).
+    #[arg(long = "data-dir", alias = "out")]
     pub out: PathBuf,
     /// Seed of the training-file shuffle (SCAN-II).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, alias = "seeds")]
     pub seed: u64,
 }
 
@@ -68,10 +69,10 @@ pub struct DataOpts {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Evaluate on at most N examples per test split (a fixed seeded subset).
-    #[arg(long)]
+    #[arg(long = "limit-test", alias = "eval-limit", value_parser = crate::cli::opts::at_least_one)]
     pub eval_limit: Option<usize>,
     /// Validate on at most N held-out examples.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
     pub val_limit: Option<usize>,
 }
 
@@ -87,10 +88,10 @@ pub struct TrainOpts {
     #[arg(long, default_value_t = 0.5, value_parser = crate::cli::opts::probability)]
     pub teacher_forcing: f64,
     /// Gradient-norm clip, separately for the encoder and the decoder.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::cli::opts::positive_f64)]
     pub clip_norm: f64,
     /// Batch size for evaluation (greedy decoding).
-    #[arg(long, default_value_t = 256, value_parser = crate::cli::opts::at_least_one)]
+    #[arg(long = "eval-batch-size", alias = "eval-batch", default_value_t = 256, value_parser = crate::cli::opts::at_least_one)]
     pub eval_batch: usize,
 }
 
@@ -100,9 +101,11 @@ pub struct PretrainArgs {
     pub data: DataOpts,
     #[command(flatten)]
     pub train: TrainOpts,
-    #[arg(long, default_value_t = 200_000)]
+    /// Training iterations (one batch each).
+    #[arg(long, default_value_t = 200_000, value_parser = crate::cli::opts::at_least_one)]
     pub iters: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    /// Adam learning rate (> 0).
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
     /// Validate every N iterations; the best checkpoint is kept.
     #[arg(long, default_value_t = 20_000, value_parser = crate::cli::opts::at_least_one)]
@@ -137,11 +140,14 @@ pub struct FinetuneArgs {
     /// Symmetry group: verb, direction-rl, direction-ud or a comma-separated product.
     #[arg(long, default_value = "verb,direction-rl,direction-ud")]
     pub group: String,
+    /// Finetuning iterations (one batch each); 0 evaluates zero-shot.
     #[arg(long, default_value_t = 10_000)]
     pub iters: usize,
-    #[arg(long, default_value_t = 2e-5)]
+    /// Adam learning rate (> 0).
+    #[arg(long, default_value_t = 2e-5, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1e-4)]
+    /// Weight decay (≥ 0).
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::non_negative)]
     pub weight_decay: f64,
     /// Validate every N iterations; the best checkpoint is kept.
     #[arg(long, default_value_t = 1_000, value_parser = crate::cli::opts::at_least_one)]
@@ -162,20 +168,28 @@ pub struct FinetuneArgs {
 
 #[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
 pub struct QuickArgs {
-    #[arg(long, default_value = "0")]
+    /// Seeds to run, e.g. `0,1,2` or `0-4`; one JSON per seed.
+    #[arg(long, default_value = "0", alias = "seed")]
     pub seeds: String,
+    /// Results root: files go to <out>/<experiment>/<run-name>/seed-<n>.json.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+    /// Recurrent cell of the seq2seq model.
     #[arg(long, value_enum, default_value = "gru")]
     pub cell: CellKind,
-    #[arg(long, default_value_t = 3000)]
+    /// Pretraining iterations.
+    #[arg(long, default_value_t = 3000, value_parser = crate::cli::opts::at_least_one)]
     pub pretrain_iters: usize,
-    #[arg(long, default_value_t = 300)]
+    /// Finetuning iterations per method.
+    #[arg(long, default_value_t = 300, value_parser = crate::cli::opts::at_least_one)]
     pub finetune_iters: usize,
-    #[arg(long, default_value_t = 16)]
+    /// Examples per optimisation step.
+    #[arg(long, default_value_t = 16, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 2000)]
+    /// Evaluate on at most N examples per test split.
+    #[arg(long = "limit-test", alias = "eval-limit", default_value_t = 2000, value_parser = crate::cli::opts::at_least_one)]
     pub eval_limit: usize,
+    /// Recompute and overwrite results that already exist.
     #[arg(long)]
     pub force: bool,
     /// CPU and f32 only.
@@ -228,6 +242,11 @@ pub fn load_data(d: &DataOpts) -> Result<ScanData> {
             let (tr, te) = scandata::split_files(&dir, &d.split)?;
             let train = scandata::read_scan_file(&tr)?;
             let test = scandata::read_scan_file(&te)?;
+            for (f, split) in [(&tr, &train), (&te, &test)] {
+                if split.is_empty() {
+                    bail!("{}: no SCAN examples in this file (empty?): nothing to train or evaluate on", f.display());
+                }
+            }
             (
                 format!("scan-{}", d.split),
                 tr.display().to_string(),

@@ -870,7 +870,7 @@ pub struct ReportArgs {
     #[arg(default_value = "results")]
     pub results_dir: PathBuf,
     /// Output folder (default: <RESULTS_DIR>/report).
-    #[arg(long)]
+    #[arg(long = "report-dir", alias = "out")]
     pub out: Option<PathBuf>,
 }
 

@@ -269,7 +269,8 @@ fn parse_seed_value(v: &toml::Value, what: &str) -> Result<Vec<u64>> {
     }
 }
 
-const RESERVED: [&str; 3] = ["seeds", "out", "run-name"];
+/// Flags the sweep sets on every run (`seed` is the old spelling of `--seeds`).
+const RESERVED: [&str; 4] = ["seeds", "seed", "out", "run-name"];
 
 fn table_pairs(t: &toml::Table, what: &str) -> Result<Vec<(String, toml::Value)>> {
     let mut out: Vec<(String, toml::Value)> = Vec::new();
@@ -688,6 +689,34 @@ pub fn expand(cfg: &SweepConfig) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
+/// Equirun's own command-line parser, given to the sweep by its caller (`crate::cli::parse_error`:
+/// the command line depends on this module, not the other way round): `None` when the arguments
+/// (after the binary) parse, else the parser's message.
+pub type Parser = fn(&[String]) -> Option<String>;
+
+/// Parses every run's command line with `parse` (flag names, subcommands, every parse-time
+/// range check), so that a typo'd flag or subcommand in a grid fails before anything runs (and
+/// `--dry-run` fails too). The error names the run and carries the parser's message.
+pub fn check_parses(runs: &[Run], parse: Parser) -> Result<()> {
+    for run in runs {
+        if let Some(msg) = parse(&run.args) {
+            bail!(
+                "run {} of stage '{}' ({}) is not a valid equirun command:\n  {}\n  {}",
+                run.index + 1,
+                run.stage,
+                run.label(),
+                run.args
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                msg.replace('\n', "\n  ")
+            );
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // local runner
 
@@ -725,13 +754,13 @@ pub fn is_done(out: &Path, run: &Run) -> bool {
 fn write_marker(out: &Path, run: &Run) -> Result<()> {
     let path = marker_path(out, run);
     let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| output::io_error("creating", dir, &e))?;
     let tmp = dir.join(format!(".{}.tmp-{}", run.id(), std::process::id()));
     let text = serde_json::to_string_pretty(&json!({
         "args": run.args, "results": run.results, "finished_at": crate::experiments::harness::now_rfc3339(),
     }))?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, text).map_err(|e| output::io_error("writing", &tmp, &e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| output::io_error("renaming into", &path, &e))?;
     Ok(())
 }
 
@@ -795,10 +824,27 @@ fn mtimes(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last `n` lines of a run's log; when its `error:` line is further up (output printed after
+/// it), that line comes first, so the excerpt always says why the run failed.
+pub fn log_excerpt(path: &Path, n: usize) -> String {
+    let text = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => return format!("(log unreadable: {e})"),
+    };
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let start = lines.len().saturating_sub(n);
+    let mut out: Vec<&str> = Vec::new();
+    let is_error = |l: &&str| l.starts_with("error:") || l.starts_with("error[");
+    if !lines[start..].iter().any(is_error) {
+        if let Some(i) = lines[..start].iter().rposition(is_error) {
+            out.push(lines[i]);
+            if i + 1 < start {
+                out.push("…");
+            }
+        }
+    }
+    out.extend_from_slice(&lines[start..]);
+    out.join("\n")
 }
 
 fn log_path(cfg: &SweepConfig, run: &Run) -> PathBuf {
@@ -820,7 +866,8 @@ fn log_path(cfg: &SweepConfig, run: &Run) -> PathBuf {
 
 fn open_lock(out: &Path, run: &Run) -> Result<File> {
     let p = lock_path(out, run);
-    std::fs::create_dir_all(p.parent().unwrap())?;
+    let dir = p.parent().unwrap();
+    std::fs::create_dir_all(dir).map_err(|e| output::io_error("creating", dir, &e))?;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -847,16 +894,20 @@ fn execute_inner(cfg: &SweepConfig, run: &Run, opts: &SweepOptions, n: usize) ->
                 run.index + 1,
                 run.label()
             );
-            lock.lock()?;
+            lock.lock()
+                .map_err(|e| output::io_error("locking", &lock_path(&cfg.out, run), &e))?;
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(output::io_error("locking", &lock_path(&cfg.out, run), &e))
+        }
     }
     if is_done(&cfg.out, run) {
         return Ok(Outcome::AlreadyDone);
     }
     let before = mtimes(&run.results);
     let log = log_path(cfg, run);
-    std::fs::create_dir_all(log.parent().unwrap())?;
+    let log_dir = log.parent().unwrap();
+    std::fs::create_dir_all(log_dir).map_err(|e| output::io_error("creating", log_dir, &e))?;
     let logf = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     eprintln!("[{}/{n}] start {}", run.index + 1, run.label());
     let t0 = Instant::now();
@@ -890,7 +941,7 @@ fn execute_inner(cfg: &SweepConfig, run: &Run, opts: &SweepOptions, n: usize) ->
         return Ok(Outcome::Failed(format!(
             "exit {code} after {secs:.1}s; log {}:\n{}",
             log.display(),
-            tail(&log, 6)
+            log_excerpt(&log, 6)
         )));
     }
     let missing: Vec<String> = run
@@ -957,10 +1008,13 @@ pub fn clean_stale_temps(out: &Path, runs: &[&Run]) -> Result<Vec<PathBuf>> {
             }
         }
         if all {
-            for e in std::fs::read_dir(&folder)?.flatten() {
+            let entries =
+                std::fs::read_dir(&folder).map_err(|e| output::io_error("listing", &folder, &e))?;
+            for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(".tmp-") && e.path().is_file() {
-                    std::fs::remove_file(e.path())?;
+                    std::fs::remove_file(e.path())
+                        .map_err(|err| output::io_error("removing", &e.path(), &err))?;
                     removed.push(e.path());
                 }
             }
@@ -1121,7 +1175,8 @@ fn write_text(path: &Path, text: &str, executable: bool) -> Result<()> {
     #[cfg(unix)]
     if executable {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| output::io_error("making executable", path, &e))?;
     }
     #[cfg(not(unix))]
     let _ = executable;
@@ -1292,16 +1347,27 @@ pub struct SweepArgs {
 }
 
 /// Entry point of `equirun sweep`: the exit code (1 when a run failed).
-pub fn run(a: &SweepArgs) -> Result<i32> {
+/// `parse` checks each run's command line ([`check_parses`]) before anything runs or is written.
+pub fn run(a: &SweepArgs, parse: Parser) -> Result<i32> {
     let mut cfg = SweepConfig::from_file(&a.config)?;
     if let Some(o) = &a.out {
         cfg.out = o.clone();
     }
+    check_parses(&expand(&cfg)?, parse)?;
     let binary = match &a.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("locating the equirun binary")?,
     };
     let Some(kind) = a.emit else {
+        if !a.dry_run {
+            crate::output::check_writable_dir(&cfg.out).map_err(|e| {
+                anyhow::anyhow!(
+                    "results root {} (--out, or `out` in {}): {e:#}; choose a folder you can write to",
+                    cfg.out.display(),
+                    a.config.display()
+                )
+            })?;
+        }
         let s = run_sweep(
             &cfg,
             &SweepOptions {
