@@ -350,7 +350,8 @@ impl RegardScorer for MiniLmProbe {
                         "pooling": "masked mean, L2-normalised"},
             "head": self.head_origin,
             "comparable_to_papers": false,
-            "note": "a logistic-regression probe on a general sentence encoder, trained by equirun on Sheng et al.'s train_other.tsv; NOT Sheng's regard2 BERT ensemble",
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN (fast baseline): a logistic-regression probe on a frozen general sentence encoder, trained by equirun on Sheng et al.'s train_other.tsv; NOT Sheng's regard2 BERT ensemble (the papers' metric)",
         })
     }
     fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
