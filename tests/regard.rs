@@ -2,7 +2,8 @@
 //! tests/fixtures/bert-tiny, made by scripts/gen_bert_fixture.py), Sheng's ensemble vote, the
 //! probe trainer, the real MiniLM encoder against sentence-transformers' pooling (when installed),
 //! the demographic masking against Sheng's own XYZ file (../shared/data beside the checkout), and
-//! `equirun regard score` end to end.
+//! `equirun regard score` end to end, and the fine-tuned scorer (`regard finetune`, minilm-ft):
+//! deterministic per seed, bit-identical after a save/load round trip.
 
 use equirun::data::regard::{mask_demographic, read_samples, Regard};
 use equirun::experiments::regard::{classify_all, load_scorer, MiniLm, ScorerOpts};
@@ -39,6 +40,7 @@ fn opts(scorer: &str) -> ScorerOpts {
         scorer_revision: "main".into(),
         probe: None,
         minilm_dir: None,
+        scorer_dir: None,
         max_pieces: 16,
         no_mask: true,
         scorer_batch_size: 3,
@@ -474,4 +476,283 @@ fn regard_bad_inputs_are_clear_errors() {
         !out.join("regard-score").exists(),
         "no result written on errors"
     );
+}
+
+// --------------------------------------------------------------------------------------------
+// fine-tuned scorer (minilm-ft) on the tiny BERT
+
+fn tiny_regard_data(dir: &Path) -> PathBuf {
+    let d = dir.join("regard");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut train = String::new();
+    for (i, w) in ["a cook", "a nurse", "a cook good", "a nurse bad"]
+        .iter()
+        .enumerate()
+    {
+        train += &format!("1\tXYZ was known for good kind {w}\n");
+        train += &format!("-1\tXYZ was known for bad cruel {w}\n");
+        train += &format!(
+            "0\tXYZ worked as {w}{}\n",
+            if i % 2 == 0 { "" } else { " part time" }
+        );
+    }
+    std::fs::write(d.join("train.tsv"), &train).unwrap();
+    std::fs::write(
+        d.join("train_other.tsv"),
+        format!("{train}2\tXYZ the the\n"),
+    )
+    .unwrap();
+    let dev =
+        "1\tXYZ was regarded as good\n-1\tXYZ was regarded as cruel\n0\tXYZ had a job as a cook\n";
+    std::fs::write(d.join("dev.tsv"), dev).unwrap();
+    std::fs::write(d.join("test.tsv"), dev).unwrap();
+    d
+}
+
+fn tuned_opts(seed: u64) -> equirun::models::regard_scorer::FinetuneOpts {
+    equirun::models::regard_scorer::FinetuneOpts {
+        seed,
+        lr: 3e-3,
+        weight_decay: 0.01,
+        layer_decay: 0.9,
+        max_epochs: 20,
+        patience: 20,
+        batch_size: 4,
+        warmup: 0.1,
+        max_len: 16,
+        freeze_word_embeddings: false,
+        dropout: 0.1,
+    }
+}
+
+#[test]
+fn finetune_is_deterministic_per_seed_and_reloads_bit_identically() {
+    use equirun::data::regard::read_annotated;
+    use equirun::models::regard_scorer::{finetune, BaseEncoder, TunedClassifier};
+    let files = local(&fixture("bert-tiny").join("m0"))
+        .resolve(REQUIRED_FILES, OPTIONAL_FILES)
+        .unwrap();
+    let base = BaseEncoder::load(&files).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_regard_data(tmp.path());
+    let ex = |f: &str| -> Vec<(String, Regard)> {
+        read_annotated(&data.join(f))
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.text, a.label))
+            .collect()
+    };
+    let (train, dev) = (ex("train.tsv"), ex("dev.tsv"));
+    let labels = [Regard::Negative, Regard::Neutral, Regard::Positive];
+    let run = |seed| finetune(&base, &labels, &train, &dev, &tuned_opts(seed), |_| {}).unwrap();
+    let (a, log_a) = run(3);
+    let (b, log_b) = run(3);
+    let (c, _) = run(4);
+    let bits = |t: &candle_core::Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    assert_eq!(a.tensors().len(), b.tensors().len());
+    for (k, t) in a.tensors() {
+        assert_eq!(bits(t), bits(&b.tensors()[k]), "seed 3 twice: {k} differs");
+    }
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v["seconds"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(&log_a), strip(&log_b), "training logs differ");
+    // the whole encoder was trained (not only the head), and another seed trains differently
+    let moved = |clf: &TunedClassifier, k: &str| bits(&clf.tensors()[k]) != bits(&base.tensors[k]);
+    assert!(moved(&a, "encoder.layer.0.attention.self.query.weight"));
+    assert!(moved(&a, "embeddings.LayerNorm.weight"));
+    assert_ne!(
+        bits(&a.tensors()["regard_head.weight"]),
+        bits(&c.tensors()["regard_head.weight"]),
+        "seeds 3 and 4 gave the same head"
+    );
+    // save → load: bit-identical logits and the same labels
+    let path = tmp.path().join("clf.safetensors");
+    a.save(&path).unwrap();
+    let back = TunedClassifier::load(&path, 16).unwrap();
+    let texts: Vec<&str> = train.iter().chain(&dev).map(|x| x.0.as_str()).collect();
+    assert_eq!(
+        bits(&a.logits(&texts).unwrap()),
+        bits(&back.logits(&texts).unwrap())
+    );
+    assert_eq!(back.labels, labels.to_vec());
+    assert_eq!(a.predict(&texts).unwrap(), back.predict(&texts).unwrap());
+    // it learned something of the toy task (chance is 1/3; the best dev epoch is kept)
+    let pred = back.predict(&texts[..train.len()]).unwrap();
+    let acc =
+        pred.iter().zip(&train).filter(|(p, x)| **p == x.1).count() as f64 / train.len() as f64;
+    assert!(acc > 0.5, "train accuracy {acc}");
+    // a file that is not a classifier is a clear error
+    std::fs::write(&path, b"nope").unwrap();
+    let e = TunedClassifier::load(&path, 16).err().unwrap().to_string();
+    assert!(e.contains("not a regard classifier"), "{e}");
+}
+
+#[test]
+fn finetune_cli_writes_a_scorer_that_scores_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_regard_data(tmp.path());
+    let save = tmp.path().join("ft");
+    let enc = fixture("bert-tiny").join("m0");
+    let o = equirun(&[
+        "regard",
+        "finetune",
+        "--encoder-dir",
+        enc.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--seeds",
+        "0,1,2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--max-pieces",
+        "16",
+        "--save-dir",
+        save.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(save.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["per_seed"].as_array().unwrap().len(), 3);
+    for k in ["accuracy", "macro_f1", "per_class", "predicted"] {
+        assert!(!report["per_seed"][0]["dev"][k].is_null(), "{k} missing");
+    }
+    assert!(save.join("scorer.json").is_file() && save.join("seed-2.safetensors").is_file());
+    // score plain text: a row per sample with its input line, the model name, case-insensitive
+    // demographics, independent bootstrap for plain text
+    let input = tmp.path().join("s.txt");
+    std::fs::write(
+        &input,
+        "The MAN was known for good\n\nThe woman worked as a cook\nthe man worked as a nurse\nThe Woman was known for bad\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("res");
+    let o = equirun(&[
+        "regard",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--scorer",
+        "minilm-ft",
+        "--scorer-dir",
+        save.to_str().unwrap(),
+        "--max-pieces",
+        "16",
+        "--model-name",
+        "equigpt2",
+        "--bootstrap",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+        "--run-name",
+        "r",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("skipped 1 blank line(s): 2"), "{err}");
+    let rd = out.join("regard-score").join("r");
+    let labels = std::fs::read_to_string(rd.join("seed-0.labels.tsv")).unwrap();
+    let rows: Vec<&str> = labels.lines().collect();
+    assert_eq!(rows[0], "line\tmodel\tcontext\tdemographic\tregard\ttext");
+    assert!(
+        rows[1].starts_with("1\tequigpt2\trespect\tman\t"),
+        "{}",
+        rows[1]
+    );
+    assert!(
+        rows[2].starts_with("3\tequigpt2\toccupation\twoman\t"),
+        "{}",
+        rows[2]
+    );
+    assert_eq!(rows.len(), 5);
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("seed-0.json")).unwrap()).unwrap();
+    let m = &rec["metrics"];
+    assert_eq!(m["scorer"]["kind"], "minilm-ft");
+    assert_eq!(m["scorer"]["offline_stand_in"], true);
+    assert_eq!(m["skipped_blank_lines"], serde_json::json!([2]));
+    for a in m["regard"]["axes"].as_array().unwrap() {
+        assert_eq!(a["paired_bootstrap"], false, "{a}");
+        assert_eq!(a["model"], "equigpt2");
+    }
+    // regard eval --input on any annotated TSV (raw texts masked like scoring)
+    let ann = tmp.path().join("ann.tsv");
+    std::fs::write(
+        &ann,
+        "1\tThe man was known for good kind\n-1\tXYZ was known for bad\n",
+    )
+    .unwrap();
+    let o = equirun(&[
+        "regard",
+        "eval",
+        "--input",
+        ann.to_str().unwrap(),
+        "--scorer",
+        "minilm-ft",
+        "--scorer-dir",
+        save.to_str().unwrap(),
+        "--max-pieces",
+        "16",
+    ]);
+    let so = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        so.contains("ann.tsv: accuracy") && so.contains("macro-F1"),
+        "{so}"
+    );
+    // bad inputs: exit 2 naming the flag
+    let o = equirun(&[
+        "regard",
+        "eval",
+        "--input",
+        "/nonexistent.tsv",
+        "--scorer",
+        "minilm-ft",
+        "--scorer-dir",
+        save.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--input"));
+    let o = equirun(&[
+        "regard",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--scorer",
+        "minilm-ft",
+        "--scorer-dir",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no scorer.json"));
+    let o = equirun(&[
+        "regard",
+        "finetune",
+        "--encoder-dir",
+        enc.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--lr",
+        "0",
+        "--save-dir",
+        save.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lr"));
 }

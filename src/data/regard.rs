@@ -191,12 +191,18 @@ pub struct Sample {
 /// The template is the earliest occurrence of any context template after "The "; at equal
 /// positions the longest template wins.
 pub fn parse_prompt(text: &str) -> Option<(String, &'static str, usize)> {
-    let rest = text.strip_prefix("The ")?;
+    // ASCII case-insensitive ("The MAN WORKED AS …"); ASCII lower-casing keeps byte offsets
+    let head = text.get(..4)?;
+    if !head.eq_ignore_ascii_case("the ") {
+        return None;
+    }
+    let rest = &text[4..];
+    let lower = rest.to_ascii_lowercase();
     let mut best: Option<(usize, usize, &'static str)> = None; // (pos, -len, ctx)
     for (ctx, templates) in CONTEXTS.iter() {
         for t in templates {
             let pat = format!(" {t}");
-            if let Some(p) = rest.find(&pat) {
+            if let Some(p) = lower.find(&pat) {
                 let after = &rest[p + pat.len()..];
                 if !(after.is_empty() || after.starts_with(|c: char| !c.is_alphanumeric())) {
                     continue;
@@ -219,6 +225,28 @@ pub fn parse_prompt(text: &str) -> Option<(String, &'static str, usize)> {
     Some((demo.to_string(), ctx, 4 + p + 1))
 }
 
+/// The demographic phrase with every word spelled as in the word lists (matched ignoring ASCII
+/// case, as masking matches), e.g. "BLACK MAN" → "Black man". Errors as [`axes_of`].
+pub fn canonical_demographic(demographic: &str, lists: &WordLists) -> Result<String> {
+    axes_of(demographic, lists)?;
+    Ok(demographic
+        .split_whitespace()
+        .map(|w| {
+            if w.eq_ignore_ascii_case("person") {
+                return "person".to_string();
+            }
+            lists
+                .axes
+                .iter()
+                .flat_map(|(_, ax)| ax.members.iter())
+                .find(|m| m.eq_ignore_ascii_case(w))
+                .cloned()
+                .unwrap_or_else(|| w.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// Masks the leading "The <demographic>" of a sample as `XYZ` (docs/fairness.md, "Regard scoring"); the prefix
 /// is matched ignoring ASCII case (lower-casing tokenizers decode "the white woman …").
 pub fn mask_demographic(text: &str, demographic: &str) -> String {
@@ -234,15 +262,17 @@ pub fn mask_demographic(text: &str, demographic: &str) -> String {
 pub fn axes_of(demographic: &str, lists: &WordLists) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for w in demographic.split_whitespace() {
-        if w == "person" {
+        if w.eq_ignore_ascii_case("person") {
             continue;
         }
-        let hit = lists
-            .axes
-            .iter()
-            .find(|(_, ax)| ax.members.iter().any(|m| m == w));
+        let hit = lists.axes.iter().find_map(|(name, ax)| {
+            ax.members
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(w))
+                .map(|m| (name, m))
+        });
         match hit {
-            Some((name, _)) => out.push((name.clone(), w.to_string())),
+            Some((name, m)) => out.push((name.clone(), m.clone())),
             None => bail!(
                 "demographic {demographic:?}: the word {w:?} is not a member of any axis in the word \
                  lists ({}); pass --wordlists FILE naming it",
@@ -261,21 +291,55 @@ pub fn axes_of(demographic: &str, lists: &WordLists) -> Result<Vec<(String, Stri
     Ok(out)
 }
 
+/// Samples read from a file, with where each came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleFile {
+    pub samples: Vec<Sample>,
+    /// 1-based input line of each sample.
+    pub lines: Vec<usize>,
+    /// 1-based numbers of the blank lines that were skipped.
+    pub blank_lines: Vec<usize>,
+    /// Per sample, the key that aligns it with the other demographics' samples (template,
+    /// seed and sample index of equirun's samples.tsv); `None` for plain text, whose lines
+    /// are independent generations.
+    pub align: Option<Vec<String>>,
+}
+
 /// Reads samples to score: equirun's `samples.tsv` (header `method	context	demographic	…	text`)
 /// or plain text, one sample per line, starting "The <demographic> <context template>".
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    Ok(read_sample_file(path, None)?.samples)
+}
+
+/// As [`read_samples`], keeping line numbers and alignment keys; `model_name` names the
+/// generator of plain-text input (default `gpt2`; an error for samples.tsv, which names its
+/// models in the `method` column).
+pub fn read_sample_file(path: &Path, model_name: Option<&str>) -> Result<SampleFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading samples {}", path.display()))?;
-    parse_samples(&text, &path.display().to_string())
+    parse_sample_file(&text, &path.display().to_string(), model_name)
 }
 
 pub fn parse_samples(text: &str, source: &str) -> Result<Vec<Sample>> {
+    Ok(parse_sample_file(text, source, None)?.samples)
+}
+
+pub fn parse_sample_file(text: &str, source: &str, model_name: Option<&str>) -> Result<SampleFile> {
     let mut lines = text.lines().enumerate().peekable();
     let header = lines
         .peek()
         .map(|(_, l)| l.trim_end_matches('\r').to_string());
     let mut out = Vec::new();
+    let mut numbers = Vec::new();
+    let mut blank = Vec::new();
+    let mut align: Option<Vec<String>> = None;
     if let Some(h) = header.filter(|h| h.starts_with("method\t")) {
+        if model_name.is_some() {
+            bail!(
+                "--model-name applies to plain-text input; {source} is a samples.tsv whose `method` \
+                 column names the models"
+            );
+        }
         lines.next();
         let cols: Vec<&str> = h.split('\t').collect();
         let col = |name: &str| {
@@ -292,9 +356,16 @@ pub fn parse_samples(text: &str, source: &str) -> Result<Vec<Sample>> {
             col("demographic")?,
             col("text")?,
         );
+        // aligned generations: the same (template, seed, sample) for every demographic
+        let key_cols: Option<Vec<usize>> = ["template", "seed", "sample"]
+            .iter()
+            .map(|k| cols.iter().position(|c| c == k))
+            .collect();
+        let mut keys = Vec::new();
         for (i, line) in lines {
             let line = line.trim_end_matches('\r');
             if line.is_empty() {
+                blank.push(i + 1);
                 continue;
             }
             let f: Vec<&str> = line.split('\t').collect();
@@ -306,17 +377,29 @@ pub fn parse_samples(text: &str, source: &str) -> Result<Vec<Sample>> {
                     cols.len()
                 );
             }
+            if let Some(kc) = &key_cols {
+                keys.push(kc.iter().map(|&c| f[c]).collect::<Vec<_>>().join("\t"));
+            }
             out.push(Sample {
                 model: f[cm].to_string(),
                 context: f[cc].to_string(),
                 demographic: f[cd].to_string(),
                 text: f[ct].to_string(),
             });
+            numbers.push(i + 1);
+        }
+        if key_cols.is_some() {
+            align = Some(keys);
         }
     } else {
+        let model = model_name.unwrap_or("gpt2");
+        if model.trim().is_empty() || model.contains(['\t', '\n']) {
+            bail!("--model-name {model:?}: give a non-empty name without tabs or newlines");
+        }
         for (i, line) in lines {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
+                blank.push(i + 1);
                 continue;
             }
             let (demo, ctx, _) = parse_prompt(line).ok_or_else(|| {
@@ -329,17 +412,23 @@ pub fn parse_samples(text: &str, source: &str) -> Result<Vec<Sample>> {
                 )
             })?;
             out.push(Sample {
-                model: "gpt2".into(),
+                model: model.into(),
                 context: ctx.into(),
                 demographic: demo,
                 text: line.to_string(),
             });
+            numbers.push(i + 1);
         }
     }
     if out.is_empty() {
         bail!("{source}: no samples to score (empty input)");
     }
-    Ok(out)
+    Ok(SampleFile {
+        samples: out,
+        lines: numbers,
+        blank_lines: blank,
+        align,
+    })
 }
 
 #[cfg(test)]
@@ -405,6 +494,26 @@ mod tests {
     }
 
     #[test]
+    fn sample_files_keep_line_numbers_model_names_and_alignment() {
+        let f = parse_sample_file(
+            "The man worked as a cook\n\nThe woman worked as a cook\n",
+            "s.txt",
+            Some("equigpt2"),
+        )
+        .unwrap();
+        assert_eq!(f.lines, vec![1, 3]);
+        assert_eq!(f.blank_lines, vec![2]);
+        assert_eq!(f.samples[1].model, "equigpt2");
+        assert_eq!(f.align, None);
+        let tsv = "method\tcontext\tdemographic\ttemplate\tseed\tsample\ttext\n\
+                   m\trespect\tman\t0\t1\t2\tThe man was known for x\n";
+        let f = parse_sample_file(tsv, "s.tsv", None).unwrap();
+        assert_eq!(f.align, Some(vec!["0\t1\t2".to_string()]));
+        assert!(parse_sample_file(tsv, "s.tsv", Some("x")).is_err());
+        assert!(parse_sample_file("The man worked as a cook\n", "s.txt", Some(" ")).is_err());
+    }
+
+    #[test]
     fn axes_from_phrases() {
         let w = WordLists::default_lists();
         assert_eq!(
@@ -419,5 +528,23 @@ mod tests {
             vec![("orientation".to_string(), "gay".to_string())]
         );
         assert!(axes_of("tall person", &w).is_err());
+        // case-insensitive, reported in the word lists' spelling
+        assert_eq!(
+            axes_of("BLACK WOMAN", &w).unwrap(),
+            vec![
+                ("race".to_string(), "Black".to_string()),
+                ("gender".into(), "woman".into())
+            ]
+        );
+        assert_eq!(
+            canonical_demographic("black PERSON", &w).unwrap(),
+            "Black person"
+        );
+        let (d, c, _) = parse_prompt("THE MAN WORKED AS a cook").unwrap();
+        assert_eq!((d.as_str(), c), ("MAN", "occupation"));
+        assert_eq!(
+            mask_demographic("THE MAN WORKED AS a cook", "man"),
+            "XYZ WORKED AS a cook"
+        );
     }
 }

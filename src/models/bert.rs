@@ -181,7 +181,9 @@ impl BertEncoder {
         Self::from_parts(vb, config, load_tokenizer(files)?, max_len)
     }
 
-    fn from_parts(
+    /// The encoder on given weights (any VarBuilder backend), config and tokenizer; uses the
+    /// fused CPU kernels for the forward pass when they apply.
+    pub fn from_parts(
         vb: VarBuilder,
         config: Config,
         mut tokenizer: Tokenizer,

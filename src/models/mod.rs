@@ -11,6 +11,7 @@ pub mod lm;
 pub mod lm_loader;
 pub mod open_clip;
 pub mod probe;
+pub mod regard_scorer;
 pub mod seq2seq;
 pub mod tape;
 pub mod tiny_tokenizer;

@@ -1,0 +1,663 @@
+//! A fine-tuned regard classifier: a BERT-family encoder (masked mean pooling over the last
+//! hidden states) and a linear head, the whole network trained with candle autograd on Sheng et
+//! al.'s annotations (docs/fairness.md, "Offline regard scorers").
+//!
+//! Training: AdamW (decoupled weight decay, none on biases and LayerNorm), linear warm-up and
+//! decay, optional layer-wise learning-rate decay (layer l of L gets `lr · decay^(L+1−l)`,
+//! embeddings l = 0, head l = L+1), optionally frozen word embeddings, early stopping on the dev
+//! split (best epoch by accuracy, then macro-F1, then lower dev loss). Every random choice (head
+//! initialisation, batch order) comes from ChaCha streams keyed by the seed, so a seed always
+//! gives the same weights.
+//!
+//! A trained classifier is one self-contained safetensors file: the encoder tensors, the head
+//! (`regard_head.weight` [C, H], `regard_head.bias` [C]) and metadata holding the encoder's
+//! config.json, its tokenizer (tokenizer.json text), the label order and the training report.
+//! Inference always builds the network from those tensors (the fused CPU kernels when they
+//! apply), so a classifier predicts bit-identically before and after a save/load round trip.
+
+use crate::data::regard::Regard;
+use crate::hub::ResolvedModel;
+use crate::models::bert::{load_tokenizer, read_config, BertEncoder};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{Optimizer, VarBuilder};
+use candle_transformers::models::bert::Config;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+use tokenizers::Tokenizer;
+
+pub const HEAD_W: &str = "regard_head.weight";
+pub const HEAD_B: &str = "regard_head.bias";
+/// `format` metadata of a saved classifier.
+pub const FORMAT: &str = "equirun-regard-finetuned v1";
+
+/// A pretrained encoder to start from: its tensors (without a `bert.` prefix; only
+/// `embeddings.*` and `encoder.*`), config and tokenizer.
+pub struct BaseEncoder {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub config: Config,
+    pub config_json: String,
+    pub tokenizer: Tokenizer,
+    /// Where it came from (recorded in the metadata).
+    pub origin: Value,
+}
+
+impl BaseEncoder {
+    pub fn load(files: &ResolvedModel) -> Result<Self> {
+        let cpath = files.file("config.json")?;
+        let (config, raw) = read_config(cpath)?;
+        let wpath = files.file("model.safetensors")?;
+        let all = candle_core::safetensors::load(wpath, &Device::Cpu)
+            .map_err(|e| anyhow!("cannot read weights file {}: {e}", wpath.display()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, t) in all {
+            let n = name.strip_prefix("bert.").unwrap_or(&name).to_string();
+            if (n.starts_with("embeddings.") || n.starts_with("encoder."))
+                && n != "embeddings.position_ids"
+            {
+                tensors.insert(n, t.to_dtype(DType::F32)?);
+            }
+        }
+        if !tensors.contains_key("embeddings.word_embeddings.weight") {
+            bail!(
+                "{} has no embeddings.word_embeddings.weight (with or without a bert. prefix): not a \
+                 BERT-family encoder",
+                wpath.display()
+            );
+        }
+        Ok(Self {
+            tensors,
+            config,
+            config_json: raw.to_string(),
+            tokenizer: load_tokenizer(files)?,
+            origin: serde_json::to_value(&files.origin)?,
+        })
+    }
+}
+
+/// Fine-tuning hyper-parameters (all recorded in the saved classifier).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FinetuneOpts {
+    pub seed: u64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Layer-wise learning-rate decay (1 = none).
+    pub layer_decay: f64,
+    pub max_epochs: usize,
+    /// Stop after this many epochs without a better dev score.
+    pub patience: usize,
+    pub batch_size: usize,
+    /// Fraction of the steps spent warming the learning rate up linearly.
+    pub warmup: f64,
+    /// Word pieces per text, [CLS]/[SEP] included.
+    pub max_len: usize,
+    pub freeze_word_embeddings: bool,
+    /// Dropout probability on the hidden states while training (seeded masks).
+    pub dropout: f64,
+}
+
+impl FinetuneOpts {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, why: &str| Err(anyhow!("{flag}: {why}"));
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr", "must be a positive number, e.g. 5e-5");
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("--weight-decay", "must be ≥ 0, e.g. 0.01");
+        }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return bad("--layer-decay", "must be in (0, 1], e.g. 0.9 (1 = none)");
+        }
+        if self.max_epochs == 0 || self.patience == 0 || self.batch_size == 0 {
+            return bad("--epochs / --patience / --batch-size", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("--dropout", "must be in [0, 1), e.g. 0.1");
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return bad("--warmup", "must be in [0, 1), e.g. 0.1");
+        }
+        Ok(())
+    }
+}
+
+/// A trained classifier (encoder + head), ready to predict.
+pub struct TunedClassifier {
+    pub encoder: BertEncoder,
+    head_w: Tensor,
+    head_b: Tensor,
+    /// Class index → regard label.
+    pub labels: Vec<Regard>,
+    tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+fn labels_from(meta: &HashMap<String, String>) -> Result<Vec<Regard>> {
+    let s = meta
+        .get("labels")
+        .ok_or_else(|| anyhow!("no `labels` metadata"))?;
+    s.split(',')
+        .map(|l| Regard::from_label_name(l).ok_or_else(|| anyhow!("unknown label {l:?}")))
+        .collect()
+}
+
+impl TunedClassifier {
+    /// Builds the network from its tensors and metadata (`config`, `tokenizer`, `labels`).
+    pub fn from_tensors(
+        tensors: BTreeMap<String, Tensor>,
+        metadata: HashMap<String, String>,
+        max_len: usize,
+    ) -> Result<Self> {
+        let meta = |k: &str| metadata.get(k).ok_or_else(|| anyhow!("no `{k}` metadata"));
+        if meta("format")? != FORMAT {
+            bail!("format {:?}, expected {FORMAT:?}", meta("format")?);
+        }
+        let config: Config = serde_json::from_str(meta("config")?)
+            .map_err(|e| anyhow!("the stored encoder config is not a BERT config: {e}"))?;
+        let tokenizer: Tokenizer = meta("tokenizer")?
+            .parse()
+            .map_err(|e| anyhow!("the stored tokenizer cannot be read: {e}"))?;
+        let labels = labels_from(&metadata)?;
+        let get = |k: &str| {
+            tensors
+                .get(k)
+                .cloned()
+                .ok_or_else(|| anyhow!("no tensor {k}"))
+        };
+        let (head_w, head_b) = (get(HEAD_W)?, get(HEAD_B)?);
+        if head_w.dims() != [labels.len(), config.hidden_size] || head_b.dims() != [labels.len()] {
+            bail!(
+                "the head is {:?} + {:?}, expected [{}, {}] for labels {:?}",
+                head_w.dims(),
+                head_b.dims(),
+                labels.len(),
+                config.hidden_size,
+                labels
+            );
+        }
+        let enc_map: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("regard_head."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let vb = VarBuilder::from_tensors(enc_map, DType::F32, &Device::Cpu);
+        let encoder = BertEncoder::from_parts(vb, config, tokenizer, max_len)?;
+        Ok(Self {
+            encoder,
+            head_w,
+            head_b,
+            labels,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// Logits [B, C] of (already masked) texts.
+    pub fn logits(&self, texts: &[&str]) -> Result<Tensor> {
+        let pooled = self.encoder.mean_pooled(texts)?;
+        Ok(pooled
+            .matmul(&self.head_w.t()?)?
+            .broadcast_add(&self.head_b)?)
+    }
+
+    /// Arg-max label per text (ties → the lower index).
+    pub fn predict(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let l = self.logits(texts)?.to_vec2::<f32>()?;
+        Ok(l.iter()
+            .map(|row| self.labels[crate::models::probe::argmax(row)])
+            .collect())
+    }
+
+    /// The training report stored with the classifier (null when absent).
+    pub fn report(&self) -> Value {
+        self.metadata
+            .get("report")
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Writes the classifier as one safetensors file with its metadata, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (k, t) in &self.tensors {
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            bufs.push((
+                k.clone(),
+                t.dims().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+        let views = bufs
+            .iter()
+            .map(|(k, s, b)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let data = safetensors::serialize(views, Some(self.metadata.clone()))?;
+        crate::output::write_bytes_atomic(path, &data)
+    }
+
+    /// Reads a classifier written by [`TunedClassifier::save`].
+    pub fn load(path: &Path, max_len: usize) -> Result<Self> {
+        let data = std::fs::read(path)
+            .with_context(|| format!("reading fine-tuned regard classifier {}", path.display()))?;
+        let bad = |e: String| {
+            anyhow!(
+                "{} is not a regard classifier written by `equirun regard finetune` ({e})",
+                path.display()
+            )
+        };
+        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("{name} is not f32")));
+            }
+            let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), &Device::Cpu)?;
+            tensors.insert(name.to_string(), t);
+        }
+        let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        Self::from_tensors(tensors, metadata, max_len).map_err(|e| bad(e.to_string()))
+    }
+}
+
+/// Accuracy and macro-F1 (over the gold classes present) of class indices.
+pub fn accuracy_macro_f1(gold: &[usize], pred: &[usize], classes: usize) -> (f64, f64) {
+    let n = gold.len().max(1) as f64;
+    let acc = gold.iter().zip(pred).filter(|(g, p)| g == p).count() as f64 / n;
+    let mut f1s = Vec::new();
+    for c in 0..classes {
+        let tp = gold
+            .iter()
+            .zip(pred)
+            .filter(|(g, p)| **g == c && **p == c)
+            .count() as f64;
+        let fp = gold
+            .iter()
+            .zip(pred)
+            .filter(|(g, p)| **g != c && **p == c)
+            .count() as f64;
+        let fneg = gold
+            .iter()
+            .zip(pred)
+            .filter(|(g, p)| **g == c && **p != c)
+            .count() as f64;
+        if tp + fneg == 0.0 {
+            continue; // class absent from the gold labels
+        }
+        f1s.push(if tp == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / (2.0 * tp + fp + fneg)
+        });
+    }
+    let f1 = f1s.iter().sum::<f64>() / f1s.len().max(1) as f64;
+    (acc, f1)
+}
+
+/// The BERT forward pass written with differentiable candle ops only (candle's fused
+/// layer-norm and soft-max kernels have no backward pass), with seeded dropout on the hidden
+/// states when training. Same formulas as transformers' `BertModel` (erf GELU, post-LN).
+struct TrainBert<'a> {
+    t: &'a HashMap<String, Tensor>,
+    cfg: &'a Config,
+}
+
+impl TrainBert<'_> {
+    fn get(&self, k: &str) -> Result<&Tensor> {
+        self.t
+            .get(k)
+            .ok_or_else(|| anyhow!("the encoder has no tensor {k}"))
+    }
+    fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let (w, b) = (
+            self.get(&format!("{name}.weight"))?,
+            self.get(&format!("{name}.bias"))?,
+        );
+        let dims = x.dims().to_vec();
+        let x2 = x.reshape(((), dims[dims.len() - 1]))?;
+        let y = x2.matmul(&w.t()?)?.broadcast_add(b)?;
+        let mut out = dims.clone();
+        *out.last_mut().unwrap() = w.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+    fn layer_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let (w, b) = (
+            self.get(&format!("{name}.weight"))?,
+            self.get(&format!("{name}.bias"))?,
+        );
+        let h = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / h)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+        let xn = xc.broadcast_div(&(var + self.cfg.layer_norm_eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
+    }
+    fn dropout(x: &Tensor, p: f64, rng: Option<&mut rand_chacha::ChaCha8Rng>) -> Result<Tensor> {
+        let Some(rng) = rng.filter(|_| p > 0.0) else {
+            return Ok(x.clone());
+        };
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let m: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+            .collect();
+        Ok((x * Tensor::from_vec(m, x.shape(), x.device())?)?)
+    }
+    /// Last hidden states [B, T, H].
+    fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        p: f64,
+        mut rng: Option<&mut rand_chacha::ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        use candle_transformers::models::bert::HiddenAct;
+        let (b, t) = ids.dims2()?;
+        let hsz = self.cfg.hidden_size;
+        let heads = self.cfg.num_attention_heads;
+        let dh = hsz / heads;
+        let we = self.get("embeddings.word_embeddings.weight")?;
+        let pe = self.get("embeddings.position_embeddings.weight")?;
+        let te = self.get("embeddings.token_type_embeddings.weight")?;
+        let x = we
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, hsz))?
+            .broadcast_add(&pe.narrow(0, 0, t)?)?
+            .broadcast_add(&te.narrow(0, 0, 1)?)?;
+        let x = self.layer_norm(&x, "embeddings.LayerNorm")?;
+        let mut x = Self::dropout(&x, p, rng.as_deref_mut())?;
+        // additive attention mask [B, 1, 1, T]
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        for l in 0..self.cfg.num_hidden_layers {
+            let n = |s: &str| format!("encoder.layer.{l}.{s}");
+            let q = split(self.linear(&x, &n("attention.self.query"))?)?;
+            let k = split(self.linear(&x, &n("attention.self.key"))?)?;
+            let v = split(self.linear(&x, &n("attention.self.value"))?)?;
+            let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, t, hsz))?;
+            let a = self.linear(&ctx, &n("attention.output.dense"))?;
+            let a = Self::dropout(&a, p, rng.as_deref_mut())?;
+            x = self.layer_norm(&(a + &x)?, &n("attention.output.LayerNorm"))?;
+            let i = self.linear(&x, &n("intermediate.dense"))?;
+            let i = match self.cfg.hidden_act {
+                HiddenAct::Gelu => i.gelu_erf()?,
+                HiddenAct::GeluApproximate => i.gelu()?,
+                HiddenAct::Relu => i.relu()?,
+            };
+            let o = self.linear(&i, &n("output.dense"))?;
+            let o = Self::dropout(&o, p, rng.as_deref_mut())?;
+            x = self.layer_norm(&(o + &x)?, &n("output.LayerNorm"))?;
+        }
+        Ok(x)
+    }
+}
+
+/// Logits through differentiable ops: masked mean pooling and the head.
+fn train_logits(
+    enc: &BertEncoder,
+    tb: &TrainBert,
+    w: &Tensor,
+    b: &Tensor,
+    texts: &[&str],
+    p: f64,
+    rng: Option<&mut rand_chacha::ChaCha8Rng>,
+) -> Result<Tensor> {
+    let batch = enc.batch(texts)?;
+    let h = tb.forward(&batch.ids, &batch.mask, p, rng)?;
+    let m = batch.mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let pooled = h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
+    Ok(pooled.matmul(&w.t()?)?.broadcast_add(b)?)
+}
+
+/// Depth of a parameter for layer-wise decay: embeddings 0, encoder layer i → i + 1.
+fn depth(name: &str, layers: usize) -> usize {
+    name.strip_prefix("encoder.layer.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok())
+        .map(|i| (i + 1).min(layers))
+        .unwrap_or(0)
+}
+
+/// Fine-tunes `base` with a fresh head for `labels` on `train`, selecting the epoch on `dev`.
+/// Returns the classifier (built from the best epoch's tensors, as a reload would) and the
+/// training log. `progress` receives one line per epoch.
+pub fn finetune(
+    base: &BaseEncoder,
+    labels: &[Regard],
+    train: &[(String, Regard)],
+    dev: &[(String, Regard)],
+    o: &FinetuneOpts,
+    mut progress: impl FnMut(&str),
+) -> Result<(TunedClassifier, Value)> {
+    o.validate()?;
+    if train.is_empty() || dev.is_empty() {
+        bail!("fine-tuning needs training and dev examples");
+    }
+    let index = |r: Regard| {
+        labels.iter().position(|l| *l == r).ok_or_else(|| {
+            anyhow!(
+                "an example is labelled {} but the classifier's labels are {:?}",
+                r.name(),
+                labels
+            )
+        })
+    };
+    let ytr: Vec<usize> = train.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
+    let ydev: Vec<usize> = dev.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
+    let dev_c = Device::Cpu;
+    let layers = base.config.num_hidden_layers;
+    let h = base.config.hidden_size;
+    let c = labels.len();
+    // variables: every encoder tensor (word embeddings optionally frozen) and the head
+    let mut vars: Vec<(String, Var)> = Vec::new();
+    let mut map: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in &base.tensors {
+        if o.freeze_word_embeddings && name == "embeddings.word_embeddings.weight" {
+            map.insert(name.clone(), t.clone());
+            continue;
+        }
+        let v = Var::from_tensor(t)?;
+        map.insert(name.clone(), v.as_tensor().clone());
+        vars.push((name.clone(), v));
+    }
+    let mut init = crate::output::rng_for(o.seed, "regard-finetune-head");
+    let a = 1.0 / (h as f32).sqrt();
+    let w0: Vec<f32> = (0..c * h).map(|_| init.random_range(-a..a)).collect();
+    let hw = Var::from_tensor(&Tensor::from_vec(w0, (c, h), &dev_c)?)?;
+    let hb = Var::from_tensor(&Tensor::zeros(c, DType::F32, &dev_c)?)?;
+    // `enc` only tokenizes here; the differentiable forward pass reads the variables in `map`
+    let enc_map: HashMap<String, Tensor> = base
+        .tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let vb = VarBuilder::from_tensors(enc_map, DType::F32, &dev_c);
+    let enc = BertEncoder::from_parts(vb, base.config.clone(), base.tokenizer.clone(), o.max_len)?;
+    let tb = TrainBert {
+        t: &map,
+        cfg: &base.config,
+    };
+    let mut drop_rng = crate::output::rng_for(o.seed, "regard-finetune-dropout");
+    // optimiser groups: (depth, decayed?) → AdamW
+    let mut groups: BTreeMap<(usize, bool), Vec<Var>> = BTreeMap::new();
+    for (name, v) in &vars {
+        let no_decay = name.ends_with(".bias") || name.contains("LayerNorm");
+        groups
+            .entry((depth(name, layers), !no_decay))
+            .or_default()
+            .push(v.clone());
+    }
+    groups
+        .entry((layers + 1, true))
+        .or_default()
+        .push(hw.clone());
+    groups
+        .entry((layers + 1, false))
+        .or_default()
+        .push(hb.clone());
+    let mut opts: Vec<(candle_nn::AdamW, f64)> = groups
+        .into_iter()
+        .map(|((d, decay), vs)| {
+            let mult = o.layer_decay.powi((layers + 1 - d) as i32);
+            let p = candle_nn::ParamsAdamW {
+                lr: o.lr * mult,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: if decay { o.weight_decay } else { 0.0 },
+            };
+            Ok((candle_nn::AdamW::new(vs, p)?, mult))
+        })
+        .collect::<Result<_>>()?;
+    let steps_per_epoch = train.len().div_ceil(o.batch_size);
+    let total = o.max_epochs * steps_per_epoch;
+    let warm = ((o.warmup * total as f64).round() as usize).max(1);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut shuffle = crate::output::rng_for(o.seed, "regard-finetune-order");
+    let dev_texts: Vec<&str> = dev.iter().map(|x| x.0.as_str()).collect();
+    let ydev_t = Tensor::from_vec(
+        ydev.iter().map(|&y| y as u32).collect::<Vec<_>>(),
+        ydev.len(),
+        &dev_c,
+    )?;
+    let mut step = 0usize;
+    let mut log = Vec::new();
+    // best: (accuracy, macro-F1, −loss), epoch, snapshot
+    type Snapshot = Vec<(String, Tensor)>;
+    let mut best: Option<((f64, f64, f64), usize, Snapshot)> = None;
+    let mut since_best = 0usize;
+    let t0 = Instant::now();
+    for epoch in 1..=o.max_epochs {
+        order.shuffle(&mut shuffle);
+        let mut loss_sum = 0f64;
+        for chunk in order.chunks(o.batch_size) {
+            step += 1;
+            let f = if step <= warm {
+                step as f64 / warm as f64
+            } else {
+                (total - step) as f64 / (total - warm).max(1) as f64
+            };
+            for (opt, mult) in opts.iter_mut() {
+                opt.set_learning_rate(o.lr * *mult * f.max(0.0));
+            }
+            let texts: Vec<&str> = chunk.iter().map(|&i| train[i].0.as_str()).collect();
+            let ys = Tensor::from_vec(
+                chunk.iter().map(|&i| ytr[i] as u32).collect::<Vec<_>>(),
+                chunk.len(),
+                &dev_c,
+            )?;
+            let logits = train_logits(&enc, &tb, &hw, &hb, &texts, o.dropout, Some(&mut drop_rng))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+            let grads = loss.backward()?;
+            if grads.get(&hw).is_none() || vars.first().is_some_and(|(_, v)| grads.get(v).is_none())
+            {
+                bail!("internal: the encoder's parameters received no gradient");
+            }
+            for (opt, _) in opts.iter_mut() {
+                opt.step(&grads)?;
+            }
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        }
+        // dev
+        let mut dev_logits = Vec::new();
+        for ch in dev_texts.chunks(32) {
+            dev_logits.push(train_logits(&enc, &tb, &hw, &hb, ch, 0.0, None)?.detach());
+        }
+        let dl = Tensor::cat(&dev_logits, 0)?;
+        let dloss = candle_nn::loss::cross_entropy(&dl, &ydev_t)?.to_scalar::<f32>()? as f64;
+        let pred: Vec<usize> = dl
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
+        let (acc, f1) = accuracy_macro_f1(&ydev, &pred, c);
+        let score = (acc, f1, -dloss);
+        let better = best
+            .as_ref()
+            .is_none_or(|(b, _, _)| score.partial_cmp(b) == Some(std::cmp::Ordering::Greater));
+        let line = format!(
+            "seed {} epoch {epoch}: train loss {:.4}, dev loss {dloss:.4}, dev accuracy {acc:.3}, dev macro-F1 {f1:.3}{} ({:.0} s)",
+            o.seed,
+            loss_sum / train.len() as f64,
+            if better { " *" } else { "" },
+            t0.elapsed().as_secs_f64()
+        );
+        progress(&line);
+        log.push(
+            json!({"epoch": epoch, "train_loss": loss_sum / train.len() as f64,
+                        "dev_loss": dloss, "dev_accuracy": acc, "dev_macro_f1": f1}),
+        );
+        if better {
+            let mut snap: Snapshot = Vec::new();
+            for (n, v) in &vars {
+                snap.push((n.clone(), v.as_tensor().detach().copy()?));
+            }
+            snap.push((HEAD_W.into(), hw.as_tensor().detach().copy()?));
+            snap.push((HEAD_B.into(), hb.as_tensor().detach().copy()?));
+            best = Some((score, epoch, snap));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= o.patience {
+                break;
+            }
+        }
+    }
+    let (_, best_epoch, snap) = best.ok_or_else(|| anyhow!("no epoch was run"))?;
+    let mut tensors: BTreeMap<String, Tensor> = base.tensors.clone();
+    for (n, t) in snap {
+        tensors.insert(n, t);
+    }
+    let log = json!({"epochs": log, "best_epoch": best_epoch, "seconds": t0.elapsed().as_secs_f64(),
+                     "train_n": train.len(), "dev_n": dev.len()});
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), FORMAT.to_string());
+    metadata.insert("config".into(), base.config_json.clone());
+    metadata.insert(
+        "tokenizer".into(),
+        base.tokenizer
+            .to_string(false)
+            .map_err(|e| anyhow!("serialising the tokenizer: {e}"))?,
+    );
+    metadata.insert(
+        "labels".into(),
+        labels
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    metadata.insert("base".into(), base.origin.to_string());
+    metadata.insert("recipe".into(), serde_json::to_string(o)?);
+    metadata.insert("training_log".into(), log.to_string());
+    let clf = TunedClassifier::from_tensors(tensors, metadata, o.max_len)?;
+    Ok((clf, log))
+}
+
+impl TunedClassifier {
+    /// The named tensors (encoder and head) the classifier is built from.
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// Adds (or replaces) a metadata entry, e.g. the evaluation report before saving.
+    pub fn set_metadata(&mut self, key: &str, value: String) {
+        self.metadata.insert(key.into(), value);
+    }
+}
