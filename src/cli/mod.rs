@@ -167,11 +167,14 @@ fn examples(path: &str) -> Option<&'static str> {
   equirun gpt2-fairness --model-dir models/gpt2 --group orientation --contexts respect",
         "multi-image" => "  equirun multi-image --k 2,3 --model cnn,multi-gcnn --epochs 3 --seeds 0-2
   equirun multi-image --dataset folder --data-dir data/15scene --image-size 64 --k 2",
-        "regard" => "  equirun regard train --data-dir data
-  equirun regard eval --scorer minilm-probe
+        "regard" => "  equirun regard finetune --seeds 0,1,2
+  equirun regard eval --scorer minilm-ft
   equirun regard score --input samples.tsv --bootstrap 1000",
+        "regard finetune" => "  equirun regard finetune --seeds 0,1,2 --train-set train
+  equirun regard finetune --encoder-dir ~/models/minilm-l12 --seeds 0 --save-dir scorers/l12",
         "regard train" => "  equirun regard train --data-dir data --out results",
-        "regard eval" => "  equirun regard eval --scorer minilm-probe --data-dir data
+        "regard eval" => "  equirun regard eval --scorer minilm-ft --data-dir data
+  equirun regard eval --scorer minilm-probe --input annotated.tsv
   equirun regard eval --scorer bert:org/regard-bert",
         "regard score" => "  equirun regard score --input results/gpt2-fairness/run/seed-0.samples.tsv --out results
   equirun regard score --input small_gpt2_generated_samples.tsv --bootstrap 1000",

@@ -605,8 +605,6 @@ pub enum RegardCommand {
     /// annotations with candle autograd (AdamW, warm-up, layer-wise decay, early stopping on
     /// dev.tsv), one classifier per seed; evaluates each seed and their majority vote on dev and
     /// test and writes the `minilm-ft` scorer folder (the default scorer).
-    ///
-    /// Example: equirun regard finetune --seeds 0,1,2 --train-set train
     Finetune(FinetuneArgs),
     /// Accuracy and per-class recall of a scorer on Sheng et al.'s annotated dev and test sets.
     Eval(EvalArgs),
