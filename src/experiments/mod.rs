@@ -12,6 +12,7 @@ pub mod regard;
 pub mod regard_report;
 pub mod registry;
 pub mod scan;
+pub mod scan_dump;
 
 pub use registry::Experiment;
 
@@ -28,4 +29,5 @@ pub const REGISTRY: &[Experiment] = &[
     regard::ENTRY,
     scan::PRETRAIN_ENTRY,
     scan::FINETUNE_ENTRY,
+    scan_dump::ENTRY,
 ];

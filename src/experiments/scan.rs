@@ -133,6 +133,11 @@ pub struct FinetuneArgs {
     /// Symmetry group: verb, direction-rl, direction-ud or a comma-separated product.
     #[arg(long, default_value = "verb,direction-rl,direction-ud")]
     pub group: String,
+    /// Multi-equitune's canonicaliser: `official` sends run→jump, left→right, down→up (the
+    /// official EquiSCAN choice), `orbit-min` to the smaller id (jump, left, down).
+    #[arg(long, value_enum, default_value = "official")]
+    #[serde(default = "official_collapse")]
+    pub collapse: scandata::Collapse,
     #[arg(long, default_value_t = 10_000)]
     pub iters: usize,
     #[arg(long, default_value_t = 2e-5)]
@@ -175,6 +180,10 @@ pub struct QuickArgs {
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
+}
+
+fn official_collapse() -> scandata::Collapse {
+    scandata::Collapse::Official
 }
 
 /// Encoded data of one experiment.
@@ -727,20 +736,29 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
     let data = load_data(&a.data)?;
     let group = scan_group(&a.group, &data.in_vocab, &data.out_vocab)?;
     let ginfo = group.info();
-    let sym = TokenSymmetry::new(group, false, Some(data.in_cols));
+    let sym = scandata::scan_symmetry(
+        group,
+        &data.in_vocab,
+        &data.out_vocab,
+        data.in_cols,
+        a.collapse,
+    )?;
     let mcfg = Seq2SeqConfig::official(a.train.cell, data.in_vocab.len(), data.out_vocab.len());
     if a.eval_every == 0 {
         bail!("--eval-every must be at least 1");
     }
     let mut written = Vec::new();
     for method in methods {
-        let config = json!({
+        let mut config = json!({
             "data": data_config(&data, &a.data), "model": mcfg, "train": a.train, "method": method.name(), "group": ginfo,
             "pretrained": std::fs::canonicalize(&a.pretrained).unwrap_or(a.pretrained.clone()).display().to_string(),
             "iters": a.iters, "lr": a.lr, "weight_decay": a.weight_decay, "eval_every": a.eval_every, "val_fraction": a.val_fraction,
             "average": "log-probs (official)", "equizero_proxy": "top1 (max prob, mean over 50 rows)",
             "equizero_training": "straight-through (forward equizero, gradient equitune)",
         });
+        if matches!(method, Method::MultiEquitune | Method::MultiEquizero) {
+            config["collapse"] = json!(a.collapse.name());
+        }
         let explicit = a
             .run
             .run_name
@@ -869,6 +887,7 @@ pub fn quick(a: &QuickArgs) -> Result<()> {
         pretrained: dir,
         method: "equitune,multi-equitune".into(),
         group: "verb,direction-rl,direction-ud".into(),
+        collapse: scandata::Collapse::Official,
         iters: a.finetune_iters,
         lr: 1e-4,
         weight_decay: 1e-4,
