@@ -992,7 +992,11 @@ pub fn extract_scan(rec: &Value, source: &str) -> Vec<Obs> {
     let column = if rec["experiment"] == "scan-pretrain" {
         "pretrained".to_string()
     } else {
-        let m = s(&c["method"]);
+        let mut m = s(&c["method"]);
+        // multi-* runs without the official canonicaliser (older configs have no `collapse`)
+        if m.starts_with("multi-") && c["collapse"].as_str() != Some("official") {
+            m = format!("{m} (orbit-min)");
+        }
         if c["iters"].as_u64() == Some(0) {
             format!("{m} (zero-shot)")
         } else {
