@@ -20,6 +20,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::equi::TokenSymmetry;
+use crate::groups::perm::TokenPerm;
+use crate::groups::FiniteGroup;
 
 // ---------------------------------------------------------------------------
 // Examples, reading and writing
@@ -717,6 +722,111 @@ pub fn describe(examples: &[ScanExample]) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Multi-equitune's canonicaliser for the SCAN word swaps
+// ---------------------------------------------------------------------------
+
+/// How multi-equitune removes the other factors from a SCAN input (`c₋ᵢ`, docs/methods.md,
+/// "Canonicalisers"): every word (and action) of another factor's pair is replaced by one
+/// representative of that pair. Any choice is a valid canonicaliser, but a pretrained,
+/// non-equivariant model sees different inputs, so the results differ (docs/scan-official.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Collapse {
+    /// The official EquiSCAN representatives: jump/JUMP, right/TURN_RIGHT, up/TURN_UP.
+    Official,
+    /// The smaller vocabulary id of the pair (jump, left, down with equirun's sorted
+    /// vocabularies): what `scan finetune` did before the official choice was adopted.
+    OrbitMin,
+}
+
+impl Collapse {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Collapse::Official => "official",
+            Collapse::OrbitMin => "orbit-min",
+        }
+    }
+}
+
+/// The official EquiSCAN representative of each SCAN swap: (factor, command word, action).
+pub const OFFICIAL_REPRESENTATIVES: &[(&str, &str, &str)] = &[
+    ("verb", "jump", "JUMP"),
+    ("direction-rl", "right", "TURN_RIGHT"),
+    ("direction-ud", "up", "TURN_UP"),
+];
+
+/// Per factor i, the maps (input ids, output ids) that send every token of another factor's
+/// pair to that factor's official representative. The pairs are disjoint, so each map is
+/// invariant to every other factor and commutes with factor i's swap: a valid `c₋ᵢ`.
+pub fn official_collapse_maps(
+    group: &FiniteGroup<TokenPerm>,
+    input: &Vocab,
+    output: &Vocab,
+) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    let (n_in, n_out) = (input.len(), output.len());
+    let mut ins = Vec::new();
+    let mut outs = Vec::new();
+    for i in 0..group.n_factors() {
+        let mut mi: Vec<u32> = (0..n_in as u32).collect();
+        let mut mo: Vec<u32> = (0..n_out as u32).collect();
+        for (j, f) in group.factors().iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            let (_, w, a) = OFFICIAL_REPRESENTATIVES
+                .iter()
+                .find(|(n, ..)| *n == f.name)
+                .ok_or_else(|| {
+                    anyhow!("no official representative for SCAN factor '{}'", f.name)
+                })?;
+            let wi = input
+                .id(w)
+                .ok_or_else(|| anyhow!("the command vocabulary lacks '{w}'"))?;
+            let ai = output
+                .id(a)
+                .ok_or_else(|| anyhow!("the action vocabulary lacks '{a}'"))?;
+            // every element of factor j moves exactly the tokens of its pair
+            for &g in &group.factor_elements(j) {
+                let e = group.element(g);
+                for t in 0..n_in {
+                    if e.input[t] != t as u32 {
+                        mi[t] = wi;
+                    }
+                }
+                for t in 0..n_out {
+                    if e.output[t] != t as u32 {
+                        mo[t] = ai;
+                    }
+                }
+            }
+        }
+        ins.push(mi);
+        outs.push(mo);
+    }
+    Ok((ins, outs))
+}
+
+/// The token symmetry of a SCAN seq2seq on packed rows (`in_cols` command columns, then the
+/// target for teacher forcing), with multi-equitune's canonicaliser chosen by `collapse`.
+pub fn scan_symmetry(
+    group: FiniteGroup<TokenPerm>,
+    input: &Vocab,
+    output: &Vocab,
+    in_cols: usize,
+    collapse: Collapse,
+) -> Result<TokenSymmetry> {
+    let maps = match collapse {
+        Collapse::Official => Some(official_collapse_maps(&group, input, output)?),
+        Collapse::OrbitMin => None,
+    };
+    let sym = TokenSymmetry::new(group, false, Some(in_cols));
+    Ok(match maps {
+        Some((mi, mo)) => sym.with_collapse_io(mi, mo),
+        None => sym,
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------
 
@@ -724,6 +834,91 @@ pub fn describe(examples: &[ScanExample]) -> String {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    /// multi-equitune's SCAN canonicaliser sends the other factors' words to the official
+    /// representatives (run→jump, left→right, down→up; the actions likewise), on the command
+    /// and on the teacher-forcing target, and is a valid c₋ᵢ (invariant to the other factors,
+    /// commuting with its own). `scan finetune` used the orbit minimum (right→left, up→down),
+    /// which docs/methods.md did not describe and the official code does not do.
+    #[test]
+    fn official_collapse_representatives() {
+        use crate::equi::Symmetry;
+        let words = [
+            "jump", "run", "walk", "look", "turn", "left", "right", "up", "down", "and", "after",
+            "twice", "thrice", "opposite", "around",
+        ];
+        let acts = [
+            "JUMP",
+            "RUN",
+            "WALK",
+            "LOOK",
+            "TURN_LEFT",
+            "TURN_RIGHT",
+            "TURN_UP",
+            "TURN_DOWN",
+        ];
+        let iv = Vocab::from_tokens(words);
+        let ov = Vocab::from_tokens(acts);
+        let group =
+            crate::groups::scan::scan_group("verb,direction-rl,direction-ud", &iv, &ov).unwrap();
+        let cmd = ["turn", "left", "and", "run", "down"];
+        let tgt = ["TURN_LEFT", "TURN_DOWN", "RUN"];
+        let in_cols = cmd.len() + 1;
+        let row: Vec<u32> = iv
+            .encode(&cmd)
+            .unwrap()
+            .into_iter()
+            .chain([EOS])
+            .chain(ov.encode(&tgt).unwrap())
+            .collect();
+        let mut packed = row.clone();
+        packed.resize(in_cols + 50, EOS);
+        let x = candle_core::Tensor::from_vec(packed, (1, in_cols + 50), &candle_core::Device::Cpu)
+            .unwrap();
+        let decode = |t: &candle_core::Tensor| {
+            let v = t.to_vec2::<u32>().unwrap().remove(0);
+            let c = iv.decode(&v[..cmd.len()]).unwrap().join(" ");
+            let a = ov
+                .decode(&v[in_cols..in_cols + tgt.len()])
+                .unwrap()
+                .join(" ");
+            format!("{c} | {a}")
+        };
+        let sym = scan_symmetry(group.clone(), &iv, &ov, in_cols, Collapse::Official).unwrap();
+        let expect = [
+            "turn right and run up | TURN_RIGHT TURN_UP RUN", // verb branch
+            "turn left and jump up | TURN_LEFT TURN_UP JUMP", // direction-rl branch
+            "turn right and jump down | TURN_RIGHT TURN_DOWN JUMP", // direction-ud branch
+        ];
+        for (i, e) in expect.iter().enumerate() {
+            assert_eq!(
+                decode(&sym.canonicalize_except(i, &x).unwrap()),
+                *e,
+                "factor {i}"
+            );
+        }
+        // a valid canonicaliser: c(h·x) = c(x) for h in the other factors, c(g·x) = g·c(x) for g
+        // in factor i
+        for i in 0..3 {
+            let c = |t: &candle_core::Tensor| sym.canonicalize_except(i, t).unwrap();
+            let base = decode(&c(&x));
+            for h in sym.complement_elements(i) {
+                assert_eq!(decode(&c(&sym.act_input(h, &x).unwrap())), base);
+            }
+            for g in sym.factor_elements(i) {
+                assert_eq!(
+                    decode(&c(&sym.act_input(g, &x).unwrap())),
+                    decode(&sym.act_input(g, &c(&x)).unwrap())
+                );
+            }
+        }
+        // the former choice differs exactly on right/up
+        let old = scan_symmetry(group, &iv, &ov, in_cols, Collapse::OrbitMin).unwrap();
+        assert_eq!(
+            decode(&old.canonicalize_except(0, &x).unwrap()),
+            "turn left and run down | TURN_LEFT TURN_DOWN RUN"
+        );
+    }
 
     /// The official SCAN directory: `$EQUIRUN_DATA/scan` (or `$EQUIRUN_DATA`
     /// itself if it holds `tasks.txt`), else `<crate>/../shared/data/scan`.

@@ -369,6 +369,13 @@ impl TokenSymmetry {
         self.collapse_in = maps;
         self
     }
+    /// Like [`TokenSymmetry::with_collapse`] with separate maps for input ids and output ids
+    /// (packed seq2seq rows: command words and actions are different vocabularies).
+    pub fn with_collapse_io(mut self, input: Vec<Vec<u32>>, output: Vec<Vec<u32>>) -> Self {
+        self.collapse_in = input;
+        self.collapse_out = output;
+        self
+    }
     fn map_packed(&self, x: &Tensor, in_table: &[u32], out_table: &[u32]) -> Result<Tensor> {
         let lookup = |t: &Tensor, table: &[u32]| -> Result<Tensor> {
             let tab = Tensor::new(table, t.device())?;

@@ -13,6 +13,7 @@ pub mod regard;
 pub mod regard_report;
 pub mod registry;
 pub mod scan;
+pub mod scan_dump;
 
 pub use registry::Experiment;
 
@@ -29,4 +30,5 @@ pub const REGISTRY: &[Experiment] = &[
     regard::ENTRY,
     scan::PRETRAIN_ENTRY,
     scan::FINETUNE_ENTRY,
+    scan_dump::ENTRY,
 ];

@@ -140,6 +140,11 @@ pub struct FinetuneArgs {
     /// Symmetry group: verb, direction-rl, direction-ud or a comma-separated product.
     #[arg(long, default_value = "verb,direction-rl,direction-ud")]
     pub group: String,
+    /// Multi-equitune's canonicaliser: `official` sends run→jump, left→right, down→up (the
+    /// official EquiSCAN choice), `orbit-min` to the smaller id (jump, left, down).
+    #[arg(long, value_enum, default_value = "official")]
+    #[serde(default = "official_collapse")]
+    pub collapse: scandata::Collapse,
     /// Finetuning iterations (one batch each); 0 evaluates zero-shot.
     #[arg(long, default_value_t = 10_000)]
     pub iters: usize,
@@ -196,6 +201,10 @@ pub struct QuickArgs {
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
+}
+
+fn official_collapse() -> scandata::Collapse {
+    scandata::Collapse::Official
 }
 
 /// Encoded data of one experiment.
@@ -834,20 +843,29 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
     let data = load_data(&a.data)?;
     let group = scan_group(&a.group, &data.in_vocab, &data.out_vocab)?;
     let ginfo = group.info();
-    let sym = TokenSymmetry::new(group, false, Some(data.in_cols));
+    let sym = scandata::scan_symmetry(
+        group,
+        &data.in_vocab,
+        &data.out_vocab,
+        data.in_cols,
+        a.collapse,
+    )?;
     let mcfg = Seq2SeqConfig::official(a.train.cell, data.in_vocab.len(), data.out_vocab.len());
     if a.eval_every == 0 {
         bail!("--eval-every must be at least 1");
     }
     let mut written = Vec::new();
     for method in methods {
-        let config = json!({
+        let mut config = json!({
             "data": data_config(&data, &a.data), "model": mcfg, "train": a.train, "method": method.name(), "group": ginfo,
             "pretrained": std::fs::canonicalize(&a.pretrained).unwrap_or(a.pretrained.clone()).display().to_string(),
             "iters": a.iters, "lr": a.lr, "weight_decay": a.weight_decay, "eval_every": a.eval_every, "val_fraction": a.val_fraction,
             "average": "log-probs (official)", "equizero_proxy": "top1 (max prob, mean over 50 rows)",
             "equizero_training": "straight-through (forward equizero, gradient equitune)",
         });
+        if matches!(method, Method::MultiEquitune | Method::MultiEquizero) {
+            config["collapse"] = json!(a.collapse.name());
+        }
         let explicit = a
             .run
             .run_name
@@ -995,6 +1013,7 @@ pub fn quick(a: &QuickArgs) -> Result<()> {
         pretrained: dir,
         method: "equitune,multi-equitune".into(),
         group: "verb,direction-rl,direction-ud".into(),
+        collapse: scandata::Collapse::Official,
         iters: a.finetune_iters,
         lr: 1e-4,
         weight_decay: 1e-4,
@@ -1100,7 +1119,11 @@ pub fn extract_scan(rec: &Value, source: &str) -> Vec<Obs> {
     let column = if rec["experiment"] == "scan-pretrain" {
         "pretrained".to_string()
     } else {
-        let m = s(&c["method"]);
+        let mut m = s(&c["method"]);
+        // multi-* runs without the official canonicaliser (older configs have no `collapse`)
+        if m.starts_with("multi-") && c["collapse"].as_str() != Some("official") {
+            m = format!("{m} (orbit-min)");
+        }
         if c["iters"].as_u64() == Some(0) {
             format!("{m} (zero-shot)")
         } else {
