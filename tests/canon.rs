@@ -398,3 +398,95 @@ fn canon_flags_are_checked_at_parse_time() {
     assert_eq!(v["methods"]["canon"]["forward_passes"], 1);
     assert_eq!(v["methods"]["canon"]["scorer_passes"], 8);
 }
+
+/// `equirun clip --method canon` on a tiny random CLIP: a prior-only scorer trained on an image
+/// folder, exactly invariant (upright and corrupted accuracy agree image by image), one model
+/// pass per image; without --canon-train-dir a clear error.
+#[test]
+fn clip_canon_end_to_end() {
+    use equirun::testing::{write_tiny_cifar10, write_tiny_clip_for_cifar10};
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("clip");
+    write_tiny_clip_for_cifar10(&model, 1);
+    write_tiny_cifar10(root.path(), 24, 2);
+    let folder = root.path().join("upright").join("things");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..6u8 {
+        let img = image::RgbImage::from_fn(20, 16, |x, y| {
+            image::Rgb([(x * 12) as u8 ^ i, (y * 15) as u8, 40 * i])
+        });
+        img.save(folder.join(format!("{i}.png"))).unwrap();
+    }
+    let (m, d, o) = (
+        model.to_str().unwrap().to_string(),
+        root.path().to_str().unwrap().to_string(),
+        root.path().join("out").to_str().unwrap().to_string(),
+    );
+    let up = root.path().join("upright").to_str().unwrap().to_string();
+    let base = |transform: &'static str, run: &'static str| -> Vec<String> {
+        [
+            "clip",
+            "--model-dir",
+            &m,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            &d,
+            "--out",
+            &o,
+            "--group",
+            "rot90xflip",
+            "--method",
+            "vanilla,equitune,canon",
+            "--canon-train-dir",
+            &up,
+            "--canon-rounds",
+            "1",
+            "--canon-iters",
+            "2",
+            "--canon-batch-size",
+            "4",
+            "--batch-size",
+            "8",
+            "--transform",
+            transform,
+            "--run-name",
+            run,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut recs = Vec::new();
+    for (t, run) in [("none", "clean"), ("rot90xflip", "corrupt")] {
+        let a = base(t, run);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        ok(&equirun(&a));
+        recs.push(only_json(&Path::new(&o).join("clip").join(run)));
+    }
+    let (c0, c1) = (&recs[0]["metrics"]["canon"], &recs[1]["metrics"]["canon"]);
+    assert_eq!(c0["correct_top1"], c1["correct_top1"]);
+    assert_eq!(c0["correct_top5"], c1["correct_top5"]);
+    assert_eq!(c0["scorer_passes_per_input"], 8);
+    assert_eq!(recs[0]["cost"]["forward_passes_per_input"]["canon"], 1);
+    assert_eq!(recs[0]["config"]["canon"]["train_images"], 6);
+    assert!(c0["identity_rate"].as_f64().is_some());
+    // missing training images: exit 2 naming the flag, nothing written
+    let o2 = root.path().join("out2").to_str().unwrap().to_string();
+    let o = equirun(&[
+        "clip",
+        "--model-dir",
+        &m,
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        &d,
+        "--out",
+        &o2,
+        "--method",
+        "canon",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--canon-train-dir"));
+    assert!(!Path::new(&o2).exists());
+}

@@ -39,7 +39,7 @@ use std::path::Path;
 /// Relative tolerance under which two canonicaliser scores count as tied.
 pub const CANON_TIE_TOL: f32 = 1e-6;
 
-/// The canonicaliser's command-line options (`equirun cnn`, `equirun clip`).
+/// The canonicaliser's scorer and its prior-only phase (`equirun cnn`, `equirun clip`).
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CanonOpts {
     /// canon: channels of the scorer's two 3×3 convolutions.
@@ -48,14 +48,6 @@ pub struct CanonOpts {
     /// canon: the scorer block-averages its input down to a side of at most this many pixels.
     #[arg(long, default_value_t = 16, value_parser = crate::cli::opts::at_least_one)]
     pub canon_resolution: usize,
-    /// canon: weight of the canonicalisation prior (cross-entropy of the scores against the
-    /// identity on upright training images) next to the task loss when finetuning (≥ 0).
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
-    pub canon_prior_weight: f64,
-    /// canon: temperature of the softmax relaxation through which the straight-through
-    /// estimator passes gradients to the scorer (> 0).
-    #[arg(long, default_value_t = 1.0, value_parser = positive)]
-    pub canon_temperature: f64,
     /// canon: prior-only phase (scorer alone, upright training images): rounds.
     #[arg(long, default_value_t = 2)]
     pub canon_rounds: usize,
@@ -70,14 +62,35 @@ pub struct CanonOpts {
     pub canon_batch_size: usize,
 }
 
+/// The canonicaliser's finetuning through the task loss (`equirun cnn`).
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CanonFinetuneOpts {
+    /// canon: weight of the canonicalisation prior (cross-entropy of the scores against the
+    /// identity on upright training images) next to the task loss when finetuning (≥ 0).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    pub canon_prior_weight: f64,
+    /// canon: temperature of the softmax relaxation through which the straight-through
+    /// estimator passes gradients to the scorer (> 0).
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    pub canon_temperature: f64,
+}
+
+impl Default for CanonFinetuneOpts {
+    /// The command-line defaults.
+    fn default() -> Self {
+        Self {
+            canon_prior_weight: 1.0,
+            canon_temperature: 1.0,
+        }
+    }
+}
+
 impl Default for CanonOpts {
     /// The command-line defaults.
     fn default() -> Self {
         Self {
             canon_width: 8,
             canon_resolution: 16,
-            canon_prior_weight: 1.0,
-            canon_temperature: 1.0,
             canon_rounds: 2,
             canon_iters: 100,
             canon_lr: 1e-3,

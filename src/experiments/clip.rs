@@ -76,6 +76,22 @@ pub struct ClipArgs {
     #[arg(long)]
     #[serde(default)]
     pub list_models: bool,
+    /// canon: the images its scorer is trained on with the canonicalisation prior alone (upright
+    /// images map to the identity; labels unused): a folder (see --canon-train-dataset).
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub canon_train_dir: Option<PathBuf>,
+    /// canon: the layout of --canon-train-dir (its train split where there is one).
+    #[arg(long, value_enum, default_value = "folder")]
+    #[serde(default = "default_canon_train_dataset")]
+    pub canon_train_dataset: DatasetKind,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon: crate::equi::canon::CanonOpts,
+}
+
+fn default_canon_train_dataset() -> DatasetKind {
+    DatasetKind::Folder
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -85,8 +101,16 @@ pub enum ClipCommand {
     Finetune(super::clip_finetune::ClipFinetuneArgs),
 }
 
-/// The methods `equirun clip` evaluates (no training: λ-equitune needs `clip finetune`).
-const METHODS: &[Method] = &Method::EVALUATOR;
+/// The methods `equirun clip` evaluates (λ-equitune needs `clip finetune`; canon trains its
+/// scorer with the prior alone first).
+const METHODS: &[Method] = &[
+    Method::Vanilla,
+    Method::Equitune,
+    Method::Equizero,
+    Method::MultiEquitune,
+    Method::MultiEquizero,
+    Method::Canon,
+];
 
 /// Parsed, validated options (cheap to build: no model or data touched).
 struct Parsed {
@@ -106,6 +130,15 @@ fn parse(a: &ClipArgs) -> Result<Parsed> {
     let scale_mode = a.scale.fixed()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if methods.contains(&Method::Canon) {
+        if a.canon_train_dir.is_none() {
+            bail!(
+                "--method canon needs --canon-train-dir DIR: upright images its scorer learns to map \
+                 to the identity (a folder with one sub-folder per class, or --canon-train-dataset)"
+            );
+        }
+        a.canon.schedule()?;
     }
     Ok(Parsed {
         group,
@@ -187,6 +220,24 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     if let Some(e) = alias {
         base_config["model_alias"] = json!(e.name);
     }
+    let canon_train = match (&a.canon_train_dir, p.methods.contains(&Method::Canon)) {
+        (Some(dir), true) => {
+            let ds = match a.canon_train_dataset {
+                DatasetKind::Folder => images::open(DatasetKind::Folder, Some(dir)),
+                kind => images::open_split(kind, Some(dir), images::Split::Train),
+            }
+            .context("--canon-train-dir")?;
+            if ds.is_empty() {
+                bail!("--canon-train-dir {}: no images", dir.display());
+            }
+            base_config["canon"] = json!({
+                "train_dataset": a.canon_train_dataset.name(), "train_source": ds.source.display().to_string(),
+                "train_images": ds.len(), "options": a.canon, "training": "prior only (upright images → identity), AdamW",
+            });
+            Some(ds)
+        }
+        _ => None,
+    };
     let transform_spec = format!("t{}", a.groups.transform_spec());
     let name = harness::run_name(
         a.run.run_name.as_ref(),
@@ -222,6 +273,18 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         };
         let model =
             |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, w, scale) };
+        // canon: a prior-only scorer for this seed; the other methods share one Evaluator call
+        let canon_net = match &canon_train {
+            Some(ds) => Some(canon_prior_only(a, &p, ds, size, seed)?),
+            None => None,
+        };
+        let plain: Vec<Method> = p
+            .methods
+            .iter()
+            .copied()
+            .filter(|m| *m != Method::Canon)
+            .collect();
+        let mut canon_identity = 0usize;
         let mut trng = output::rng_for(seed, "transform");
         let n = ds.len();
         let mut top1 = vec![0usize; p.methods.len()];
@@ -244,8 +307,27 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                     corrupt(&x, tg, &elems)?
                 }
             };
-            let (outs, copies) = ev.run(&p.methods, &model, &x)?;
+            let (mut plain_outs, copies) = if plain.is_empty() {
+                (Vec::new(), 0)
+            } else {
+                ev.run(&plain, &model, &x)?
+            };
             shared_passes = copies;
+            let mut outs = Vec::with_capacity(p.methods.len());
+            for m in &p.methods {
+                if *m == Method::Canon {
+                    let (net, _) = canon_net.as_ref().expect("scorer trained above");
+                    let canon = crate::equi::canon::Canon {
+                        sym: &sym,
+                        scorer: net,
+                    };
+                    let (o, st) = canon.forward(&model, &x)?;
+                    canon_identity += st.identity_picks;
+                    outs.push(o);
+                } else {
+                    outs.push(plain_outs.remove(0));
+                }
+            }
             for (mi, o) in outs.iter().enumerate() {
                 let rows = o.to_vec2::<f32>()?;
                 for (row, &l) in rows.iter().zip(&labels) {
@@ -267,6 +349,14 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                        "correct_top1": top1[mi], "correct_top5": top5[mi], "n": n}),
             );
             passes.insert(m.name().into(), json!(m.passes(&sym)));
+        }
+        if let Some((net, phase)) = &canon_net {
+            let c = metrics.get_mut("canon").expect("canon evaluated");
+            c["identity_rate"] = json!(canon_identity as f64 / n as f64);
+            c["scorer_passes_per_input"] = json!(p.group.order());
+            c["scorer"] = json!({"config": net.config, "n_params": net.config.n_params(),
+                                 "macs_per_pass": net.config.macs()});
+            c["prior_phase"] = phase.clone();
         }
         let summary: Vec<String> = p
             .methods
@@ -444,3 +534,71 @@ pub const ENTRY: Experiment = Experiment {
     run_folders: registry::one_folder,
     extract: Some(extract_clip),
 };
+
+/// canon in `equirun clip`: a scorer for CLIP's preprocessed inputs trained with the
+/// canonicalisation prior alone on upright images of `ds` (`--canon-*` schedule, AdamW). Returns
+/// the scorer and its phase record (loss curve; validation = the share of 64 held-back upright
+/// images mapped to the identity).
+fn canon_prior_only(
+    a: &ClipArgs,
+    p: &Parsed,
+    ds: &images::ImageDataset,
+    size: usize,
+    seed: u64,
+) -> Result<(crate::equi::canon::CanonNet, Value)> {
+    use crate::equi::canon::{prior_loss, Canon, CanonNet};
+    let cpu = candle_core::Device::Cpu;
+    let net = CanonNet::new(
+        a.canon.config(3, size)?,
+        output::derive_seed(seed, "clip-canon-init"),
+        &cpu,
+    )?;
+    let sym = ImageSymmetry::new(p.group.clone(), ImageOutput::Invariant, 0);
+    let canon = Canon {
+        sym: &sym,
+        scorer: &net,
+    };
+    let n = ds.len();
+    let n_val = 64.min(n / 2);
+    let load = |idx: &[usize]| -> Result<Tensor> {
+        let xs = idx
+            .iter()
+            .map(|&i| Ok(load_batch(ds, i..i + 1, size, &cpu)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&xs, 0)?)
+    };
+    let val_x = load(&(0..n_val).collect::<Vec<_>>())?;
+    let mut rng = output::rng_for(seed, "clip-canon-prior-data");
+    let bs = a.canon.canon_batch_size;
+    let schedule = a.canon.schedule()?;
+    let outcome = crate::train::run_phase(
+        &format!("seed {seed} canon prior"),
+        &schedule,
+        net.vars(),
+        crate::train::Select::Last,
+        |_| {
+            let idx: Vec<usize> = (0..bs).map(|_| rng.random_range(n_val..n)).collect();
+            let x = load(&idx)?;
+            prior_loss(&canon.scores(&x)?, &vec![0; bs])
+        },
+        || {
+            if n_val == 0 {
+                return Ok(0.0);
+            }
+            let ties = crate::equi::canon::tie_sets(&canon.scores(&val_x)?)?;
+            let id = ties
+                .iter()
+                .filter(|t| t.contains(&sym.group.identity()))
+                .count();
+            Ok(100.0 * id as f64 / n_val as f64)
+        },
+    )?;
+    Ok((
+        net,
+        json!({
+            "curve": outcome.curve, "iterations": outcome.iterations,
+            "train_seconds": outcome.train_seconds, "held_back_images": n_val,
+            "validation": "% of held-back upright images mapped to the identity",
+        }),
+    ))
+}

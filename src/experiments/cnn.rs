@@ -23,7 +23,7 @@ use super::registry::{self, Experiment};
 use crate::cli::opts::{DeviceOpts, FinetuneOpts, GroupOpts, LambdaOpts, MethodOpts, RunOpts};
 use crate::data::gray::{make_batch, Corruptor, GrayData, FASHION_MEAN, FASHION_STD};
 use crate::data::images::Split;
-use crate::equi::canon::{self as canonical, Canon, CanonNet, CanonOpts};
+use crate::equi::canon::{self as canonical, Canon, CanonFinetuneOpts, CanonNet, CanonOpts};
 use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaNet};
 use crate::equi::proxy::{self, ProxyKind};
 use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
@@ -74,6 +74,9 @@ pub struct CnnArgs {
     #[command(flatten)]
     #[serde(default)]
     pub canon: CanonOpts,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon_finetune: CanonFinetuneOpts,
     /// Equizero's proxy loss on each copy's prediction.
     #[arg(long, value_enum, default_value = "entropy")]
     pub equizero_proxy: ProxyKind,
@@ -618,8 +621,8 @@ impl SeedRun<'_> {
         let mut frng = output::rng_for(self.seed, "cnn-finetune-data");
         let bs = self.a.finetune.batch_size;
         let drop = RefCell::new(output::rng_for(self.seed, "cnn-finetune-dropout-canon"));
-        let weight = co.canon_prior_weight;
-        let temperature = co.canon_temperature;
+        let weight = self.a.canon_finetune.canon_prior_weight;
+        let temperature = self.a.canon_finetune.canon_temperature;
         let frozen_f = |z: &Tensor| frozen.logits(z, None);
         let model_f = |z: &Tensor| model.logits(z, None);
         let accuracy = |m: &dyn crate::equi::BatchModel| -> Result<f64> {
@@ -817,7 +820,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
             "scorer": "equituned tiny CNN: score of g = s(g⁻¹·x); s = block-average to side ≤ resolution, conv3×3-ReLU-maxpool2-conv3×3-ReLU-linear",
             "config": ccfg, "n_params": ccfg.n_params(), "macs_per_scorer_pass": ccfg.macs(),
             "prior_phase": p.canon, "prior_batch_size": a.canon.canon_batch_size,
-            "prior_weight": a.canon.canon_prior_weight, "temperature": a.canon.canon_temperature,
+            "prior_weight": a.canon_finetune.canon_prior_weight, "temperature": a.canon_finetune.canon_temperature,
             "ties": "scores within 1e-6 (relative) of the max are averaged",
             "finetuning": "backbone and scorer jointly, one AdamW (--lr); straight-through argmax; prior on the upright versions of the batch",
         });
