@@ -490,3 +490,50 @@ fn clip_canon_end_to_end() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--canon-train-dir"));
     assert!(!Path::new(&o2).exists());
 }
+#[test]
+fn bench_clip_times_the_wrappers_in_one_run() {
+    use equirun::testing::write_tiny_clip_for_cifar10;
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("clip");
+    write_tiny_clip_for_cifar10(&model, 1);
+    let m = model.to_str().unwrap();
+    let o = equirun(&[
+        "bench-clip",
+        "--model-dir",
+        m,
+        "--batch-size",
+        "2",
+        "--batches",
+        "1",
+        "--warmup",
+        "0",
+        "--method",
+        "vanilla,canon,equitune,multi-equitune",
+        "--group",
+        "rot90xflip",
+    ]);
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let ms = &v["methods"];
+    for (name, passes) in [
+        ("vanilla", 1),
+        ("canon", 1),
+        ("equitune", 8),
+        ("multi-equitune", 6),
+    ] {
+        assert!(ms[name]["images_per_s"].as_f64().unwrap() > 0.0, "{name}");
+        assert_eq!(ms[name]["model_passes_per_image"], passes, "{name}");
+        assert!(ms[name]["speed_vs_vanilla"].as_f64().is_some());
+    }
+    assert_eq!(ms["canon"]["scorer_passes_per_image"], 8);
+    let o = equirun(&[
+        "bench-clip",
+        "--model-dir",
+        m,
+        "--method",
+        "lambda-equitune",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--method"));
+}

@@ -409,6 +409,25 @@ pub struct BenchClipArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Time these wrappers instead of the bare encoder (comma-separated: vanilla, equitune,
+    /// equizero, multi-equitune, multi-equizero, canon): each is a full wrapped forward (image
+    /// encoder + softmax over 10 random classes) over --group; the timed batches alternate
+    /// between the methods, so they share the machine's state. canon uses a randomly
+    /// initialised scorer (its cost does not depend on training).
+    #[arg(long)]
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The wrappers' group (with --method).
+    #[arg(long, default_value = "rot90xflip")]
+    #[serde(default = "default_bench_group")]
+    pub group: String,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon: crate::equi::canon::CanonOpts,
+}
+
+fn default_bench_group() -> String {
+    "rot90xflip".into()
 }
 
 /// Times `encode_images` on `[batch, 3, S, S]` N(0,1) inputs; returns a JSON summary.
@@ -417,6 +436,13 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
     if a.batch_size == 0 || a.batches == 0 {
         bail!("--batch-size and --batches must be at least 1");
     }
+    let wrappers = match &a.method {
+        Some(m) => Some((
+            Method::parse_list_of(m, METHODS, "equirun bench-clip").context("--method")?,
+            crate::groups::image::image_group(&a.group).context("--group")?,
+        )),
+        None => None,
+    };
     let (dev, dtype) = a.compute.resolve()?;
     let (files, alias) = crate::models::clip::resolve(&a.model.source(DEFAULT_CLIP))?;
     let t_load = Instant::now();
@@ -438,6 +464,23 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         t.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     };
+    if let Some((methods, group)) = wrappers {
+        let r = bench_wrappers(a, &clip, &x, &methods, group, &sync)?;
+        let mut v = json!({
+            "framework": "equirun",
+            "model": files.origin.id,
+            "model_alias": alias.map(|e| e.name),
+            "backbone": clip.spec,
+            "device": crate::device::device_name(&dev),
+            "dtype": crate::device::dtype_name(dtype),
+            "threads": candle_core::utils::get_num_threads(),
+            "batch_size": a.batch_size,
+            "batches": a.batches,
+            "load_seconds": load_s,
+        });
+        v.as_object_mut().unwrap().extend(r);
+        return Ok(v);
+    }
     for _ in 0..a.warmup {
         sync(&clip.encode_images(&x)?)?;
     }
@@ -466,6 +509,100 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         "seconds_per_batch": per_batch,
         "load_seconds": load_s,
     }))
+}
+
+/// `bench-clip --method`: images/s of each wrapped forward on the same inputs, batches
+/// alternating between methods (warm-up batches untimed).
+fn bench_wrappers(
+    a: &BenchClipArgs,
+    clip: &Clip,
+    x: &Tensor,
+    methods: &[Method],
+    group: FiniteGroup<D4>,
+    sync: &dyn Fn(&Tensor) -> Result<()>,
+) -> Result<serde_json::Map<String, Value>> {
+    use crate::equi::canon::{Canon, CanonNet};
+    let dev = x.device().clone();
+    let s = clip.image_size();
+    let mut rng = output::rng_for(a.seed, "bench-clip-classes");
+    let normal = rand_distr::Normal::new(0f32, 1.0).unwrap();
+    let proj = clip.projection_dim();
+    let w = crate::models::l2_normalize(&Tensor::from_vec(
+        (0..10 * proj)
+            .map(|_| rand_distr::Distribution::sample(&normal, &mut rng))
+            .collect::<Vec<f32>>(),
+        (10, proj),
+        &dev,
+    )?)?;
+    let model =
+        |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, &w, 1.0) };
+    let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, 0);
+    let proxy = proxy::neg_max_confidence;
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let scorer = CanonNet::new(
+        a.canon.config(3, s)?,
+        output::derive_seed(a.seed, "bench-canon"),
+        &candle_core::Device::Cpu,
+    )?;
+    let canon = Canon {
+        sym: &sym,
+        scorer: &scorer,
+    };
+    let run = |m: Method| -> Result<()> {
+        let o = if m == Method::Canon {
+            canon.forward(&model, x)?.0
+        } else {
+            ev.run(&[m], &model, x)?.0.remove(0)
+        };
+        sync(&o)
+    };
+    for _ in 0..a.warmup {
+        for &m in methods {
+            run(m)?;
+        }
+    }
+    let mut secs = vec![Vec::new(); methods.len()];
+    let pb = progress_bar((a.batches * methods.len()) as u64, "bench-clip");
+    for _ in 0..a.batches {
+        for (k, &m) in methods.iter().enumerate() {
+            let t = Instant::now();
+            run(m)?;
+            secs[k].push(t.elapsed().as_secs_f64());
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let ips = |k: usize| (a.batch_size * a.batches) as f64 / secs[k].iter().sum::<f64>();
+    let vanilla = methods.iter().position(|&m| m == Method::Vanilla).map(ips);
+    let mut per = serde_json::Map::new();
+    for (k, &m) in methods.iter().enumerate() {
+        let mut v = json!({
+            "images_per_s": ips(k),
+            "seconds_per_batch": secs[k],
+            "model_passes_per_image": m.passes(&sym),
+        });
+        if m == Method::Canon {
+            v["scorer_passes_per_image"] = json!(group.order());
+            v["scorer"] = json!({"config": scorer.config, "n_params": scorer.config.n_params(),
+                                 "macs_per_pass": scorer.config.macs()});
+        }
+        if let Some(v0) = vanilla {
+            v["speed_vs_vanilla"] = json!(ips(k) / v0);
+        }
+        per.insert(m.name().into(), v);
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("group".into(), json!(group.info()));
+    out.insert(
+        "timing".into(),
+        json!("wrapped forward (encoder + softmax over 10 random classes), batches alternating between methods"),
+    );
+    out.insert("methods".into(), Value::Object(per));
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
