@@ -257,9 +257,27 @@ impl CanonNet {
         Ok(CanonNet { config, varmap, w })
     }
 
-    /// Scores `[N]` of inputs `[N, C, S, S]`. The convolutions run on the CPU; inputs on another
-    /// device are scored there and the scores moved back.
+    /// Scores `[N]` of inputs `[N, C, S, S]` ([`Scorer::reduce`] then [`Scorer::score_reduced`]).
     pub fn score(&self, x: &Tensor) -> Result<Tensor> {
+        self.score_reduced(&self.reduce(x)?)
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        let data = self.varmap.data().lock().unwrap();
+        CANON_PARAMS.iter().map(|n| data[*n].clone()).collect()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::output::save_varmap_atomic(&self.varmap, path)
+            .with_context(|| format!("saving canonicaliser {}", path.display()))
+    }
+}
+
+impl Scorer for CanonNet {
+    /// Block average to `[N, C, side, side]` on the CPU, summed in f64 (exact for these sums, so
+    /// the result does not depend on the summation order, which a rotation or flip changes:
+    /// `reduce(g·x) = g·reduce(x)` bit for bit).
+    fn reduce(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let dims = x.dims();
         if dims.len() != 4
@@ -275,43 +293,64 @@ impl CanonNet {
                 dims
             );
         }
-        let dev = x.device().clone();
-        let x = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        let n = dims[0];
+        let x = x.to_device(&Device::Cpu)?;
+        if c.pool == 1 {
+            return Ok(x.to_dtype(DType::F32)?);
+        }
         let s = c.side();
-        let x = if c.pool > 1 {
-            x.reshape((n, c.in_channels, s, c.pool, s, c.pool))?
-                .mean(5)?
-                .mean(3)?
-        } else {
-            x
-        };
-        let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let sum = x
+            .to_dtype(DType::F64)?
+            .reshape((dims[0], c.in_channels, s, c.pool, s, c.pool))?
+            .sum(5)?
+            .sum(3)?;
+        Ok((sum / (c.pool * c.pool) as f64)?.to_dtype(DType::F32)?)
+    }
+
+    /// The tiny CNN on reduced inputs `[N, C, side, side]` (CPU; scores go back to the input's
+    /// device in [`Canon`]).
+    fn score_reduced(&self, r: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let s = c.side();
+        let dims = r.dims();
+        if dims.len() != 4 || dims[1] != c.in_channels || dims[2] != s || dims[3] != s {
+            bail!(
+                "canonicaliser scorer expects reduced inputs [N, {}, {s}, {s}], got {:?}",
+                c.in_channels,
+                dims
+            );
+        }
+        let nhwc = r
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
         let h = conv3x3(&nhwc, &self.w[0], &self.w[1])?.relu()?;
         let h = if s % 2 == 0 { max_pool2(&h)? } else { h };
         let h = conv3x3(&h, &self.w[2], &self.w[3])?.relu()?;
         let h = h.flatten_from(1)?;
-        let out = h
-            .matmul(&self.w[4].t()?)?
+        Ok(h.matmul(&self.w[4].t()?)?
             .broadcast_add(&self.w[5])?
-            .squeeze(D::Minus1)?;
-        Ok(out.to_device(&dev)?)
-    }
-
-    pub fn vars(&self) -> Vec<Var> {
-        let data = self.varmap.data().lock().unwrap();
-        CANON_PARAMS.iter().map(|n| data[*n].clone()).collect()
-    }
-
-    pub fn save(&self, path: &Path) -> Result<()> {
-        crate::output::save_varmap_atomic(&self.varmap, path)
-            .with_context(|| format!("saving canonicaliser {}", path.display()))
+            .squeeze(D::Minus1)?)
     }
 }
 
-impl BatchModel for CanonNet {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.score(x)
+/// A canonicaliser's scorer: one number per input, made equivariant by [`Canon`].
+pub trait Scorer {
+    /// A map applied once per input before the orbit is built; it must commute with the group
+    /// action exactly (`reduce(g·x) = g·reduce(x)`). Default: the identity.
+    fn reduce(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    /// One score per reduced input: `[N, ...]` → `[N]`.
+    fn score_reduced(&self, r: &Tensor) -> Result<Tensor>;
+}
+
+/// Any [`BatchModel`] that returns one number per input is a scorer (no reduction).
+pub struct PlainScorer<'a>(pub &'a dyn BatchModel);
+
+impl Scorer for PlainScorer<'_> {
+    fn score_reduced(&self, r: &Tensor) -> Result<Tensor> {
+        self.0.forward(r)
     }
 }
 
@@ -329,7 +368,7 @@ pub struct CanonStats {
 /// The canonicalisation wrapper over a symmetry and a scorer (`[N, ...]` → `[N]`).
 pub struct Canon<'a> {
     pub sym: &'a dyn Symmetry,
-    pub scorer: &'a dyn BatchModel,
+    pub scorer: &'a dyn Scorer,
 }
 
 impl<'a> Canon<'a> {
@@ -341,10 +380,10 @@ impl<'a> Canon<'a> {
         Ok(Tensor::cat(&copies, 0)?)
     }
 
-    /// Scores `[B, |G|]` (column `g` = `s(g⁻¹·x)`) from the inverse orbit.
+    /// Scores `[B, |G|]` (column `g` = `s(g⁻¹·x)`) from the inverse orbit of reduced inputs.
     fn scores_of_orbit(&self, orbit: &Tensor, b: usize) -> Result<Tensor> {
         let n = self.sym.order();
-        let s = self.scorer.forward(orbit)?;
+        let s = self.scorer.score_reduced(orbit)?;
         if s.dims() != [n * b] {
             bail!(
                 "the canonicaliser's scorer returned shape {:?} for {} inputs (one score each expected)",
@@ -355,16 +394,16 @@ impl<'a> Canon<'a> {
         Ok(s.reshape((n, b))?.t()?.contiguous()?)
     }
 
-    /// The equivariant scores `[B, |G|]`: `σ_g(x) = s(g⁻¹·x)`.
+    /// The equivariant scores `[B, |G|]`: `σ_g(x) = s(g⁻¹·x)` (on the scorer's device).
     pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
-        self.scores_of_orbit(&self.inverse_orbit(x)?, x.dim(0)?)
+        let r = self.scorer.reduce(x)?;
+        self.scores_of_orbit(&self.inverse_orbit(&r)?, x.dim(0)?)
     }
 
     /// The exactly equivariant output `[B, ...]`, with one big-model call.
     pub fn forward(&self, model: &dyn BatchModel, x: &Tensor) -> Result<(Tensor, CanonStats)> {
-        let orbit = self.inverse_orbit(x)?;
-        let scores = self.scores_of_orbit(&orbit, x.dim(0)?)?;
-        self.finish(model, x, &orbit, &scores)
+        let scores = self.scores(x)?;
+        self.finish(model, x, &scores)
     }
 
     /// As [`Canon::forward`] with given scores `[B, |G|]` (equivariant only if the scores
@@ -375,36 +414,58 @@ impl<'a> Canon<'a> {
         x: &Tensor,
         scores: &Tensor,
     ) -> Result<(Tensor, CanonStats)> {
-        let orbit = self.inverse_orbit(x)?;
-        self.finish(model, x, &orbit, scores)
+        self.finish(model, x, scores)
+    }
+
+    /// `t⁻¹·x_j` for every `(j, t)` in `rows`, in that order: each element acts once on the
+    /// inputs that chose it.
+    fn canonical_inputs(&self, x: &Tensor, rows: &[(usize, usize)]) -> Result<Tensor> {
+        let dev = x.device();
+        let mut parts = Vec::new();
+        let mut pos = vec![0u32; rows.len()];
+        let mut offset = 0;
+        for t in 0..self.sym.order() {
+            let rs: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].1 == t).collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let js: Vec<u32> = rs.iter().map(|&r| rows[r].0 as u32).collect();
+            let xt = x.index_select(&Tensor::from_vec(js, rs.len(), dev)?, 0)?;
+            parts.push(self.sym.act_input(self.sym.inv(t), &xt)?);
+            for (k, &r) in rs.iter().enumerate() {
+                pos[r] = (offset + k) as u32;
+            }
+            offset += rs.len();
+        }
+        let all = Tensor::cat(&parts, 0)?;
+        if pos.iter().enumerate().all(|(r, &p)| p as usize == r) {
+            return Ok(all);
+        }
+        Ok(all.index_select(&Tensor::from_vec(pos, rows.len(), dev)?, 0)?)
     }
 
     fn finish(
         &self,
         model: &dyn BatchModel,
         x: &Tensor,
-        orbit: &Tensor,
         scores: &Tensor,
     ) -> Result<(Tensor, CanonStats)> {
         let b = x.dim(0)?;
         let ties = tie_sets(scores)?;
-        // rows of the orbit the big model sees: (input j, element t) ↦ t·B + j
-        let mut idx = Vec::new();
         let mut owner = Vec::new();
         for (j, ts) in ties.iter().enumerate() {
             for &t in ts {
-                idx.push((t * b + j) as u32);
                 owner.push((j, t));
             }
         }
         let stats = CanonStats {
             inputs: b,
-            big_rows: idx.len(),
+            big_rows: owner.len(),
             identity_picks: ties.iter().filter(|t| t.contains(&0)).count(),
         };
-        let ids = Tensor::from_vec(idx.clone(), idx.len(), orbit.device())?;
-        let canon_in = orbit.index_select(&ids, 0)?;
+        let canon_in = self.canonical_inputs(x, &owner)?;
         let y = model.forward(&canon_in)?;
+        let idx = &owner;
         if y.dim(0)? != idx.len() {
             bail!(
                 "model returned {} outputs for {} inputs (shape {:?}); a BatchModel must keep the batch axis",
@@ -438,7 +499,7 @@ impl<'a> Canon<'a> {
         let b = x.dim(0)?;
         let n = self.sym.order();
         let orbit = self.inverse_orbit(x)?;
-        let scores = self.scores_of_orbit(&orbit, b)?;
+        let scores = self.scores(x)?.to_device(x.device())?;
         let hard = hard_weights(&tie_sets(&scores)?, n, scores.device())?;
         let p = candle_nn::ops::softmax(&(&scores / temperature)?, 1)?;
         let w = (hard + (&p - p.detach())?)?.to_dtype(orbit.dtype())?; // [B, G]

@@ -133,6 +133,12 @@ pub struct BenchArgs {
     pub method: String,
     #[arg(long, default_value = "rot90")]
     pub group: String,
+    /// Time inference instead of training: the wrapped forward (no gradient) of every method in
+    /// --method (comma-separated: vanilla, equitune, equizero, multi-equitune, multi-equizero,
+    /// canon), the timed batches alternating between the methods; canon with a randomly
+    /// initialised scorer (its cost does not depend on training).
+    #[arg(long)]
+    pub eval: bool,
     /// CPU and f32 only.
     #[command(flatten)]
     pub compute: DeviceOpts,
@@ -1051,6 +1057,9 @@ pub fn summary_table(paths: &[PathBuf]) -> Result<String> {
 /// Training throughput of the CNN: `steps` AdamW steps on seeded random images.
 pub fn bench(b: &BenchArgs) -> Result<Value> {
     b.compute.require_cpu_f32("cnn bench")?;
+    if b.eval {
+        return bench_eval(b);
+    }
     let dev = Device::Cpu;
     let cfg = CnnConfig::fashion_mnist();
     let (vm, model) = Cnn::init(&cfg, 0, &dev)?;
@@ -1101,6 +1110,84 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
         "threads": candle_core::utils::get_num_threads(),
         "seconds": secs, "images_per_second": (bs * b.steps) as f64 / secs,
         "n_params": cfg.n_params(),
+    }))
+}
+
+/// `cnn bench --eval`: inference images/s of each wrapper of the (randomly initialised) CNN on
+/// seeded random images, batches alternating between methods after one untimed warm-up round.
+fn bench_eval(b: &BenchArgs) -> Result<Value> {
+    const EVAL_METHODS: &[Method] = &[
+        Method::Vanilla,
+        Method::Equitune,
+        Method::Equizero,
+        Method::MultiEquitune,
+        Method::MultiEquizero,
+        Method::Canon,
+    ];
+    let methods = Method::parse_list_of(&b.method, EVAL_METHODS, "equirun cnn bench --eval")
+        .context("--method")?;
+    let group = image_group(&b.group).context("--group")?;
+    let dev = Device::Cpu;
+    let cfg = CnnConfig::fashion_mnist();
+    let (_, model) = Cnn::init(&cfg, 0, &dev)?;
+    let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, 0);
+    let bs = b.batch_size.max(1);
+    let x = crate::testing::randn(0, &[bs, 1, cfg.image_size, cfg.image_size]);
+    let ccfg = CanonOpts::default().config(1, cfg.image_size)?;
+    let scorer = CanonNet::new(ccfg.clone(), 0, &dev)?;
+    let canon = Canon {
+        sym: &sym,
+        scorer: &scorer,
+    };
+    let proxy = proxy::neg_max_confidence;
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let f = |z: &Tensor| model.logits(z, None);
+    let run = |m: Method| -> Result<Tensor> {
+        if m == Method::Canon {
+            Ok(canon.forward(&f, &x)?.0)
+        } else {
+            Ok(ev.run(&[m], &f, &x)?.0.remove(0))
+        }
+    };
+    for _ in 0..b.warmup.max(1) {
+        for &m in &methods {
+            run(m)?;
+        }
+    }
+    let mut secs = vec![0f64; methods.len()];
+    for _ in 0..b.steps {
+        for (k, &m) in methods.iter().enumerate() {
+            let t0 = Instant::now();
+            run(m)?;
+            secs[k] += t0.elapsed().as_secs_f64();
+        }
+    }
+    let mut per = serde_json::Map::new();
+    let v0 = methods
+        .iter()
+        .position(|&m| m == Method::Vanilla)
+        .map(|k| (bs * b.steps) as f64 / secs[k]);
+    for (k, &m) in methods.iter().enumerate() {
+        let ips = (bs * b.steps) as f64 / secs[k];
+        let mut v = json!({"images_per_second": ips, "seconds": secs[k], "model_passes_per_image": m.passes(&sym)});
+        if m == Method::Canon {
+            v["scorer_passes_per_image"] = json!(sym.order());
+        }
+        if let Some(v0) = v0 {
+            v["speed_vs_vanilla"] = json!(ips / v0);
+        }
+        per.insert(m.name().into(), v);
+    }
+    Ok(json!({
+        "framework": "equirun (candle)", "mode": "inference, batches alternating between methods",
+        "group": b.group, "batch_size": bs, "steps": b.steps,
+        "threads": candle_core::utils::get_num_threads(), "n_params": cfg.n_params(),
+        "canon_scorer": {"config": ccfg, "n_params": ccfg.n_params(), "macs_per_pass": ccfg.macs()},
+        "methods": per,
     }))
 }
 
