@@ -12,9 +12,11 @@
 //! | equizero | ρ(g*)⁻¹ M(g*·x), g* = argmin_g ℓ(ρ(g)⁻¹ M(g·x)) | |G| |
 //! | multi-equitune | (1/N) Σᵢ S_{G₋ᵢ}( (1/|Gᵢ|) Σ_{g∈Gᵢ} ρ(g)⁻¹ M(g·c₋ᵢ(x)) ) | Σ|Gᵢ| |
 //! | multi-equizero | as multi-equitune with equizero inside each branch | Σ|Gᵢ| |
+//! | canon | ρ(c(x)) M(c(x)⁻¹·x), c(x) = argmax_g s(g⁻¹·x) ([`canon`]) | 1 (+ |G| tiny scorer passes) |
 //!
 //! All transformed copies a set of methods needs are batched into a single forward call.
 
+pub mod canon;
 pub mod lambda;
 pub mod multi_input;
 pub mod proxy;
@@ -87,6 +89,9 @@ pub enum Method {
     /// Relaxed equitune for language models: general words from the identity branch
     /// (`gpt2-fairness`).
     REquitune,
+    /// Learned canonicalisation: an equivariant scorer picks c(x), the model sees c(x)⁻¹·x once
+    /// ([`canon`]); needs its scorer trained (`cnn`, `clip`).
+    Canon,
 }
 
 impl Method {
@@ -99,7 +104,7 @@ impl Method {
         Method::MultiEquizero,
     ];
     /// Every method, in the order of the docs and tables.
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Vanilla,
         Method::Equitune,
         Method::Equizero,
@@ -107,6 +112,7 @@ impl Method {
         Method::MultiEquizero,
         Method::LambdaEquitune,
         Method::REquitune,
+        Method::Canon,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -118,6 +124,7 @@ impl Method {
             Method::MultiEquizero => "multi-equizero",
             Method::LambdaEquitune => "lambda-equitune",
             Method::REquitune => "r-equitune",
+            Method::Canon => "canon",
         }
     }
 
@@ -128,6 +135,7 @@ impl Method {
         let t = match t.as_str() {
             "λ-equitune" | "lambda" => "lambda-equitune",
             "requitune" => "r-equitune",
+            "canonicalise" | "canonicalize" | "canonicalisation" | "canonicalization" => "canon",
             other => other,
         };
         Method::ALL
@@ -189,7 +197,8 @@ impl Method {
     /// The transformed copies this method evaluates.
     pub fn copies(&self, sym: &dyn Symmetry) -> Vec<CopySpec> {
         match self {
-            Method::Vanilla => vec![CopySpec {
+            // canon: one pass on the canonical input (its tiny scorer passes are not model passes)
+            Method::Vanilla | Method::Canon => vec![CopySpec {
                 source: Source::Raw,
                 g: 0,
             }],
@@ -270,7 +279,7 @@ impl<'a> Evaluator<'a> {
             if !Method::EVALUATOR.contains(m) {
                 bail!(
                     "{} is not computed by the Evaluator (λ-equitune: equi::lambda; r-equitune: \
-                     gpt2-fairness's method_logits)",
+                     gpt2-fairness's method_logits; canon: equi::canon)",
                     m.name()
                 );
             }
@@ -357,7 +366,7 @@ impl<'a> Evaluator<'a> {
                     }
                     mean_of(&branches)?
                 }
-                Method::LambdaEquitune | Method::REquitune => {
+                Method::LambdaEquitune | Method::REquitune | Method::Canon => {
                     unreachable!("rejected at the top of Evaluator::run")
                 }
             };

@@ -16,7 +16,8 @@ pub struct CheckArgs {
     /// Symmetry group (rot90, flip, hflip, vflip, rot180, rot90xflip, ...).
     #[arg(long, default_value = "rot90xflip")]
     pub group: String,
-    /// Methods, comma-separated, or `all`.
+    /// Methods, comma-separated, or `all` (the Evaluator's methods and canon, with a randomly
+    /// initialised scorer: its invariance does not depend on training).
     #[arg(long, default_value = "all")]
     pub method: String,
     /// Check a real CLIP (hub id) instead of the built-in tiny random CLIP.
@@ -67,6 +68,9 @@ pub struct MethodCheck {
     pub max_error: f64,
     pub forward_passes: usize,
     pub invariant: bool,
+    /// canon: passes of its tiny scorer per input (one per group element).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorer_passes: Option<usize>,
 }
 
 pub struct CheckReport {
@@ -90,10 +94,15 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     let (dev, dtype) = a.compute.resolve()?;
     let group = image_group(&a.group).context("--group")?;
+    let supported: Vec<Method> = Method::EVALUATOR
+        .iter()
+        .copied()
+        .chain([Method::Canon])
+        .collect();
     let methods = if a.method.trim() == "all" {
-        Method::EVALUATOR.to_vec()
+        supported.clone()
     } else {
-        Method::parse_list_of(&a.method, &Method::EVALUATOR, "equirun check")?
+        Method::parse_list_of(&a.method, &supported, "equirun check").context("--method")?
     };
     // The built-in tiny CLIPs are made from seeded random values, so every device gets the same
     // weights; a checkpoint is loaded once per device.
@@ -160,11 +169,48 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         proxy: &proxy,
         select: ZeroSelect::WholeCopy,
     };
-    let (base, _) = ev.run(&methods, &model, &x)?;
+    // canon's scorer: a seeded random tiny CNN on the CLIP inputs
+    let scorer = if methods.contains(&Method::Canon) {
+        let cfg = crate::equi::canon::CanonOpts::default().config(3, s)?;
+        Some(crate::equi::canon::CanonNet::new(
+            cfg,
+            crate::output::derive_seed(a.seed, "check-canon"),
+            &Device::Cpu, // the scorer runs on the CPU (its scores move to the model's device)
+        )?)
+    } else {
+        None
+    };
+    let plain: Vec<Method> = methods
+        .iter()
+        .copied()
+        .filter(|m| *m != Method::Canon)
+        .collect();
+    // every method's outputs, in the order of `methods`
+    let outputs = |x: &Tensor| -> Result<Vec<Tensor>> {
+        let (mut plain_out, _) = if plain.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            ev.run(&plain, &model, x)?
+        };
+        let mut out = Vec::with_capacity(methods.len());
+        for m in &methods {
+            if *m == Method::Canon {
+                let canon = crate::equi::canon::Canon {
+                    sym: &sym,
+                    scorer: scorer.as_ref().unwrap(),
+                };
+                out.push(canon.forward(&model, x)?.0);
+            } else {
+                out.push(plain_out.remove(0));
+            }
+        }
+        Ok(out)
+    };
+    let base = outputs(&x)?;
     let mut errs = vec![0f64; methods.len()];
     for g in 0..sym.order() {
         let gx = sym.act_input(g, &x)?;
-        let (outs, _) = ev.run(&methods, &model, &gx)?;
+        let outs = outputs(&gx)?;
         for (mi, (o, b)) in outs.iter().zip(&base).enumerate() {
             let expected = sym.act_output(g, b)?;
             errs[mi] = errs[mi].max(max_abs_diff(o, &expected)?);
@@ -203,6 +249,7 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
                 max_error: errs[mi],
                 forward_passes: m.passes(&sym),
                 invariant: ok,
+                scorer_passes: (*m == Method::Canon).then(|| sym.order()),
             })?,
         );
     }
@@ -242,11 +289,15 @@ pub fn format_table(v: &serde_json::Value) -> String {
         "method", "max error", "passes", "invariant"
     );
     for (name, m) in v["methods"].as_object().into_iter().flatten() {
+        let passes = match m["scorer_passes"].as_u64() {
+            Some(k) => format!("{}+{k}s", m["forward_passes"].as_u64().unwrap_or(0)),
+            None => m["forward_passes"].as_u64().unwrap_or(0).to_string(),
+        };
         s += &format!(
             "{:<16} {:>12.3e} {:>8}  {}\n",
             name,
             m["max_error"].as_f64().unwrap_or(f64::NAN),
-            m["forward_passes"].as_u64().unwrap_or(0),
+            passes,
             if m["invariant"].as_bool().unwrap_or(false) {
                 "yes"
             } else {

@@ -93,6 +93,22 @@ pub struct ClipArgs {
     #[arg(long)]
     #[serde(default)]
     pub list_models: bool,
+    /// canon: the images its scorer is trained on with the canonicalisation prior alone (upright
+    /// images map to the identity; labels unused): a folder (see --canon-train-dataset).
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub canon_train_dir: Option<PathBuf>,
+    /// canon: the layout of --canon-train-dir (its train split where there is one).
+    #[arg(long, value_enum, default_value = "folder")]
+    #[serde(default = "default_canon_train_dataset")]
+    pub canon_train_dataset: DatasetKind,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon: crate::equi::canon::CanonOpts,
+}
+
+fn default_canon_train_dataset() -> DatasetKind {
+    DatasetKind::Folder
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -241,8 +257,16 @@ pub fn evaluate_batch(
     ))
 }
 
-/// The methods `equirun clip` evaluates (no training: λ-equitune needs `clip finetune`).
-const METHODS: &[Method] = &Method::EVALUATOR;
+/// The methods `equirun clip` evaluates (λ-equitune needs `clip finetune`; canon trains its
+/// scorer with the prior alone first).
+const METHODS: &[Method] = &[
+    Method::Vanilla,
+    Method::Equitune,
+    Method::Equizero,
+    Method::MultiEquitune,
+    Method::MultiEquizero,
+    Method::Canon,
+];
 
 /// Parsed, validated options (cheap to build: no model or data touched).
 struct Parsed {
@@ -262,6 +286,15 @@ fn parse(a: &ClipArgs) -> Result<Parsed> {
     let scale_mode = a.scale.fixed()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if methods.contains(&Method::Canon) {
+        if a.canon_train_dir.is_none() {
+            bail!(
+                "--method canon needs --canon-train-dir DIR: upright images its scorer learns to map \
+                 to the identity (a folder with one sub-folder per class, or --canon-train-dataset)"
+            );
+        }
+        a.canon.schedule()?;
     }
     Ok(Parsed {
         group,
@@ -365,6 +398,24 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
             "file": f.display().to_string(), "sha256": pat.sha256, "shape": pat.tensor.dims(),
         });
     }
+    let canon_train = match (&a.canon_train_dir, p.methods.contains(&Method::Canon)) {
+        (Some(dir), true) => {
+            let ds = match a.canon_train_dataset {
+                DatasetKind::Folder => images::open(DatasetKind::Folder, Some(dir)),
+                kind => images::open_split(kind, Some(dir), images::Split::Train),
+            }
+            .context("--canon-train-dir")?;
+            if ds.is_empty() {
+                bail!("--canon-train-dir {}: no images", dir.display());
+            }
+            base_config["canon"] = json!({
+                "train_dataset": a.canon_train_dataset.name(), "train_source": ds.source.display().to_string(),
+                "train_images": ds.len(), "options": a.canon, "training": "prior only (upright images → identity), AdamW",
+            });
+            Some(ds)
+        }
+        _ => None,
+    };
     let transform_spec = format!("t{}", a.groups.transform_spec());
     let name = harness::run_name(
         a.run.run_name.as_ref(),
@@ -414,6 +465,18 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         let method_names: Vec<&str> = p.methods.iter().map(|m| m.name()).collect();
         let model =
             |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, w, scale) };
+        // canon: a prior-only scorer for this seed; the other methods share one Evaluator call
+        let canon_net = match &canon_train {
+            Some(ds) => Some(canon_prior_only(a, &p, ds, size, seed)?),
+            None => None,
+        };
+        let plain: Vec<Method> = p
+            .methods
+            .iter()
+            .copied()
+            .filter(|m| *m != Method::Canon)
+            .collect();
+        let mut canon_identity = 0usize;
         let mut trng = output::rng_for(seed, "transform");
         let n = ds.len();
         let mut top1 = vec![0usize; p.methods.len()];
@@ -444,9 +507,27 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
                     corrupt(&x, tg, &elems)?
                 }
             };
-            let (outs, copies, canon) =
-                evaluate_batch(&ev, &sym, &p.methods, a.multi_mean, &model, &x)?;
+            let (mut plain_outs, copies, canon) = if plain.is_empty() {
+                (Vec::new(), 0, vec![Vec::new(); x.dim(0)?])
+            } else {
+                evaluate_batch(&ev, &sym, &plain, a.multi_mean, &model, &x)?
+            };
             shared_passes = copies;
+            let mut outs = Vec::with_capacity(p.methods.len());
+            for m in &p.methods {
+                if *m == Method::Canon {
+                    let (net, _) = canon_net.as_ref().expect("scorer trained above");
+                    let wrapper = crate::equi::canon::Canon {
+                        sym: &sym,
+                        scorer: net,
+                    };
+                    let (o, st) = wrapper.forward(&model, &x)?;
+                    canon_identity += st.identity_picks;
+                    outs.push(o);
+                } else {
+                    outs.push(plain_outs.remove(0));
+                }
+            }
             let mut all_rows = Vec::with_capacity(outs.len());
             for (mi, o) in outs.iter().enumerate() {
                 let rows = o.to_vec2::<f32>()?;
@@ -504,6 +585,14 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
             );
             passes.insert(m.name().into(), json!(m.passes(&sym)));
         }
+        if let Some((net, phase)) = &canon_net {
+            let c = metrics.get_mut("canon").expect("canon evaluated");
+            c["identity_rate"] = json!(canon_identity as f64 / n as f64);
+            c["scorer_passes_per_input"] = json!(p.group.order());
+            c["scorer"] = json!({"config": net.config, "n_params": net.config.n_params(),
+                                 "macs_per_pass": net.config.macs()});
+            c["prior_phase"] = phase.clone();
+        }
         let summary: Vec<String> = p
             .methods
             .iter()
@@ -557,6 +646,25 @@ pub struct BenchClipArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0, alias = "seeds")]
     pub seed: u64,
+    /// Time these wrappers instead of the bare encoder (comma-separated: vanilla, equitune,
+    /// equizero, multi-equitune, multi-equizero, canon): each is a full wrapped forward (image
+    /// encoder + softmax over 10 random classes) over --group; the timed batches alternate
+    /// between the methods, so they share the machine's state. canon uses a randomly
+    /// initialised scorer (its cost does not depend on training).
+    #[arg(long)]
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The wrappers' group (with --method).
+    #[arg(long, default_value = "rot90xflip")]
+    #[serde(default = "default_bench_group")]
+    pub group: String,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon: crate::equi::canon::CanonOpts,
+}
+
+fn default_bench_group() -> String {
+    "rot90xflip".into()
 }
 
 /// Times `encode_images` on `[batch, 3, S, S]` N(0,1) inputs; returns a JSON summary.
@@ -565,6 +673,13 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
     if a.batch_size == 0 || a.batches == 0 {
         bail!("--batch-size and --batches must be at least 1");
     }
+    let wrappers = match &a.method {
+        Some(m) => Some((
+            Method::parse_list_of(m, METHODS, "equirun bench-clip").context("--method")?,
+            crate::groups::image::image_group(&a.group).context("--group")?,
+        )),
+        None => None,
+    };
     let (dev, dtype) = a.compute.resolve()?;
     let (files, alias) = crate::models::clip::resolve(&a.model.source(DEFAULT_CLIP))?;
     let t_load = Instant::now();
@@ -586,6 +701,23 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         t.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     };
+    if let Some((methods, group)) = wrappers {
+        let r = bench_wrappers(a, &clip, &x, &methods, group, &sync)?;
+        let mut v = json!({
+            "framework": "equirun",
+            "model": files.origin.id,
+            "model_alias": alias.map(|e| e.name),
+            "backbone": clip.spec,
+            "device": crate::device::device_name(&dev),
+            "dtype": crate::device::dtype_name(dtype),
+            "threads": candle_core::utils::get_num_threads(),
+            "batch_size": a.batch_size,
+            "batches": a.batches,
+            "load_seconds": load_s,
+        });
+        v.as_object_mut().unwrap().extend(r);
+        return Ok(v);
+    }
     for _ in 0..a.warmup {
         sync(&clip.encode_images(&x)?)?;
     }
@@ -614,6 +746,100 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         "seconds_per_batch": per_batch,
         "load_seconds": load_s,
     }))
+}
+
+/// `bench-clip --method`: images/s of each wrapped forward on the same inputs, batches
+/// alternating between methods (warm-up batches untimed).
+fn bench_wrappers(
+    a: &BenchClipArgs,
+    clip: &Clip,
+    x: &Tensor,
+    methods: &[Method],
+    group: FiniteGroup<D4>,
+    sync: &dyn Fn(&Tensor) -> Result<()>,
+) -> Result<serde_json::Map<String, Value>> {
+    use crate::equi::canon::{Canon, CanonNet};
+    let dev = x.device().clone();
+    let s = clip.image_size();
+    let mut rng = output::rng_for(a.seed, "bench-clip-classes");
+    let normal = rand_distr::Normal::new(0f32, 1.0).unwrap();
+    let proj = clip.projection_dim();
+    let w = crate::models::l2_normalize(&Tensor::from_vec(
+        (0..10 * proj)
+            .map(|_| rand_distr::Distribution::sample(&normal, &mut rng))
+            .collect::<Vec<f32>>(),
+        (10, proj),
+        &dev,
+    )?)?;
+    let model =
+        |x: &Tensor| -> Result<Tensor> { zero_shot_probs(&clip.encode_images(x)?, &w, 1.0) };
+    let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, 0);
+    let proxy = proxy::neg_max_confidence;
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let scorer = CanonNet::new(
+        a.canon.config(3, s)?,
+        output::derive_seed(a.seed, "bench-canon"),
+        &candle_core::Device::Cpu,
+    )?;
+    let canon = Canon {
+        sym: &sym,
+        scorer: &scorer,
+    };
+    let run = |m: Method| -> Result<()> {
+        let o = if m == Method::Canon {
+            canon.forward(&model, x)?.0
+        } else {
+            ev.run(&[m], &model, x)?.0.remove(0)
+        };
+        sync(&o)
+    };
+    for _ in 0..a.warmup {
+        for &m in methods {
+            run(m)?;
+        }
+    }
+    let mut secs = vec![Vec::new(); methods.len()];
+    let pb = progress_bar((a.batches * methods.len()) as u64, "bench-clip");
+    for _ in 0..a.batches {
+        for (k, &m) in methods.iter().enumerate() {
+            let t = Instant::now();
+            run(m)?;
+            secs[k].push(t.elapsed().as_secs_f64());
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let ips = |k: usize| (a.batch_size * a.batches) as f64 / secs[k].iter().sum::<f64>();
+    let vanilla = methods.iter().position(|&m| m == Method::Vanilla).map(ips);
+    let mut per = serde_json::Map::new();
+    for (k, &m) in methods.iter().enumerate() {
+        let mut v = json!({
+            "images_per_s": ips(k),
+            "seconds_per_batch": secs[k],
+            "model_passes_per_image": m.passes(&sym),
+        });
+        if m == Method::Canon {
+            v["scorer_passes_per_image"] = json!(group.order());
+            v["scorer"] = json!({"config": scorer.config, "n_params": scorer.config.n_params(),
+                                 "macs_per_pass": scorer.config.macs()});
+        }
+        if let Some(v0) = vanilla {
+            v["speed_vs_vanilla"] = json!(ips(k) / v0);
+        }
+        per.insert(m.name().into(), v);
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("group".into(), json!(group.info()));
+    out.insert(
+        "timing".into(),
+        json!("wrapped forward (encoder + softmax over 10 random classes), batches alternating between methods"),
+    );
+    out.insert("methods".into(), Value::Object(per));
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -682,3 +908,71 @@ pub const ENTRY: Experiment = Experiment {
     run_folders: registry::one_folder,
     extract: Some(extract_clip),
 };
+
+/// canon in `equirun clip`: a scorer for CLIP's preprocessed inputs trained with the
+/// canonicalisation prior alone on upright images of `ds` (`--canon-*` schedule, AdamW). Returns
+/// the scorer and its phase record (loss curve; validation = the share of 64 held-back upright
+/// images mapped to the identity).
+fn canon_prior_only(
+    a: &ClipArgs,
+    p: &Parsed,
+    ds: &images::ImageDataset,
+    size: usize,
+    seed: u64,
+) -> Result<(crate::equi::canon::CanonNet, Value)> {
+    use crate::equi::canon::{prior_loss, Canon, CanonNet};
+    let cpu = candle_core::Device::Cpu;
+    let net = CanonNet::new(
+        a.canon.config(3, size)?,
+        output::derive_seed(seed, "clip-canon-init"),
+        &cpu,
+    )?;
+    let sym = ImageSymmetry::new(p.group.clone(), ImageOutput::Invariant, 0);
+    let canon = Canon {
+        sym: &sym,
+        scorer: &net,
+    };
+    let n = ds.len();
+    let n_val = 64.min(n / 2);
+    let load = |idx: &[usize]| -> Result<Tensor> {
+        let xs = idx
+            .iter()
+            .map(|&i| Ok(load_batch(ds, i..i + 1, size, &cpu)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&xs, 0)?)
+    };
+    let val_x = load(&(0..n_val).collect::<Vec<_>>())?;
+    let mut rng = output::rng_for(seed, "clip-canon-prior-data");
+    let bs = a.canon.canon_batch_size;
+    let schedule = a.canon.schedule()?;
+    let outcome = crate::train::run_phase(
+        &format!("seed {seed} canon prior"),
+        &schedule,
+        net.vars(),
+        crate::train::Select::Last,
+        |_| {
+            let idx: Vec<usize> = (0..bs).map(|_| rng.random_range(n_val..n)).collect();
+            let x = load(&idx)?;
+            prior_loss(&canon.scores(&x)?, &vec![0; bs])
+        },
+        || {
+            if n_val == 0 {
+                return Ok(0.0);
+            }
+            let ties = crate::equi::canon::tie_sets(&canon.scores(&val_x)?)?;
+            let id = ties
+                .iter()
+                .filter(|t| t.contains(&sym.group.identity()))
+                .count();
+            Ok(100.0 * id as f64 / n_val as f64)
+        },
+    )?;
+    Ok((
+        net,
+        json!({
+            "curve": outcome.curve, "iterations": outcome.iterations,
+            "train_seconds": outcome.train_seconds, "held_back_images": n_val,
+            "validation": "% of held-back upright images mapped to the identity",
+        }),
+    ))
+}

@@ -23,6 +23,7 @@ use super::registry::{self, Experiment};
 use crate::cli::opts::{DeviceOpts, FinetuneOpts, GroupOpts, LambdaOpts, MethodOpts, RunOpts};
 use crate::data::gray::{make_batch, Corruptor, GrayData, FASHION_MEAN, FASHION_STD};
 use crate::data::images::Split;
+use crate::equi::canon::{self as canonical, Canon, CanonFinetuneOpts, CanonNet, CanonOpts};
 use crate::equi::lambda::{orbit, Head, LambdaEquitune, LambdaNet};
 use crate::equi::proxy::{self, ProxyKind};
 use crate::equi::{Evaluator, ImageOutput, ImageSymmetry, Method, Symmetry, ZeroSelect};
@@ -70,6 +71,12 @@ pub struct CnnArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub lambda: LambdaOpts,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon: CanonOpts,
+    #[command(flatten)]
+    #[serde(default)]
+    pub canon_finetune: CanonFinetuneOpts,
     /// Equizero's proxy loss on each copy's prediction.
     #[arg(long, value_enum, default_value = "entropy")]
     pub equizero_proxy: ProxyKind,
@@ -135,6 +142,12 @@ pub struct BenchArgs {
     pub method: String,
     #[arg(long, default_value = "rot90")]
     pub group: String,
+    /// Time inference instead of training: the wrapped forward (no gradient) of every method in
+    /// --method (comma-separated: vanilla, equitune, equizero, multi-equitune, multi-equizero,
+    /// canon), the timed batches alternating between the methods; canon with a randomly
+    /// initialised scorer (its cost does not depend on training).
+    #[arg(long)]
+    pub eval: bool,
     /// CPU and f32 only.
     #[command(flatten)]
     pub compute: DeviceOpts,
@@ -191,6 +204,7 @@ const METHODS: &[Method] = &[
     Method::LambdaEquitune,
     Method::MultiEquitune,
     Method::MultiEquizero,
+    Method::Canon,
 ];
 
 /// Parsed, validated options.
@@ -201,6 +215,7 @@ struct Parsed {
     seeds: Vec<u64>,
     finetune: Schedule,
     lambda: Schedule,
+    canon: Schedule,
 }
 
 fn parse(a: &CnnArgs) -> Result<Parsed> {
@@ -223,6 +238,7 @@ fn parse(a: &CnnArgs) -> Result<Parsed> {
     }
     let finetune = a.finetune.schedule()?;
     let lambda = a.lambda.schedule()?;
+    let canon = a.canon.schedule()?;
     if !(a.pretrain_lr.is_finite() && a.pretrain_lr > 0.0) {
         bail!("--pretrain-lr must be positive");
     }
@@ -233,6 +249,7 @@ fn parse(a: &CnnArgs) -> Result<Parsed> {
         seeds,
         finetune,
         lambda,
+        canon,
     })
 }
 
@@ -479,16 +496,18 @@ impl SeedRun<'_> {
             },
             || self.val_plain(m, &model),
         )?;
-        let tests = self.test_plain(&[m], &model)?;
+        let (tests, ips) = self.timed(|| self.test_plain(&[m], &model))?;
         let ckpt = self.ckpt_dir.join(format!("{}.safetensors", m.name()));
         cnn::save(&vm, &ckpt)?;
-        Ok(self.finetune_record(
+        let mut rec = self.finetune_record(
             &out,
             tests.into_iter().map(|(n, v)| (n, v[0])).collect(),
             &ckpt,
             m.passes(self.sym),
             None,
-        ))
+        );
+        rec["test_images_per_second"] = json!(ips);
+        Ok(rec)
     }
 
     /// λ-equitune ([`lambda_two_phase`]): phase 1 trains the λ-net on the frozen pretrained
@@ -560,14 +579,159 @@ impl SeedRun<'_> {
                 },
             },
         )?;
-        let tests = self.test_lambda(&le, &model, Some(&frozen))?;
+        let (tests, ips) = self.timed(|| self.test_lambda(&le, &model, Some(&frozen)))?;
         let ckpt = self.ckpt_dir.join("lambda-equitune.safetensors");
         cnn::save(&vm, &ckpt)?;
         let phase1 = p1.lambda_json(json!(lam_path.display().to_string()));
-        Ok((
-            zero_shot,
-            self.finetune_record(&p2, tests, &ckpt, 2 * self.sym.order(), Some(phase1)),
-        ))
+        let mut rec = self.finetune_record(&p2, tests, &ckpt, 2 * self.sym.order(), Some(phase1));
+        rec["test_images_per_second"] = json!(ips);
+        Ok((zero_shot, rec))
+    }
+
+    /// Runs the test evaluation `f` and returns its result with the test images per second
+    /// (every test set counted).
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+        let n: usize = self.tests.iter().map(|(_, s)| s.idx.len()).sum();
+        let t0 = Instant::now();
+        let r = f()?;
+        Ok((r, n as f64 / t0.elapsed().as_secs_f64().max(1e-9)))
+    }
+
+    /// Learned canonicalisation ([`crate::equi::canon`]): phase 1 trains the scorer alone with
+    /// the canonicalisation prior on upright training images (the zero-shot point: the
+    /// pretrained CNN behind a prior-only canonicaliser); phase 2 trains the backbone and the
+    /// scorer together on the corrupted finetuning batches (the same batches as every method)
+    /// with the task loss through the straight-through argmax plus `--canon-prior-weight` × the
+    /// prior on the upright versions of the same images. Returns (zero-shot test accuracies,
+    /// finetuning record).
+    fn finetune_canon(&self, pre: &Path) -> Result<(Vec<(String, f64)>, Value)> {
+        let dev = Device::Cpu;
+        let co = &self.a.canon;
+        let (vm, model) = self.fresh(pre)?;
+        let frozen = model.frozen();
+        let ccfg = co.config(self.cfg.in_channels, self.cfg.image_size)?;
+        let net = CanonNet::new(
+            ccfg.clone(),
+            output::derive_seed(self.seed, "cnn-canon-init"),
+            &dev,
+        )?;
+        let canon = Canon {
+            sym: self.sym,
+            scorer: &net,
+        };
+        let scorer_path = self.ckpt_dir.join("canon.scorer.safetensors");
+        let none = Corruptor::new(None, self.train.side)?;
+        let eb = self.a.eval_batch_size;
+        // phase 1: the prior alone, on upright images
+        let mut prng = output::rng_for(self.seed, "cnn-canon-prior-data");
+        let pbs = co.canon_batch_size;
+        let prior_batch = |rng: &mut rand_chacha::ChaCha8Rng| -> Result<Tensor> {
+            let idx: Vec<usize> = (0..pbs)
+                .map(|_| self.tr_idx[rng.random_range(0..self.tr_idx.len())])
+                .collect();
+            Ok(make_batch(self.train, &idx, &[], &none, &dev)?.0)
+        };
+        // phase 2: the finetuning batches of every method (same draws as `sampler`), corrupted
+        // and upright
+        let mut frng = output::rng_for(self.seed, "cnn-finetune-data");
+        let bs = self.a.finetune.batch_size;
+        let drop = RefCell::new(output::rng_for(self.seed, "cnn-finetune-dropout-canon"));
+        let weight = self.a.canon_finetune.canon_prior_weight;
+        let temperature = self.a.canon_finetune.canon_temperature;
+        let frozen_f = |z: &Tensor| frozen.logits(z, None);
+        let model_f = |z: &Tensor| model.logits(z, None);
+        let accuracy = |m: &dyn crate::equi::BatchModel| -> Result<f64> {
+            Ok(self
+                .val
+                .accuracies(eb, "val", &mut |x| Ok(vec![canon.forward(m, x)?.0]))?[0]
+                .0)
+        };
+        let (p1, (zero_shot, zs_identity), p2) = lambda_two_phase(
+            self.a.finetune.select,
+            Phase {
+                label: format!("seed {} canon prior", self.seed),
+                schedule: &self.p.canon,
+                vars: net.vars(),
+                loss: |_| {
+                    let x = prior_batch(&mut prng)?;
+                    canonical::prior_loss(&canon.scores(&x)?, &vec![0; pbs])
+                },
+                validate: || accuracy(&frozen_f),
+            },
+            || {
+                let r = self.test_canon(&canon, &frozen_f)?;
+                net.save(&scorer_path)?;
+                Ok(r)
+            },
+            Phase {
+                label: format!("seed {} finetune canon", self.seed),
+                schedule: &self.p.finetune,
+                vars: cnn::vars(self.cfg, &vm)?
+                    .into_iter()
+                    .chain(net.vars())
+                    .collect(),
+                loss: |_| {
+                    let idx: Vec<usize> = (0..bs)
+                        .map(|_| self.tr_idx[frng.random_range(0..self.tr_idx.len())])
+                        .collect();
+                    let elems = self.corrupt.draw(&mut frng, bs);
+                    let (x, y) = make_batch(self.train, &idx, &elems, self.corrupt, &dev)?;
+                    let f = |z: &Tensor| model.logits(z, Some(&drop));
+                    let (o, _) = canon.train_forward(&f, &x, temperature)?;
+                    let task = classification_loss(&o, &y, Head::Logits)?;
+                    if weight == 0.0 {
+                        return Ok(task);
+                    }
+                    let (up, _) = make_batch(self.train, &idx, &[], &none, &dev)?;
+                    let prior = canonical::prior_loss(&canon.scores(&up)?, &vec![0; bs])?;
+                    Ok((task + (prior * weight)?)?)
+                },
+                validate: || accuracy(&model_f),
+            },
+        )?;
+        let ((tests, identity), ips) = self.timed(|| self.test_canon(&canon, &model_f))?;
+        let ckpt = self.ckpt_dir.join("canon.safetensors");
+        cnn::save(&vm, &ckpt)?;
+        let finetuned_scorer = self.ckpt_dir.join("canon.scorer-finetuned.safetensors");
+        net.save(&finetuned_scorer)?;
+        let mut rec = self.finetune_record(&p2, tests, &ckpt, 1, None);
+        rec["test_images_per_second"] = json!(ips);
+        rec["scorer_passes_per_input"] = json!(self.sym.order());
+        rec["scorer_checkpoint"] = json!(finetuned_scorer.display().to_string());
+        rec["upright_test_identity_rate"] = json!(identity);
+        rec["prior_phase"] = json!({
+            "curve": p1.curve, "best_round": p1.best_round, "best_val_accuracy": p1.best_val,
+            "selected_round": p1.selected_round, "iterations": p1.iterations,
+            "train_seconds": p1.train_seconds,
+            "scorer_checkpoint": scorer_path.display().to_string(),
+            "upright_test_identity_rate": zs_identity,
+        });
+        Ok((zero_shot, rec))
+    }
+
+    /// Canon's test accuracies and the fraction of upright test images mapped to the identity.
+    fn test_canon(
+        &self,
+        canon: &Canon,
+        model: &dyn crate::equi::BatchModel,
+    ) -> Result<(Vec<(String, f64)>, Option<f64>)> {
+        let mut out = Vec::new();
+        let mut identity = None;
+        for (name, set) in &self.tests {
+            let mut stats = canonical::CanonStats::default();
+            let acc =
+                set.accuracies(self.a.eval_batch_size, &format!("test {name}"), &mut |x| {
+                    let (o, s) = canon.forward(model, x)?;
+                    stats.inputs += s.inputs;
+                    stats.identity_picks += s.identity_picks;
+                    Ok(vec![o])
+                })?;
+            if name == "upright" {
+                identity = Some(stats.identity_picks as f64 / stats.inputs.max(1) as f64);
+            }
+            out.push((name.clone(), acc[0].0));
+        }
+        Ok((out, identity))
     }
 
     fn test_lambda(
@@ -646,7 +810,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         "optimizer": {"kind": "adamw", "lr": a.pretrain_lr, "weight_decay": 0.0},
         "selection": "best upright validation accuracy over epochs (validation split of train)",
     });
-    let base_config = json!({
+    let mut base_config = json!({
         "pretrain": pre_config,
         "group": p.group.info(),
         "transform": p.transform.as_ref().map(|t| t.info()),
@@ -664,6 +828,18 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         "eval_batch_size": a.eval_batch_size,
         "canonicaliser": "per-factor pattern argmax, pattern seeded from (seed, 'canon')",
     });
+    if p.methods.contains(&Method::Canon) {
+        // only with canon, so that the run folders of other method sets keep their names
+        let ccfg = a.canon.config(cfg.in_channels, cfg.image_size)?;
+        base_config["canon"] = json!({
+            "scorer": "equituned tiny CNN: score of g = s(g⁻¹·x); s = block-average to side ≤ resolution, conv3×3-ReLU-maxpool2-conv3×3-ReLU-linear",
+            "config": ccfg, "n_params": ccfg.n_params(), "macs_per_scorer_pass": ccfg.macs(),
+            "prior_phase": p.canon, "prior_batch_size": a.canon.canon_batch_size,
+            "prior_weight": a.canon_finetune.canon_prior_weight, "temperature": a.canon_finetune.canon_temperature,
+            "ties": "scores within 1e-6 (relative) of the max are averaged",
+            "finetuning": "backbone and scorer jointly, one AdamW (--lr); straight-through argmax; prior on the upright versions of the batch",
+        });
+    }
     let corrupt_spec = format!("t{}", corrupt.name());
     let name = harness::run_name(
         a.run.run_name.as_ref(),
@@ -730,7 +906,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
             .methods
             .iter()
             .copied()
-            .filter(|&m| m != Method::LambdaEquitune)
+            .filter(|&m| !matches!(m, Method::LambdaEquitune | Method::Canon))
             .collect();
         let pre_model = {
             let (_, m) = ctx.fresh(&pre.path)?;
@@ -754,6 +930,10 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         for w in &p.methods {
             let rec = if *w == Method::LambdaEquitune {
                 let (zs, rec) = ctx.finetune_lambda(&pre.path)?;
+                zero_shot.insert(w.name().into(), to_map(zs));
+                rec
+            } else if *w == Method::Canon {
+                let (zs, rec) = ctx.finetune_canon(&pre.path)?;
                 zero_shot.insert(w.name().into(), to_map(zs));
                 rec
             } else {
@@ -860,13 +1040,25 @@ pub fn summary_table(paths: &[PathBuf]) -> Result<String> {
         "pretrained CNN, upright test accuracy: {} %\n\n",
         col(&|r| r["metrics"]["pretrained"]["test_upright_accuracy"].as_f64())
     ));
-    s.push_str("| method | test images | zero-shot | finetuned |\n|---|---|---|---|\n");
+    s.push_str(
+        "| method | test images | zero-shot | finetuned | model passes per image | test images/s (finetuned) |\n|---|---|---|---|---|---|\n",
+    );
     for m in &methods {
+        let f = &first["metrics"]["finetuned"][m];
+        let passes = match (
+            f["forward_passes_per_input"].as_u64(),
+            f["scorer_passes_per_input"].as_u64(),
+        ) {
+            (Some(p), Some(k)) => format!("{p} (+{k} scorer)"),
+            (Some(p), None) => p.to_string(),
+            _ => "–".into(),
+        };
         for t in &tests {
             s.push_str(&format!(
-                "| {m} | {t} | {} | {} |\n",
+                "| {m} | {t} | {} | {} | {passes} | {} |\n",
                 col(&|r| r["metrics"]["zero_shot"][m][t].as_f64()),
                 col(&|r| r["metrics"]["finetuned"][m]["test"][t].as_f64()),
+                col(&|r| r["metrics"]["finetuned"][m]["test_images_per_second"].as_f64()),
             ));
         }
     }
@@ -877,6 +1069,9 @@ pub fn summary_table(paths: &[PathBuf]) -> Result<String> {
 /// Training throughput of the CNN: `steps` AdamW steps on seeded random images.
 pub fn bench(b: &BenchArgs) -> Result<Value> {
     b.compute.require_cpu_f32("cnn bench")?;
+    if b.eval {
+        return bench_eval(b);
+    }
     let dev = Device::Cpu;
     let cfg = CnnConfig::fashion_mnist();
     let (vm, model) = Cnn::init(&cfg, 0, &dev)?;
@@ -927,6 +1122,84 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
         "threads": candle_core::utils::get_num_threads(),
         "seconds": secs, "images_per_second": (bs * b.steps) as f64 / secs,
         "n_params": cfg.n_params(),
+    }))
+}
+
+/// `cnn bench --eval`: inference images/s of each wrapper of the (randomly initialised) CNN on
+/// seeded random images, batches alternating between methods after one untimed warm-up round.
+fn bench_eval(b: &BenchArgs) -> Result<Value> {
+    const EVAL_METHODS: &[Method] = &[
+        Method::Vanilla,
+        Method::Equitune,
+        Method::Equizero,
+        Method::MultiEquitune,
+        Method::MultiEquizero,
+        Method::Canon,
+    ];
+    let methods = Method::parse_list_of(&b.method, EVAL_METHODS, "equirun cnn bench --eval")
+        .context("--method")?;
+    let group = image_group(&b.group).context("--group")?;
+    let dev = Device::Cpu;
+    let cfg = CnnConfig::fashion_mnist();
+    let (_, model) = Cnn::init(&cfg, 0, &dev)?;
+    let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, 0);
+    let bs = b.batch_size.max(1);
+    let x = crate::testing::randn(0, &[bs, 1, cfg.image_size, cfg.image_size]);
+    let ccfg = CanonOpts::default().config(1, cfg.image_size)?;
+    let scorer = CanonNet::new(ccfg.clone(), 0, &dev)?;
+    let canon = Canon {
+        sym: &sym,
+        scorer: &scorer,
+    };
+    let proxy = proxy::neg_max_confidence;
+    let ev = Evaluator {
+        sym: &sym,
+        proxy: &proxy,
+        select: ZeroSelect::WholeCopy,
+    };
+    let f = |z: &Tensor| model.logits(z, None);
+    let run = |m: Method| -> Result<Tensor> {
+        if m == Method::Canon {
+            Ok(canon.forward(&f, &x)?.0)
+        } else {
+            Ok(ev.run(&[m], &f, &x)?.0.remove(0))
+        }
+    };
+    for _ in 0..b.warmup.max(1) {
+        for &m in &methods {
+            run(m)?;
+        }
+    }
+    let mut secs = vec![0f64; methods.len()];
+    for _ in 0..b.steps {
+        for (k, &m) in methods.iter().enumerate() {
+            let t0 = Instant::now();
+            run(m)?;
+            secs[k] += t0.elapsed().as_secs_f64();
+        }
+    }
+    let mut per = serde_json::Map::new();
+    let v0 = methods
+        .iter()
+        .position(|&m| m == Method::Vanilla)
+        .map(|k| (bs * b.steps) as f64 / secs[k]);
+    for (k, &m) in methods.iter().enumerate() {
+        let ips = (bs * b.steps) as f64 / secs[k];
+        let mut v = json!({"images_per_second": ips, "seconds": secs[k], "model_passes_per_image": m.passes(&sym)});
+        if m == Method::Canon {
+            v["scorer_passes_per_image"] = json!(sym.order());
+        }
+        if let Some(v0) = v0 {
+            v["speed_vs_vanilla"] = json!(ips / v0);
+        }
+        per.insert(m.name().into(), v);
+    }
+    Ok(json!({
+        "framework": "equirun (candle)", "mode": "inference, batches alternating between methods",
+        "group": b.group, "batch_size": bs, "steps": b.steps,
+        "threads": candle_core::utils::get_num_threads(), "n_params": cfg.n_params(),
+        "canon_scorer": {"config": ccfg, "n_params": ccfg.n_params(), "macs_per_pass": ccfg.macs()},
+        "methods": per,
     }))
 }
 
