@@ -189,11 +189,14 @@ fn examples(path: &str) -> Option<&'static str> {
       --group verb,direction-rl,direction-ud
   # zero-shot: evaluate the pretrained model through the wrapper, no training
   equirun scan finetune --pretrained results/scan-pretrain/RUN --method equitune --iters 0",
+        "scan-dump" => "  equirun scan-dump --checkpoint results/scan-finetune/RUN/seed-0/best.safetensors \\
+      --method multi-equitune --input lines.txt --output logprobs.json",
         "scan quick" => "  equirun scan quick --seeds 0-2 --out results",
         "bench-lm" => "  equirun bench-lm --model-dir models/gpt2 --batch-size 1 --prompt-len 16 --new-tokens 32
   equirun bench-lm --gguf models/smollm2.gguf",
         "bench-clip" => "  equirun bench-clip --model ViT-B/32 --batch-size 32 --batches 4
-  equirun bench-clip --model-dir models/clip --device cuda --dtype f16",
+  equirun bench-clip --model-dir models/clip --device cuda --dtype f16
+  equirun bench-clip --model-dir models/clip --method vanilla,canon,equitune,multi-equitune --group rot90xflip",
         "data" | "data scan" => "  equirun data scan --data-dir data/scan",
         "check" => "  equirun check --group rot90xflip
   equirun check --group rot90 --method equitune,equizero --json
@@ -217,6 +220,7 @@ pub fn method_sentence(name: &str) -> &'static str {
         "multi-equizero" => "as multi-equitune with equizero inside each branch (Σ|Gᵢ| passes)",
         "lambda-equitune" => "a weighted equitune whose per-copy weights come from a small trained λ-net (needs training)",
         "r-equitune" => "equitune where words outside the swapped word lists come from the identity copy only",
+        "canon" => "learned canonicalisation: a tiny equivariant scorer picks one group element per input, the model sees that one copy (1 pass + |G| tiny-scorer passes; needs a trained scorer)",
         _ => "see docs/methods.md",
     }
 }
@@ -238,9 +242,28 @@ fn methods_of(path: &str) -> Option<&'static [&'static str]> {
         "multi-equitune",
         "multi-equizero",
     ];
+    const EVALUATOR_CANON: &[&str] = &[
+        "vanilla",
+        "equitune",
+        "equizero",
+        "multi-equitune",
+        "multi-equizero",
+        "canon",
+    ];
+    const TRAINED_CANON: &[&str] = &[
+        "vanilla",
+        "equitune",
+        "equizero",
+        "lambda-equitune",
+        "multi-equitune",
+        "multi-equizero",
+        "canon",
+    ];
     Some(match path {
-        "clip" | "check" | "scan finetune" => EVALUATOR,
-        "clip finetune" | "cnn" => TRAINED,
+        "scan finetune" | "scan-dump" => EVALUATOR,
+        "clip" | "check" | "bench-clip" => EVALUATOR_CANON,
+        "clip finetune" => TRAINED,
+        "cnn" => TRAINED_CANON,
         "gpt2-fairness" => &[
             "vanilla",
             "equitune",

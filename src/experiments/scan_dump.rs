@@ -47,7 +47,8 @@ pub struct DumpArgs {
     /// Write only the greedy predictions (token ids up to and including the first EOS).
     #[arg(long)]
     pub predictions_only: bool,
-    #[arg(long, default_value_t = 256, value_parser = crate::cli::opts::at_least_one)]
+    /// Commands per forward batch.
+    #[arg(long = "eval-batch-size", alias = "eval-batch", default_value_t = 256, value_parser = crate::cli::opts::at_least_one)]
     pub eval_batch: usize,
     /// CPU and f32 only.
     #[command(flatten)]
