@@ -178,7 +178,7 @@ def main() -> int:
 
 A tiny, randomly initialised Hugging Face `GPT2LMHeadModel` plus reference logits
 computed by PyTorch/transformers. Used by `tests/gpt2.rs` to check equirun's
-candle-nn GPT-2 (`src/models/gpt2.rs`) against the reference implementation,
+candle-nn GPT-2 (`src/models/lm/gpt2.rs`) against the reference implementation,
 including its KV cache.
 
 Generated with torch {torch.__version__}, transformers {transformers.__version__}

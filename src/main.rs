@@ -32,7 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 model_dir,
             };
             let dev = candle_core::Device::Cpu;
-            let (mut lm, _, _) = equirun::models::lm_loader::load_lm(&src, gguf.as_deref(), &dev)?;
+            let (mut lm, _, _) = equirun::models::lm::loader::load_lm(&src, gguf.as_deref(), &dev)?;
             let r =
                 equirun::models::lm::bench_greedy(lm.as_mut(), batch, prompt_len, new_tokens, 0)?;
             println!("{}", serde_json::to_string(&r)?);

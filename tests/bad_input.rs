@@ -966,7 +966,7 @@ fn every_command_has_examples_and_described_flags() {
 }
 
 /// The clip-tiny parity fixture carries the tokenizer it needs to run as a `--model-dir` (the
-/// tiny word-level one of `equirun::models::tiny_tokenizer`, over the CIFAR-10 prompt words; ids
+/// tiny word-level one of `equirun::models::clip::tiny_tokenizer`, over the CIFAR-10 prompt words; ids
 /// 98/99 are its BOS/EOS, as in its config). Regenerate with `EQUIRUN_BLESS=1`.
 #[test]
 fn clip_tiny_fixture_runs_as_a_model_dir() {
@@ -974,7 +974,7 @@ fn clip_tiny_fixture_runs_as_a_model_dir() {
     let words = equirun::testing::cifar10_prompt_words();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     let mut want = serde_json::to_string_pretty(
-        &equirun::models::tiny_tokenizer::tiny_tokenizer_json(&refs).unwrap(),
+        &equirun::models::clip::tiny_tokenizer::tiny_tokenizer_json(&refs).unwrap(),
     )
     .unwrap();
     want.push('\n');

@@ -11,10 +11,10 @@ use equirun::equi::{
 };
 use equirun::groups::image::image_group;
 use equirun::hub::{install_into_cache, ModelSource};
+use equirun::models::clip::open_clip::{parse_open_clip_config, OPEN_CLIP_FILES};
 use equirun::models::clip::{
     parse_config, tiny_resnet_clip, zero_shot_probs, Clip, REQUIRED_FILES,
 };
-use equirun::models::open_clip::{parse_open_clip_config, OPEN_CLIP_FILES};
 use equirun::testing::{max_abs, max_abs_diff, randn};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -285,11 +285,11 @@ impl Env {
         let snap = root.path().join("snapshot");
         let words = equirun::testing::cifar10_prompt_words();
         let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-        equirun::models::open_clip::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
+        equirun::models::clip::open_clip::write_tiny_resnet_snapshot(&snap, 3, &refs).unwrap();
         let files: Vec<(&str, PathBuf)> =
             OPEN_CLIP_FILES.iter().map(|f| (*f, snap.join(f))).collect();
         let files: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();
-        let repo = equirun::models::zoo::lookup("RN50").unwrap().repo;
+        let repo = equirun::models::clip::zoo::lookup("RN50").unwrap().repo;
         install_into_cache(&root.path().join("hf/hub"), repo, "main", COMMIT, &files).unwrap();
         equirun::testing::write_tiny_cifar10(&root.path().join("data"), 6, 5);
         Env { root }

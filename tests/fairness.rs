@@ -47,8 +47,8 @@ fn groups(names: &[&str]) -> (FiniteGroup<TokenPerm>, FairnessGroups) {
     )
 }
 
-fn tiny_lm(dir: &Path) -> equirun::models::gpt2::Gpt2Lm {
-    equirun::models::gpt2::write_tiny_snapshot(dir, 4).unwrap();
+fn tiny_lm(dir: &Path) -> equirun::models::lm::gpt2::Gpt2Lm {
+    equirun::models::lm::gpt2::write_tiny_snapshot(dir, 4).unwrap();
     let files = ModelSource {
         model: String::new(),
         revision: "main".into(),
@@ -56,7 +56,7 @@ fn tiny_lm(dir: &Path) -> equirun::models::gpt2::Gpt2Lm {
     }
     .resolve(&["config.json", "model.safetensors"], &[])
     .unwrap();
-    equirun::models::gpt2::load_gpt2(&files, &Device::Cpu).unwrap()
+    equirun::models::lm::gpt2::load_gpt2(&files, &Device::Cpu).unwrap()
 }
 
 fn max_abs_masked(a: &Tensor, b: &Tensor, skip: &[u32]) -> f32 {
@@ -138,7 +138,7 @@ fn lm_wrappers_equivariant_for_every_element() {
 
 /// A word-level tokenizer.json covering the prompts, and a tiny GPT-2 snapshot using it.
 fn snapshot_with_tokenizer(dir: &Path, extra: &[&str]) {
-    equirun::models::gpt2::write_tiny_snapshot(dir, 9).unwrap();
+    equirun::models::lm::gpt2::write_tiny_snapshot(dir, 9).unwrap();
     let mut words: Vec<&str> = "The man woman Black White Asian gay straight person he she his her him was known for described as regarded thought of well - worked had a job part time earned money by started working".split(' ').collect();
     words.extend_from_slice(extra);
     let tok = equirun::models::clip::tiny_tokenizer_json(&words).unwrap();

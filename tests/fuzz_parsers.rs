@@ -241,8 +241,8 @@ proptest! {
             "4294967296", "-1", ",", "{}", "null", "\"n_head\":", "\"n_embd\":"], 20),
     ]) {
         let _ = equirun::models::clip::parse_config(&s);
-        let _ = equirun::models::open_clip::parse_open_clip_config(&s);
-        let _ = equirun::models::gpt2::parse_config(&s);
+        let _ = equirun::models::clip::open_clip::parse_open_clip_config(&s);
+        let _ = equirun::models::lm::gpt2::parse_config(&s);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use equirun::hub::ModelSource;
-use equirun::models::gpt2::{self, load_gpt2, Gpt2Lm, REQUIRED_FILES};
+use equirun::models::lm::gpt2::{self, load_gpt2, Gpt2Lm, REQUIRED_FILES};
 use equirun::models::lm::CausalLm;
 use equirun::testing::max_abs_diff as max_abs;
 use std::path::{Path, PathBuf};

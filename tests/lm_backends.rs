@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
-use equirun::models::gguf::{find_smollm2, load_gguf, load_gguf_with, GgufCompute, GgufLm};
-use equirun::models::gpt2_tokenizer::{gpt2_merges_lines, gpt2_tokenizer, GPT2_EOT};
+use equirun::models::lm::gguf::{find_smollm2, load_gguf, load_gguf_with, GgufCompute, GgufLm};
+use equirun::models::lm::gpt2_tokenizer::{gpt2_merges_lines, gpt2_tokenizer, GPT2_EOT};
 use equirun::models::lm::CausalLm;
 use equirun::testing::max_abs_diff;
 use tokenizers::Tokenizer;

@@ -321,7 +321,7 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         return super::clip_finetune::run(f);
     }
     if a.list_models {
-        print!("{}", crate::models::zoo::format_list());
+        print!("{}", crate::models::clip::zoo::format_list());
         return Ok(Vec::new());
     }
     let p = parse(a)?;

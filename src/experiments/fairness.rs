@@ -470,7 +470,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
     }
     let dev = Device::Cpu;
     let (mut lm, tok, model_desc) =
-        crate::models::lm_loader::load_lm(&a.model.source(DEFAULT_LM), a.gguf.as_deref(), &dev)?;
+        crate::models::lm::loader::load_lm(&a.model.source(DEFAULT_LM), a.gguf.as_deref(), &dev)?;
     let vocab = lm.vocab_size();
     let (group, fg) = fairness_group(&axes, &lists, &tok, vocab)?;
     let maps = fg.collapse_maps(vocab);

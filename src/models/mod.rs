@@ -4,18 +4,11 @@ pub mod bert;
 pub mod clip;
 pub mod cnn;
 pub mod fused;
-pub mod gguf;
-pub mod gpt2;
-pub mod gpt2_tokenizer;
 pub mod lm;
-pub mod lm_loader;
-pub mod open_clip;
 pub mod probe;
 pub mod regard_scorer;
 pub mod seq2seq;
 pub mod tape;
-pub mod tiny_tokenizer;
-pub mod zoo;
 
 use anyhow::Result;
 use candle_core::{Tensor, D};

@@ -1,11 +1,15 @@
 //! CLIP behind one type, whatever the backbone: ViT from an HF `CLIPModel` checkpoint (any
 //! config.json: ViT-B/32, B/16, L/14, L/14-336) through candle-transformers, or an OpenAI /
 //! OpenCLIP checkpoint in the open_clip layout (ModifiedResNet RN50/RN101/..., or ViT) through
-//! [`super::open_clip`]. Plus the zero-shot text classifier and deterministic tiny random
+//! [`open_clip`]. Plus the zero-shot text classifier and deterministic tiny random
 //! checkpoints for tests and `equirun check`.
 
-use super::open_clip::{self, OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
-use super::zoo::{self, ZooEntry};
+pub mod open_clip;
+pub mod tiny_tokenizer;
+pub mod zoo;
+
+use self::open_clip::{OpenClip, OpenClipConfig, OPEN_CLIP_FILES};
+use self::zoo::ZooEntry;
 use crate::hub::{ModelSource, ResolvedModel};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -779,7 +783,7 @@ pub fn tiny_resnet_clip(seed: u64, device: &Device) -> Result<Clip> {
     Ok(clip)
 }
 
-pub use super::tiny_tokenizer::tiny_tokenizer_json;
+pub use self::tiny_tokenizer::tiny_tokenizer_json;
 
 /// Writes a complete tiny CLIP snapshot (config.json, model.safetensors, tokenizer.json).
 pub fn write_tiny_snapshot(dir: &Path, seed: u64, words: &[&str]) -> Result<()> {

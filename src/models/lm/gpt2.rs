@@ -677,7 +677,7 @@ pub fn random_gpt2_tensors(
     let mut out = HashMap::new();
     for (name, shape) in checkpoint_shapes(cfg) {
         let n: usize = shape.iter().product();
-        let v = super::random_values(&mut rng, &name, n, name.contains("ln_"));
+        let v = crate::models::random_values(&mut rng, &name, n, name.contains("ln_"));
         out.insert(name, Tensor::from_vec(v, shape, device)?);
     }
     Ok(out)

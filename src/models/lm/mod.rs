@@ -1,5 +1,10 @@
 //! The causal-language-model interface the generation wrappers use (GPT-2, GGUF llama).
 
+pub mod gguf;
+pub mod gpt2;
+pub mod gpt2_tokenizer;
+pub mod loader;
+
 use anyhow::Result;
 use candle_core::Tensor;
 

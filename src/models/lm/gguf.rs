@@ -40,7 +40,7 @@ use tokenizers::models::bpe::{Merges, Vocab};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Tokenizer;
 
-use crate::models::gpt2_tokenizer::{byte_level_bpe, BytePre};
+use crate::models::lm::gpt2_tokenizer::{byte_level_bpe, BytePre};
 use crate::models::lm::CausalLm;
 
 /// How the weights are stored for compute.

@@ -18,17 +18,17 @@ pub fn load_lm(
 ) -> Result<(Box<dyn CausalLm>, tokenizers::Tokenizer, Value)> {
     let gguf = match (gguf, source.model.as_str()) {
         (Some(p), _) => Some(p.to_path_buf()),
-        (None, "smollm2") => Some(crate::models::gguf::find_smollm2()?),
+        (None, "smollm2") => Some(crate::models::lm::gguf::find_smollm2()?),
         _ => None,
     };
     if let Some(path) = gguf {
-        let (lm, tok) = crate::models::gguf::load_gguf(&path, dev)?;
+        let (lm, tok) = crate::models::lm::gguf::load_gguf(&path, dev)?;
         let desc =
             json!({"kind": "gguf", "path": path.display().to_string(), "arch": lm.describe()});
         return Ok((Box::new(lm), tok, desc));
     }
-    let files = source.resolve(crate::models::gpt2::REQUIRED_FILES, &["tokenizer.json"])?;
-    let lm = crate::models::gpt2::load_gpt2(&files, dev)?;
+    let files = source.resolve(crate::models::lm::gpt2::REQUIRED_FILES, &["tokenizer.json"])?;
+    let lm = crate::models::lm::gpt2::load_gpt2(&files, dev)?;
     let (tok, tok_src) = match files.files.get("tokenizer.json") {
         Some(p) => (
             tokenizers::Tokenizer::from_file(p)
@@ -36,7 +36,7 @@ pub fn load_lm(
             p.display().to_string(),
         ),
         None => (
-            crate::models::gpt2_tokenizer::gpt2_tokenizer()?,
+            crate::models::lm::gpt2_tokenizer::gpt2_tokenizer()?,
             "GPT-2 BPE bundled with tiktoken-rs (r50k_base)".to_string(),
         ),
     };
