@@ -391,8 +391,9 @@ fn emitted_sweep_runs_as_a_job_array() {
     ));
 }
 
-/// One grid cell with an unknown group: its array task fails with a non-zero exit code and the
-/// error in its log; the other tasks of the array still finish and write their results.
+/// One grid cell whose templates file does not exist (it parses, so `--emit` accepts it, and fails
+/// when it runs): its array task fails with a non-zero exit code and the error in its log; the
+/// other tasks of the array still finish and write their results.
 #[test]
 fn a_failing_cell_fails_only_its_array_task() {
     let Some(_) = gate("a_failing_cell_fails_only_its_array_task") else {
@@ -404,7 +405,7 @@ fn a_failing_cell_fails_only_its_array_task() {
         "[0]",
         "bad-{group}",
         "",
-        "group = [\"rot90\", \"no-such-group\", \"flip\"]",
+        "cell = [{ group = \"rot90\" }, { group = \"hflip\", templates = \"/no/such/templates.txt\" }, { group = \"flip\" }]",
     );
     let sub = f.p("submit");
     let mut cancel = Cancel(Vec::new());
@@ -412,7 +413,7 @@ fn a_failing_cell_fails_only_its_array_task() {
     let id = f.emit_and_submit(&sub, "slurm-bad", &config, 3);
     cancel.0.push(id.clone());
     ci(&format!(
-        "slurm: submitted job array {id}: 3 tasks (--group rot90 / no-such-group / flip, --array=0-2%2)"
+        "slurm: submitted job array {id}: 3 tasks (--group rot90 / hflip with a missing --templates / flip, --array=0-2%2)"
     ));
     wait_for(&id, Duration::from_secs(300));
     let wall = t0.elapsed().as_secs_f64();
@@ -424,7 +425,7 @@ fn a_failing_cell_fails_only_its_array_task() {
             assert_eq!(t.state, "FAILED", "{log}");
             assert_ne!(t.exit, "0:0");
             assert!(
-                log.contains("unknown image group 'no-such-group'"),
+                log.contains("/no/such/templates.txt"),
                 "no clear message in the failed task's log:\n{log}"
             );
             let msg = log
@@ -432,7 +433,7 @@ fn a_failing_cell_fails_only_its_array_task() {
                 .find(|l| l.contains("error"))
                 .unwrap_or_default();
             ci(&format!(
-                "slurm: failing cell: array {id} task 1 (--group no-such-group) {} with ExitCode={}; its log says: {msg}",
+                "slurm: failing cell: array {id} task 1 (--templates /no/such/templates.txt) {} with ExitCode={}; its log says: {msg}",
                 t.state, t.exit
             ));
         } else {
