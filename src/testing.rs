@@ -127,3 +127,42 @@ pub fn run_equirun(bin: &str, args: &[&str]) -> std::process::Output {
         .output()
         .expect("running the equirun binary")
 }
+
+/// Panics with the exit code and stderr unless the command succeeded.
+pub fn assert_success(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `equirun cnn` on a tiny Fashion-MNIST folder (`write_tiny_fashion`) at test scale: tiny
+/// validation, one pretraining epoch, 2 × 2 finetuning iterations of batch 4. Tests append their
+/// own flags (methods, λ or canon phases, group).
+pub fn tiny_cnn_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "cnn",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+        "--val-size",
+        "20",
+        "--val-eval",
+        "20",
+        "--pretrain-epochs",
+        "1",
+        "--pretrain-batch-size",
+        "16",
+        "--rounds",
+        "2",
+        "--iters",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "16",
+    ]
+}

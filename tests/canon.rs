@@ -257,50 +257,26 @@ fn equirun(args: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    equirun::testing::assert_success(o)
 }
 
 fn tiny_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "cnn",
-        "--data-dir",
-        data,
-        "--out",
-        out,
-        "--val-size",
-        "20",
-        "--val-eval",
-        "20",
-        "--pretrain-epochs",
-        "1",
-        "--pretrain-batch-size",
-        "16",
-        "--rounds",
-        "2",
-        "--iters",
-        "2",
-        "--batch-size",
-        "4",
+    let mut a = equirun::testing::tiny_cnn_args(data, out);
+    a.extend([
         "--canon-rounds",
         "1",
         "--canon-iters",
         "3",
         "--canon-batch-size",
         "8",
-        "--eval-batch-size",
-        "16",
         "--group",
         "rot90xflip",
         "--method",
         "vanilla,canon",
         "--run-name",
         "t",
-    ]
+    ]);
+    a
 }
 
 fn only_json(dir: &Path) -> Value {

@@ -215,42 +215,13 @@ fn equirun(args: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    equirun::testing::assert_success(o)
 }
 
 fn tiny_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "cnn",
-        "--data-dir",
-        data,
-        "--out",
-        out,
-        "--val-size",
-        "20",
-        "--val-eval",
-        "20",
-        "--pretrain-epochs",
-        "1",
-        "--pretrain-batch-size",
-        "16",
-        "--rounds",
-        "2",
-        "--iters",
-        "2",
-        "--batch-size",
-        "4",
-        "--lambda-rounds",
-        "1",
-        "--lambda-iters",
-        "2",
-        "--eval-batch-size",
-        "16",
-    ]
+    let mut a = equirun::testing::tiny_cnn_args(data, out);
+    a.extend(["--lambda-rounds", "1", "--lambda-iters", "2"]);
+    a
 }
 
 fn jsons(dir: &Path) -> Vec<PathBuf> {

@@ -428,15 +428,7 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
         &base_config,
     );
     let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
-    preds::warn_skipped(
-        &a.predictions,
-        &p.seeds
-            .iter()
-            .map(|&s| folder.seed_path(s))
-            .collect::<Vec<_>>(),
-        &base_config,
-        a.run.force,
-    );
+    preds::warn_skipped(&a.predictions, &folder, &p.seeds);
     let mut clf: Option<(Tensor, usize)> = None;
     folder.run_seeds(&p.seeds, |seed, seed_path| {
         if clf.is_none() {

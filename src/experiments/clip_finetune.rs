@@ -414,15 +414,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
     let folder = RunFolder::new(&a.run, EXPERIMENT, name, &base_config);
     let batch_size = a.finetune.batch_size;
     let select = a.finetune.select;
-    super::predictions::warn_skipped(
-        &a.predictions,
-        &seeds
-            .iter()
-            .map(|&s| folder.seed_path(s))
-            .collect::<Vec<_>>(),
-        &base_config,
-        a.run.force,
-    );
+    super::predictions::warn_skipped(&a.predictions, &folder, &seeds);
     let mut clf: Option<Tensor> = None;
     folder.run_seeds(&seeds, |seed, path| {
         if clf.is_none() {

@@ -624,15 +624,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             None => harness::run_name(None, &[&format!("k{k}")], &config),
         };
         let folder = RunFolder::new(&a.run, EXPERIMENT, name, &config);
-        super::predictions::warn_skipped(
-            &a.predictions,
-            &seeds
-                .iter()
-                .map(|&s| folder.seed_path(s))
-                .collect::<Vec<_>>(),
-            &config,
-            a.run.force,
-        );
+        super::predictions::warn_skipped(&a.predictions, &folder, &seeds);
         written.extend(folder.run_seeds(&seeds, |seed, seed_path| {
             let t0 = Instant::now();
             let mut trng = output::rng_for(seed, "tuples");

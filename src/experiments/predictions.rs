@@ -163,14 +163,14 @@ impl Collector {
 }
 
 /// Says which done seeds will not get a predictions file (they are skipped: same config).
-pub fn warn_skipped(opts: &PredictionOpts, seed_paths: &[PathBuf], config: &Value, force: bool) {
-    if !opts.save_predictions || force {
+pub fn warn_skipped(opts: &PredictionOpts, folder: &super::harness::RunFolder, seeds: &[u64]) {
+    if !opts.save_predictions || folder.force {
         return;
     }
-    for p in seed_paths {
-        if !predictions_path(p).exists()
+    for p in seeds.iter().map(|&s| folder.seed_path(s)) {
+        if !predictions_path(&p).exists()
             && matches!(
-                super::harness::check_existing(p, config),
+                super::harness::check_existing(&p, folder.config),
                 Ok(super::harness::Existing::SameConfig)
             )
         {

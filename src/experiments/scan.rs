@@ -878,15 +878,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
         );
         let folder = RunFolder::new(&a.run, FINETUNE, name, &config);
         let run_dir = folder.dir();
-        preds::warn_skipped(
-            &a.predictions,
-            &seeds
-                .iter()
-                .map(|&s| folder.seed_path(s))
-                .collect::<Vec<_>>(),
-            &config,
-            a.run.force,
-        );
+        preds::warn_skipped(&a.predictions, &folder, &seeds);
         written.extend(folder.run_seeds(&seeds, |seed, seed_path| {
             let pre = a
                 .pretrained
