@@ -701,39 +701,17 @@ fn cnn_predictions_match_accuracies() {
     let data = root.path().join("fm");
     equirun::testing::write_tiny_fashion(&data, 84, 30);
     let out = root.path().join("res");
-    let o = equirun::testing::run_equirun(
-        env!("CARGO_BIN_EXE_equirun"),
-        &[
-            "cnn",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--val-size",
-            "20",
-            "--val-eval",
-            "20",
-            "--pretrain-epochs",
-            "1",
-            "--pretrain-batch-size",
-            "16",
-            "--rounds",
-            "1",
-            "--iters",
-            "2",
-            "--batch-size",
-            "4",
-            "--eval-batch-size",
-            "16",
-            "--group",
-            "rot90",
-            "--method",
-            "vanilla,equitune",
-            "--run-name",
-            "t",
-            "--save-predictions",
-        ],
-    );
+    let mut args = equirun::testing::tiny_cnn_args(data.to_str().unwrap(), out.to_str().unwrap());
+    args.extend([
+        "--group",
+        "rot90",
+        "--method",
+        "vanilla,equitune",
+        "--run-name",
+        "t",
+        "--save-predictions",
+    ]);
+    let o = equirun::testing::run_equirun(env!("CARGO_BIN_EXE_equirun"), &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let seed_json = out.join("cnn/t/seed-0.json");
     let rec = read_json(&seed_json);

@@ -28,7 +28,7 @@
 //! must tell orientations apart); the orbit evaluation is what makes the scores equivariant.
 
 use super::{BatchModel, Symmetry};
-use crate::models::cnn::{conv3x3, max_pool2};
+use crate::models::cnn::{check_image_batch, conv3x3, max_pool2};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
@@ -279,20 +279,13 @@ impl Scorer for CanonNet {
     /// `reduce(g·x) = g·reduce(x)` bit for bit).
     fn reduce(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.config;
+        check_image_batch(
+            x,
+            c.in_channels,
+            c.image_size,
+            "canonicaliser expects inputs",
+        )?;
         let dims = x.dims();
-        if dims.len() != 4
-            || dims[1] != c.in_channels
-            || dims[2] != c.image_size
-            || dims[3] != c.image_size
-        {
-            bail!(
-                "canonicaliser expects inputs [N, {}, {}, {}], got {:?}",
-                c.in_channels,
-                c.image_size,
-                c.image_size,
-                dims
-            );
-        }
         let x = x.to_device(&Device::Cpu)?;
         if c.pool == 1 {
             return Ok(x.to_dtype(DType::F32)?);

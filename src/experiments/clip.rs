@@ -693,21 +693,23 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         t.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     };
+    // the fields both kinds of run report, in this order
+    let mut v = json!({
+        "framework": "equirun",
+        "model": files.origin.id,
+        "model_alias": alias.map(|e| e.name),
+        "backbone": clip.spec,
+        "device": crate::device::device_name(&dev),
+        "dtype": crate::device::dtype_name(dtype),
+        "threads": candle_core::utils::get_num_threads(),
+        "batch_size": a.batch_size,
+        "batches": a.batches,
+    });
+    let fields = v.as_object_mut().expect("a JSON object");
     if let Some((methods, group)) = wrappers {
         let r = bench_wrappers(a, &clip, &x, &methods, group, &sync)?;
-        let mut v = json!({
-            "framework": "equirun",
-            "model": files.origin.id,
-            "model_alias": alias.map(|e| e.name),
-            "backbone": clip.spec,
-            "device": crate::device::device_name(&dev),
-            "dtype": crate::device::dtype_name(dtype),
-            "threads": candle_core::utils::get_num_threads(),
-            "batch_size": a.batch_size,
-            "batches": a.batches,
-            "load_seconds": load_s,
-        });
-        v.as_object_mut().unwrap().extend(r);
+        fields.insert("load_seconds".into(), json!(load_s));
+        fields.extend(r);
         return Ok(v);
     }
     for _ in 0..a.warmup {
@@ -724,20 +726,13 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
     }
     pb.finish_and_clear();
     let total = t0.elapsed().as_secs_f64();
-    Ok(json!({
-        "framework": "equirun",
-        "model": files.origin.id,
-        "model_alias": alias.map(|e| e.name),
-        "backbone": clip.spec,
-        "device": crate::device::device_name(&dev),
-        "dtype": crate::device::dtype_name(dtype),
-        "threads": candle_core::utils::get_num_threads(),
-        "batch_size": a.batch_size,
-        "batches": a.batches,
-        "images_per_s": (a.batch_size * a.batches) as f64 / total,
-        "seconds_per_batch": per_batch,
-        "load_seconds": load_s,
-    }))
+    fields.insert(
+        "images_per_s".into(),
+        json!((a.batch_size * a.batches) as f64 / total),
+    );
+    fields.insert("seconds_per_batch".into(), json!(per_batch));
+    fields.insert("load_seconds".into(), json!(load_s));
+    Ok(v)
 }
 
 /// `bench-clip --method`: images/s of each wrapped forward on the same inputs, batches

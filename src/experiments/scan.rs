@@ -691,6 +691,31 @@ fn data_config(d: &ScanData, opts: &DataOpts) -> Value {
     })
 }
 
+/// [`test_all`], writing the per-example rows beside `seed_path` when `--save-predictions` asks.
+#[allow(clippy::too_many_arguments)]
+fn test_and_save(
+    w: &Wrapped,
+    model: &Seq2Seq,
+    d: &ScanData,
+    batch: usize,
+    dev: &Device,
+    opts: &preds::PredictionOpts,
+    seed_path: &Path,
+    header: &Value,
+) -> Result<Value> {
+    let mut collector = preds::Collector::new(opts);
+    let tests = test_all(
+        w,
+        model,
+        d,
+        batch,
+        dev,
+        collector.enabled.then_some(&mut collector.rows),
+    )?;
+    collector.write(seed_path, header)?;
+    Ok(tests)
+}
+
 fn test_all(
     w: &Wrapped,
     model: &Seq2Seq,
@@ -772,16 +797,16 @@ pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
         let o = train_loop(&varmap, &model, &w, &train, &val, &spec, &dev)?;
         // test with the best-validation parameters
         load_params(&varmap, &ckpt.join("best.safetensors"))?;
-        let mut collector = preds::Collector::new(&a.predictions);
-        let tests = test_all(
+        let tests = test_and_save(
             &w,
             &model,
             &data,
             a.train.eval_batch,
             &dev,
-            collector.enabled.then_some(&mut collector.rows),
+            &a.predictions,
+            seed_path,
+            &seq_header(PRETRAIN, seed, Method::Vanilla, &data),
         )?;
-        collector.write(seed_path, &seq_header(PRETRAIN, seed, Method::Vanilla, &data))?;
         Ok(SeedOutcome {
             metrics: json!({"test": tests, "best_val_accuracy": o.best_val, "best_iteration": o.best_iter, "curve": o.curve,
                             "n_train": train.len(), "n_val": val.len()}),
@@ -922,16 +947,16 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
             } else {
                 None
             };
-            let mut collector = preds::Collector::new(&a.predictions);
-            let tests = test_all(
+            let tests = test_and_save(
                 &w,
                 &model,
                 &data,
                 a.train.eval_batch,
                 &dev,
-                collector.enabled.then_some(&mut collector.rows),
+                &a.predictions,
+                seed_path,
+                &seq_header(FINETUNE, seed, method, &data),
             )?;
-            collector.write(seed_path, &seq_header(FINETUNE, seed, method, &data))?;
             let mut metrics = json!({"test": tests});
             let mut cost = json!({"forward_passes_per_example": w.passes(), "iterations": a.iters,
                                   "wall_seconds": t0.elapsed().as_secs_f64(), "peak_rss_mib": output::peak_rss_mib()});

@@ -185,20 +185,8 @@ impl Cnn {
         dropout: Option<&RefCell<rand_chacha::ChaCha8Rng>>,
     ) -> Result<(Tensor, Tensor)> {
         let c = &self.config;
+        check_image_batch(x, c.in_channels, c.image_size, "CNN expects images")?;
         let dims = x.dims();
-        if dims.len() != 4
-            || dims[1] != c.in_channels
-            || dims[2] != c.image_size
-            || dims[3] != c.image_size
-        {
-            bail!(
-                "CNN expects images [N, {}, {}, {}], got {:?}",
-                c.in_channels,
-                c.image_size,
-                c.image_size,
-                dims
-            );
-        }
         // NHWC inside: convolutions are im2col + one matmul each (fast backward), pooling a
         // fused 2×2 max; parameters keep PyTorch's layouts.
         let nhwc = if c.in_channels == 1 {
@@ -238,6 +226,16 @@ impl Cnn {
 }
 
 /// A 3×3 convolution with padding 1 and stride 1 on NHWC input, weights `[Co, Ci, 3, 3]`.
+/// Fails unless `x` is a batch of square images `[N, channels, size, size]`; `what` begins the
+/// message ("CNN expects images").
+pub fn check_image_batch(x: &Tensor, channels: usize, size: usize, what: &str) -> Result<()> {
+    let dims = x.dims();
+    if dims.len() != 4 || dims[1] != channels || dims[2] != size || dims[3] != size {
+        bail!("{what} [N, {channels}, {size}, {size}], got {dims:?}");
+    }
+    Ok(())
+}
+
 pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (n, h, wd, ci) = x.dims4()?;
     let co = w.dim(0)?;
