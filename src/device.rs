@@ -167,6 +167,21 @@ pub fn dtype_name(dt: DType) -> &'static str {
     dt.as_str()
 }
 
+/// `{"device": …, "dtype": …}` for result JSON.
+pub fn inference_json(dev: &Device, dt: DType) -> serde_json::Value {
+    serde_json::json!({"device": device_name(dev), "dtype": dtype_name(dt)})
+}
+
+/// Records a device and dtype other than the default (CPU, f32) in an experiment's config as
+/// `"inference"`: such runs get their own run name and are never mistaken for CPU f32 results,
+/// while CPU f32 configs (and so run names and resumption) stay what they were before device
+/// support. An absent `"inference"` means CPU f32. (`clip` and `bench-clip` always record it.)
+pub fn record_in_config(config: &mut serde_json::Value, dev: &Device, dt: DType) {
+    if !dev.is_cpu() || dt != DType::F32 {
+        config["inference"] = inference_json(dev, dt);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

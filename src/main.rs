@@ -22,7 +22,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             prompt_len,
             new_tokens,
         } => {
-            compute.require_cpu_f32("bench-lm")?;
+            let (dev, dtype) = compute.inference()?;
             if model_dir.is_none() && gguf.is_none() {
                 anyhow::bail!("bench-lm needs --model-dir (GPT-2 snapshot) or --gguf FILE");
             }
@@ -31,10 +31,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 revision: "main".into(),
                 model_dir,
             };
-            let dev = candle_core::Device::Cpu;
-            let (mut lm, _, _) = equirun::models::lm::loader::load_lm(&src, gguf.as_deref(), &dev)?;
-            let r =
+            let (mut lm, _, _) =
+                equirun::models::lm::loader::load_lm(&src, gguf.as_deref(), &dev, dtype)?;
+            let mut r =
                 equirun::models::lm::bench_greedy(lm.as_mut(), batch, prompt_len, new_tokens, 0)?;
+            r["inference"] = serde_json::json!({
+                "device": equirun::device::device_name(&dev),
+                "dtype": equirun::device::dtype_name(dtype),
+            });
             println!("{}", serde_json::to_string(&r)?);
             Ok(0)
         }

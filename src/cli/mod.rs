@@ -41,7 +41,7 @@ pub enum Command {
         /// Tokens generated per sequence (timed).
         #[arg(long, default_value_t = 32, value_parser = opts::at_least_one)]
         new_tokens: usize,
-        /// CPU and f32 only.
+        /// Device and dtype (GPT-2 snapshot: f32, f16, bf16 off the CPU; GGUF: f32).
         #[command(flatten)]
         compute: opts::DeviceOpts,
     },

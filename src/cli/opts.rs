@@ -78,24 +78,31 @@ impl ModelOpts {
 pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
 
 impl DeviceOpts {
-    /// For commands whose model runs on the CPU only: `--device cpu --dtype f32` or a clear error
-    /// (instead of silently ignoring the flags).
-    pub fn require_cpu_f32(&self, command: &str) -> Result<()> {
-        let (dev, dtype) = self.resolve()?;
-        if !dev.is_cpu() {
-            bail!(
-                "--device {}: `equirun {command}` runs on the CPU only (its training code is CPU-bound); \
-                 omit --device or pass --device cpu",
-                self.device
-            );
-        }
+    /// For inference commands: the device and dtype (f32, f16, or bf16 off the CPU). Scoring
+    /// (softmax, accuracy) stays f32 whatever the dtype.
+    pub fn inference(&self) -> Result<(candle_core::Device, candle_core::DType)> {
+        self.resolve()
+    }
+
+    /// For commands that train: any device, but f32 only (a clear error instead of silently
+    /// training in half precision).
+    pub fn training(&self, command: &str) -> Result<candle_core::Device> {
+        self.f32_only(command, "trains, and training runs in f32")
+    }
+
+    /// Any device, f32 only, `why` completing "`equirun <command>` …" in the error.
+    pub fn f32_only(&self, command: &str, why: &str) -> Result<candle_core::Device> {
+        let dtype = crate::device::parse_dtype(&self.dtype).context("--dtype")?;
         if dtype != candle_core::DType::F32 {
             bail!(
-                "--dtype {}: `equirun {command}` trains and evaluates in f32 only; omit --dtype or pass --dtype f32",
+                "--dtype {}: `equirun {command}` {why}; --dtype applies to the inference commands \
+                 (clip, bench-clip, check, gpt2-fairness, bench-lm, regard eval, regard score). Omit \
+                 --dtype or pass --dtype f32",
                 self.dtype
             );
         }
-        Ok(())
+        let (dev, _) = self.resolve()?;
+        Ok(dev)
     }
 }
 

@@ -121,7 +121,7 @@ pub struct ClipFinetuneArgs {
     pub predictions: super::predictions::PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only (training).
+    /// Any device; f32 only (training).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -338,7 +338,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
             a.dataset.name()
         );
     }
-    a.compute.require_cpu_f32("clip finetune")?;
+    let dev = a.compute.training("clip finetune")?;
     let group = a.groups.group()?;
     let transform = a.groups.transform()?;
     let methods = Method::parse_list_of(&a.methods.method, METHODS, "equirun clip finetune")
@@ -350,7 +350,6 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
     let schedule = a.finetune.schedule()?;
     let lambda_schedule = a.lambda.schedule()?;
     let scale_fixed = a.scale.fixed()?;
-    let dev = Device::Cpu;
     let files = a.model.source(DEFAULT_CLIP).resolve(REQUIRED_FILES, &[])?;
     let frozen = Clip::load(&files, &dev)?;
     let data_dir = crate::data::data_dir(a.data_dir.as_ref());
@@ -380,7 +379,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
     let config_text = std::fs::read_to_string(files.file("config.json")?)?;
     let (clip_config, _) = parse_config(&config_text)?;
 
-    let base_config = json!({
+    let mut base_config = json!({
         "model": files.origin, "image_size": size,
         "group": group.info(), "transform": transform.as_ref().map(|t| t.info()),
         "transform_draw": "one random element per image, seeded (train and test)",
@@ -402,6 +401,7 @@ pub fn run(a: &ClipFinetuneArgs) -> Result<Vec<PathBuf>> {
         "equizero_finetuning": "straight-through: equitune gradient, equizero forward value",
         "scoring": "softmax(scale*cos) per copy, f32",
     });
+    crate::device::record_in_config(&mut base_config, &dev, DType::F32);
     let name = harness::run_name(
         a.run.run_name.as_ref(),
         &[

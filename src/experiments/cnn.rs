@@ -114,7 +114,7 @@ pub struct CnnArgs {
     pub predictions: super::predictions::PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only (training).
+    /// Any device; f32 only (training).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -148,7 +148,7 @@ pub struct BenchArgs {
     /// initialised scorer (its cost does not depend on training).
     #[arg(long)]
     pub eval: bool,
-    /// CPU and f32 only.
+    /// Any device; f32 only (the CNN is trained from scratch in f32).
     #[command(flatten)]
     pub compute: DeviceOpts,
 }
@@ -159,6 +159,8 @@ pub struct EvalSet<'a> {
     pub idx: Vec<usize>,
     pub elems: Vec<usize>,
     pub corruptor: &'a Corruptor,
+    /// Where the batches go (the model's device).
+    pub dev: Device,
 }
 
 impl EvalSet<'_> {
@@ -169,7 +171,7 @@ impl EvalSet<'_> {
         label: &str,
         predict: &mut dyn FnMut(&Tensor) -> Result<Vec<Tensor>>,
     ) -> Result<Vec<(f64, usize)>> {
-        let dev = Device::Cpu;
+        let dev = self.dev.clone();
         let mut correct: Vec<usize> = Vec::new();
         let pb = progress_bar(self.idx.len() as u64, label);
         for (ci, chunk) in self.idx.chunks(batch.max(1)).enumerate() {
@@ -216,10 +218,11 @@ struct Parsed {
     finetune: Schedule,
     lambda: Schedule,
     canon: Schedule,
+    dev: Device,
 }
 
 fn parse(a: &CnnArgs) -> Result<Parsed> {
-    a.compute.require_cpu_f32("cnn")?;
+    let dev = a.compute.training("cnn")?;
     let group = a.groups.group()?;
     let transform = a.groups.transform()?;
     let methods =
@@ -250,6 +253,7 @@ fn parse(a: &CnnArgs) -> Result<Parsed> {
         finetune,
         lambda,
         canon,
+        dev,
     })
 }
 
@@ -283,8 +287,9 @@ fn pretrain(
     val_idx: &[usize],
     seed: u64,
     pre_config: &Value,
+    dev: &Device,
 ) -> Result<Pretrained> {
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let folder = RunFolder::new(
         &a.run,
         PRETRAIN_EXPERIMENT,
@@ -326,6 +331,7 @@ fn pretrain(
         idx: val_idx.to_vec(),
         elems: vec![0; val_idx.len()],
         corruptor: &none,
+        dev: dev.clone(),
     };
     let mut order_rng = output::rng_for(seed, "cnn-pretrain-order");
     let drop = RefCell::new(output::rng_for(seed, "cnn-pretrain-dropout"));
@@ -353,6 +359,7 @@ fn pretrain(
         idx: (0..test.len()).collect(),
         elems: vec![0; test.len()],
         corruptor: &none,
+        dev: dev.clone(),
     };
     let (test_acc, test_correct) =
         test_set.accuracies(eb, "test", &mut |x| Ok(vec![model.logits(x, None)?]))?[0];
@@ -403,7 +410,7 @@ impl SeedRun<'_> {
 
     /// A fresh trainable copy of the pretrained CNN.
     fn fresh(&self, pre: &Path) -> Result<(VarMap, Cnn)> {
-        let (vm, m) = Cnn::init(self.cfg, 0, &Device::Cpu)?;
+        let (vm, m) = Cnn::init(self.cfg, 0, &self.p.dev)?;
         cnn::load_into(self.cfg, &vm, pre)?;
         Ok((vm, m))
     }
@@ -417,7 +424,7 @@ impl SeedRun<'_> {
                 .map(|_| self.tr_idx[rng.random_range(0..self.tr_idx.len())])
                 .collect();
             let elems = self.corrupt.draw(&mut rng, bs);
-            make_batch(self.train, &idx, &elems, self.corrupt, &Device::Cpu)
+            make_batch(self.train, &idx, &elems, self.corrupt, &self.p.dev)
         }
     }
 
@@ -515,7 +522,7 @@ impl SeedRun<'_> {
     /// frozen pretrained copy. Returns (zero-shot test accuracies after phase 1, finetuning
     /// record).
     fn finetune_lambda(&self, pre: &Path) -> Result<(Vec<(String, f64)>, Value)> {
-        let dev = Device::Cpu;
+        let dev = self.p.dev.clone();
         let (vm, model) = self.fresh(pre)?;
         let frozen = model.frozen();
         let net = LambdaNet::official(
@@ -605,7 +612,7 @@ impl SeedRun<'_> {
     /// prior on the upright versions of the same images. Returns (zero-shot test accuracies,
     /// finetuning record).
     fn finetune_canon(&self, pre: &Path) -> Result<(Vec<(String, f64)>, Value)> {
-        let dev = Device::Cpu;
+        let dev = self.p.dev.clone();
         let co = &self.a.canon;
         let (vm, model) = self.fresh(pre)?;
         let frozen = model.frozen();
@@ -803,13 +810,14 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
         "limit_train": a.limit_train, "limit_test": a.limit_test, "val_size": a.val_size,
         "normalisation": {"mean": FASHION_MEAN, "std": FASHION_STD},
     });
-    let pre_config = json!({
+    let mut pre_config = json!({
         "model": {"architecture": "cnn", "config": cfg, "n_params": cfg.n_params()},
         "data": data_cfg,
         "epochs": a.pretrain_epochs, "batch_size": a.pretrain_batch_size,
         "optimizer": {"kind": "adamw", "lr": a.pretrain_lr, "weight_decay": 0.0},
         "selection": "best upright validation accuracy over epochs (validation split of train)",
     });
+    crate::device::record_in_config(&mut pre_config, &p.dev, candle_core::DType::F32);
     let mut base_config = json!({
         "pretrain": pre_config,
         "group": p.group.info(),
@@ -850,7 +858,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
     let written = folder.run_seeds(&p.seeds, |seed, seed_path| {
         let t0 = Instant::now();
         let (tr_idx, val_idx) = split(train.len(), a.val_size, seed)?;
-        let pre = pretrain(a, &cfg, &train, &test, &tr_idx, &val_idx, seed, &pre_config)?;
+        let pre = pretrain(a, &cfg, &train, &test, &tr_idx, &val_idx, seed, &pre_config, &p.dev)?;
         let sym = ImageSymmetry::new(
             p.group.clone(),
             ImageOutput::Invariant,
@@ -866,6 +874,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
                 idx: all.clone(),
                 elems: vec![0; test.len()],
                 corruptor: &none,
+                dev: p.dev.clone(),
             },
         )];
         if corrupt.group.is_some() {
@@ -876,6 +885,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
                     idx: all,
                     elems: test_elems,
                     corruptor: &corrupt,
+                    dev: p.dev.clone(),
                 },
             ));
         }
@@ -886,6 +896,7 @@ pub fn run(a: &CnnArgs) -> Result<Vec<PathBuf>> {
             idx: val_idx[..nv].to_vec(),
             elems: corrupt.draw(&mut vrng, nv),
             corruptor: &corrupt,
+            dev: p.dev.clone(),
         };
         let run_dir = folder.dir();
         let ctx = SeedRun {
@@ -1068,11 +1079,13 @@ pub fn summary_table(paths: &[PathBuf]) -> Result<String> {
 
 /// Training throughput of the CNN: `steps` AdamW steps on seeded random images.
 pub fn bench(b: &BenchArgs) -> Result<Value> {
-    b.compute.require_cpu_f32("cnn bench")?;
+    let dev = b.compute.f32_only(
+        "cnn bench",
+        "runs the CNN (trained from scratch, kept in f32) in f32",
+    )?;
     if b.eval {
-        return bench_eval(b);
+        return bench_eval(b, &dev);
     }
-    let dev = Device::Cpu;
     let cfg = CnnConfig::fashion_mnist();
     let (vm, model) = Cnn::init(&cfg, 0, &dev)?;
     let m = Method::parse(&b.method).context("--method")?;
@@ -1119,7 +1132,7 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
     Ok(json!({
         "framework": "equirun (candle)", "method": m.name(), "group": b.group,
         "passes_per_image": m.passes(&sym), "batch_size": bs, "steps": b.steps,
-        "threads": candle_core::utils::get_num_threads(),
+        "threads": candle_core::utils::get_num_threads(), "device": crate::device::device_name(&dev),
         "seconds": secs, "images_per_second": (bs * b.steps) as f64 / secs,
         "n_params": cfg.n_params(),
     }))
@@ -1127,7 +1140,7 @@ pub fn bench(b: &BenchArgs) -> Result<Value> {
 
 /// `cnn bench --eval`: inference images/s of each wrapper of the (randomly initialised) CNN on
 /// seeded random images, batches alternating between methods after one untimed warm-up round.
-fn bench_eval(b: &BenchArgs) -> Result<Value> {
+fn bench_eval(b: &BenchArgs, dev: &Device) -> Result<Value> {
     const EVAL_METHODS: &[Method] = &[
         Method::Vanilla,
         Method::Equitune,
@@ -1139,12 +1152,12 @@ fn bench_eval(b: &BenchArgs) -> Result<Value> {
     let methods = Method::parse_list_of(&b.method, EVAL_METHODS, "equirun cnn bench --eval")
         .context("--method")?;
     let group = image_group(&b.group).context("--group")?;
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let cfg = CnnConfig::fashion_mnist();
     let (_, model) = Cnn::init(&cfg, 0, &dev)?;
     let sym = ImageSymmetry::new(group.clone(), ImageOutput::Invariant, 0);
     let bs = b.batch_size.max(1);
-    let x = crate::testing::randn(0, &[bs, 1, cfg.image_size, cfg.image_size]);
+    let x = crate::testing::randn(0, &[bs, 1, cfg.image_size, cfg.image_size]).to_device(&dev)?;
     let ccfg = CanonOpts::default().config(1, cfg.image_size)?;
     let scorer = CanonNet::new(ccfg.clone(), 0, &dev)?;
     let canon = Canon {
@@ -1198,6 +1211,7 @@ fn bench_eval(b: &BenchArgs) -> Result<Value> {
         "framework": "equirun (candle)", "mode": "inference, batches alternating between methods",
         "group": b.group, "batch_size": bs, "steps": b.steps,
         "threads": candle_core::utils::get_num_threads(), "n_params": cfg.n_params(),
+        "device": crate::device::device_name(&dev),
         "canon_scorer": {"config": ccfg, "n_params": ccfg.n_params(), "macs_per_pass": ccfg.macs()},
         "methods": per,
     }))
@@ -1303,7 +1317,7 @@ fn eval_scores(
     for (ci, chunk) in set.idx.chunks(batch.max(1)).enumerate() {
         let start = ci * batch.max(1);
         let elems = &set.elems[start..start + chunk.len()];
-        let (x, _) = make_batch(set.data, chunk, elems, set.corruptor, &Device::Cpu)?;
+        let (x, _) = make_batch(set.data, chunk, elems, set.corruptor, &set.dev)?;
         let logits = predict(&x)?;
         let p = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;

@@ -93,7 +93,8 @@ pub struct FairnessArgs {
     pub bootstrap: usize,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only.
+    /// Device and dtype of the language model (GPT-2 snapshots: f32, f16, bf16 off the CPU;
+    /// GGUF: f32). Logits, sampling and the regard scorer stay f32 on the CPU.
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -424,7 +425,7 @@ fn generate_all(
 
 pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
     let methods = Method::parse_list_of(&a.method, METHODS, "equirun gpt2-fairness")?;
-    a.compute.require_cpu_f32("gpt2-fairness")?;
+    let (dev, dtype) = a.compute.inference()?;
     check_prompt_template(&a.prompt_template)?;
     if a.official_relaxed_mask && !methods.contains(&Method::REquitune) {
         bail!("--official-relaxed-mask changes r-equitune only: add r-equitune to --method or drop the switch");
@@ -468,9 +469,12 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
             );
         }
     }
-    let dev = Device::Cpu;
-    let (mut lm, tok, model_desc) =
-        crate::models::lm::loader::load_lm(&a.model.source(DEFAULT_LM), a.gguf.as_deref(), &dev)?;
+    let (mut lm, tok, model_desc) = crate::models::lm::loader::load_lm(
+        &a.model.source(DEFAULT_LM),
+        a.gguf.as_deref(),
+        &dev,
+        dtype,
+    )?;
     let vocab = lm.vocab_size();
     let (group, fg) = fairness_group(&axes, &lists, &tok, vocab)?;
     let maps = fg.collapse_maps(vocab);
@@ -530,6 +534,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         "equizero_proxy": "entropy of the next-token distribution (experimental)",
         "rng": "ChaCha per (seed, context, template, sample), shared across demographics",
     });
+    crate::device::record_in_config(&mut config, &dev, dtype);
     if a.prompt_template != DEFAULT_PROMPT_TEMPLATE {
         config["prompt_template"] = json!(a.prompt_template);
     }
@@ -692,7 +697,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         if a.score {
             use crate::experiments::{regard, regard_report};
             if scorer.is_none() {
-                scorer = Some(regard::load_scorer(&a.scorer, None)?);
+                scorer = Some(regard::load_scorer(&a.scorer, None, &Device::Cpu, candle_core::DType::F32)?);
             }
             let sc = scorer.as_deref().ok_or_else(|| anyhow!("no scorer"))?;
             let (scored, secs) = regard::score_samples(sc, &samples, &a.scorer)?;
@@ -722,7 +727,8 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         }
         Ok(SeedOutcome {
             metrics: json!({"methods": metrics, "samples_file": samples_path.file_name().unwrap().to_string_lossy(), "regard": regard}),
-            cost: json!({"methods": cost, "peak_rss_mib": output::peak_rss_mib()}),
+            cost: json!({"methods": cost, "peak_rss_mib": output::peak_rss_mib(),
+                         "inference": crate::device::inference_json(&dev, dtype)}),
             summary: format!("seed {seed}: samples {}", samples_path.display()),
         })
     })

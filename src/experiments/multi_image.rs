@@ -194,7 +194,7 @@ pub struct MultiImageArgs {
     pub predictions: super::predictions::PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only (training).
+    /// Any device; f32 only (training).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -216,6 +216,8 @@ pub struct MultiView {
     product_sym: Option<ImageSymmetry>,
     /// CNN image passes so far (counted).
     pub passes: Cell<usize>,
+    /// The device of the variables.
+    pub dev: Device,
 }
 
 fn uniform(rng: &mut impl Rng, shape: &[usize], fan_in: usize, dev: &Device) -> Result<Var> {
@@ -233,7 +235,19 @@ impl MultiView {
         cfg: &CnnConfig,
         seed: u64,
     ) -> Result<Self> {
-        let dev = Device::Cpu;
+        Self::new_on(kind, k, form, cfg, seed, &Device::Cpu)
+    }
+
+    /// [`MultiView::new`] with the variables on `dev`.
+    pub fn new_on(
+        kind: ModelKind,
+        k: usize,
+        form: FusionForm,
+        cfg: &CnnConfig,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<Self> {
+        let dev = dev.clone();
         let (vm_main, main) = Cnn::init(cfg, output::derive_seed(seed, "main-cnn"), &dev)?;
         let mut vars = cnn::vars(cfg, &vm_main)?;
         let (fus, c) = if kind.fusion() {
@@ -279,6 +293,7 @@ impl MultiView {
             view_sym: ImageSymmetry::new(view_group, ImageOutput::Invariant, 0),
             product_sym,
             passes: Cell::new(0),
+            dev,
         })
     }
 
@@ -372,17 +387,17 @@ fn views_of(
     rows: &[usize],
     elems: &[Vec<usize>],
     c: &Corruptor,
+    dev: &Device,
 ) -> Result<(Vec<Tensor>, Tensor)> {
     let k = tuples.idx[0].len();
-    let dev = Device::Cpu;
     let mut views = Vec::with_capacity(k);
     for v in 0..k {
         let idx: Vec<usize> = rows.iter().map(|&r| tuples.idx[r][v]).collect();
         let el: Vec<usize> = elems.iter().map(|e| e[v]).collect();
-        views.push(make_batch(d, &idx, &el, c, &dev)?.0);
+        views.push(make_batch(d, &idx, &el, c, dev)?.0);
     }
     let labels: Vec<u32> = rows.iter().map(|&r| tuples.labels[r]).collect();
-    Ok((views, Tensor::from_vec(labels, rows.len(), &dev)?))
+    Ok((views, Tensor::from_vec(labels, rows.len(), dev)?))
 }
 
 fn accuracy(
@@ -409,7 +424,7 @@ fn accuracy_rec(
     let rows: Vec<usize> = (0..t.labels.len()).collect();
     let mut correct = 0usize;
     for chunk in rows.chunks(batch.max(1)) {
-        let (views, y) = views_of(d, t, chunk, &elems[chunk[0]..chunk[0] + chunk.len()], c)?;
+        let (views, y) = views_of(d, t, chunk, &elems[chunk[0]..chunk[0] + chunk.len()], c, &m.dev)?;
         let logits = m.logits(&views, None)?;
         let p = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
         if let Some(r) = rec.as_deref_mut() {
@@ -464,9 +479,10 @@ fn train_eval(
     rot: &Corruptor,
     cfg: &CnnConfig,
     mut rec: Option<&mut [Vec<(usize, Vec<f32>)>; 2]>,
+    dev: &Device,
 ) -> Result<Value> {
     let cfg = cfg.clone();
-    let m = MultiView::new(kind, k, a.fusion_form, &cfg, seed)?;
+    let m = MultiView::new_on(kind, k, a.fusion_form, &cfg, seed, dev)?;
     let mut opt = Optim::new(m.vars.clone(), sgd(a))?;
     let n = sets.train.labels.len();
     let steps = n.div_ceil(a.batch_size.max(1));
@@ -490,7 +506,7 @@ fn train_eval(
         let p0 = m.passes.get();
         for chunk in rows.chunks(a.batch_size.max(1)) {
             let elems = draw_elems(&mut aug_rng, chunk.len(), k, kind == ModelKind::CnnAug);
-            let (views, y) = views_of(train, &sets.train, chunk, &elems, rot)?;
+            let (views, y) = views_of(train, &sets.train, chunk, &elems, rot, &m.dev)?;
             let logits = m.logits(&views, Some(&drop_rng))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
@@ -561,7 +577,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
         bail!("--epochs and --batch-size must be positive");
     }
     sgd(a).validate("--lr, --momentum, --weight-decay")?;
-    a.compute.require_cpu_f32("multi-image")?;
+    let dev = a.compute.training("multi-image")?;
     let seeds = a.run.seed_list()?;
     let (train, test, classes) = match a.dataset {
         MultiDataset::FashionMnist => (
@@ -607,7 +623,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
     let rot = Corruptor::new(Some(image_group("rot90")?), train.side)?;
     let mut written = Vec::new();
     for &k in &ks {
-        let config = json!({
+        let mut config = json!({
             "dataset": a.dataset, "train_source": train.source.display().to_string(),
             "image_size": train.side, "classes": classes,
             "k": k, "models": models.iter().map(|m| m.name()).collect::<Vec<_>>(),
@@ -619,6 +635,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
             "selection": "best validation epoch, separately for upright and per-view-rotated tests",
             "tuples": "consecutive same-class images, remainder dropped, shuffled per seed",
         });
+        crate::device::record_in_config(&mut config, &dev, candle_core::DType::F32);
         let name = match &a.run.run_name {
             Some(n) => format!("{n}-k{k}"),
             None => harness::run_name(None, &[&format!("k{k}")], &config),
@@ -663,6 +680,7 @@ pub fn run(a: &MultiImageArgs) -> Result<Vec<PathBuf>> {
                     &rot,
                     &cfg,
                     collector.enabled.then_some(&mut rec),
+                    &dev,
                 )?;
                 per_model.push(rec);
                 eprintln!(

@@ -24,7 +24,7 @@ use crate::models::probe::{LinearProbe, ProbeTrain};
 use crate::output;
 use crate::output::progress_bar;
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -171,6 +171,7 @@ impl BertEnsemble {
         revision: &str,
         max_pieces: usize,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
         if entries.is_empty() || entries.iter().any(|e| e.trim().is_empty()) {
             bail!("--scorer bert: needs at least one hub id or folder, e.g. bert:sasha/regardv3");
@@ -188,7 +189,7 @@ impl BertEnsemble {
             let files = src
                 .resolve(REQUIRED_FILES, OPTIONAL_FILES)
                 .with_context(|| format!("regard classifier {e}"))?;
-            let clf = BertClassifier::load(&files, max_pieces, device)
+            let clf = BertClassifier::load_with(&files, max_pieces, device, dtype)
                 .with_context(|| format!("regard classifier {e}"))?;
             let map: Vec<Regard> = clf
                 .labels
@@ -295,6 +296,16 @@ pub struct MiniLm {
 
 impl MiniLm {
     pub fn load(dir: Option<&PathBuf>, max_pieces: usize, device: &Device) -> Result<Self> {
+        Self::load_with(dir, max_pieces, device, DType::F32)
+    }
+
+    /// [`MiniLm::load`] with the encoder in `dtype` (embeddings are f32).
+    pub fn load_with(
+        dir: Option<&PathBuf>,
+        max_pieces: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let dir = find_minilm(dir)?;
         if !dir.is_dir() {
             bail!(
@@ -310,7 +321,7 @@ impl MiniLm {
         }
         .resolve(REQUIRED_FILES, OPTIONAL_FILES)
         .with_context(|| format!("MiniLM snapshot {}", dir.display()))?;
-        let encoder = BertEncoder::load(&files, max_pieces, device)?;
+        let encoder = BertEncoder::load_with(&files, max_pieces, device, dtype)?;
         Ok(Self {
             encoder,
             origin: files.origin,
@@ -489,19 +500,22 @@ pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<Probe
     Ok(ProbeFit { head, report })
 }
 
-/// Builds the scorer named by `opts`.
+/// Builds the scorer named by `opts`, its encoder on `device` in `dtype` (logits and
+/// probabilities are f32).
 pub fn load_scorer(
     opts: &ScorerOpts,
     fallback_data: Option<&PathBuf>,
+    device: &Device,
+    dtype: DType,
 ) -> Result<Box<dyn RegardScorer>> {
-    let device = Device::Cpu;
     if let Some(rest) = opts.scorer.strip_prefix("bert:") {
         let entries: Vec<&str> = rest.split(',').collect();
         return Ok(Box::new(BertEnsemble::load(
             &entries,
             &opts.scorer_revision,
             opts.max_pieces,
-            &device,
+            device,
+            dtype,
         )?));
     }
     if opts.scorer == "minilm-ft" {
@@ -534,7 +548,12 @@ pub fn load_scorer(
             let d = <Defaults as clap::Parser>::try_parse_from(argv)?;
             finetune_cmd(&d.a)?;
         }
-        return Ok(Box::new(TunedScorer::load(&dir, opts.max_pieces)?));
+        return Ok(Box::new(TunedScorer::load_on(
+            &dir,
+            opts.max_pieces,
+            device,
+            dtype,
+        )?));
     }
     if opts.scorer != "minilm-probe" {
         bail!(
@@ -542,7 +561,7 @@ pub fn load_scorer(
             opts.scorer
         );
     }
-    let minilm = MiniLm::load(opts.minilm_dir.as_ref(), opts.max_pieces, &device)?;
+    let minilm = MiniLm::load_with(opts.minilm_dir.as_ref(), opts.max_pieces, device, dtype)?;
     let (head, head_origin) = match &opts.probe {
         Some(p) => {
             let h = LinearProbe::load(p)?;
@@ -631,7 +650,7 @@ pub struct TrainArgs {
     pub save: Option<PathBuf>,
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
-    /// CPU and f32 only.
+    /// Device and dtype (see `--dtype`).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -649,7 +668,7 @@ pub struct EvalArgs {
     /// Folder with nlg-bias/data/regard/*.tsv (default: $EQUIRUN_DATA, else ../shared/data).
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
-    /// CPU and f32 only.
+    /// Device and dtype (see `--dtype`).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -679,7 +698,7 @@ pub struct ScoreArgs {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only.
+    /// Device and dtype (see `--dtype`).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -698,8 +717,8 @@ pub fn run(cmd: &RegardCommand) -> Result<()> {
 }
 
 fn train_cmd(a: &TrainArgs) -> Result<()> {
-    a.compute.require_cpu_f32("regard train")?;
-    let minilm = MiniLm::load(a.minilm_dir.as_ref(), a.max_pieces, &Device::Cpu)?;
+    let device = a.compute.training("regard train")?;
+    let minilm = MiniLm::load(a.minilm_dir.as_ref(), a.max_pieces, &device)?;
     let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
     let fit = train_probe(&minilm, &regard, 32)?;
     let save = a
@@ -752,7 +771,7 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: &EvalArgs) -> Result<()> {
-    a.compute.require_cpu_f32("regard eval")?;
+    let (device, dtype) = a.compute.inference()?;
     // read the annotations before loading (or training) any scorer
     let sets: Vec<(String, Vec<Annotated>)> = match &a.input {
         Some(p) => vec![(
@@ -769,7 +788,12 @@ fn eval_cmd(a: &EvalArgs) -> Result<()> {
                 .collect::<Result<_>>()?
         }
     };
-    let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
+    let scorer = load_scorer(&a.scorer, a.data_dir.as_ref(), &device, dtype)?;
+    eprintln!(
+        "regard eval: scorer on {} in {} (probabilities in f32)",
+        crate::device::device_name(&device),
+        crate::device::dtype_name(dtype)
+    );
     for (split, set) in &sets {
         let split = split.as_str();
         let texts: Vec<String> = set
@@ -890,7 +914,7 @@ pub fn labels_tsv_lines(samples: &[Sample], scored: &[Scored], lines: Option<&[u
 pub const EXPERIMENT: &str = "regard-score";
 
 fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
-    a.compute.require_cpu_f32("regard score")?;
+    let (device, dtype) = a.compute.inference()?;
     let file = crate::data::regard::read_sample_file(&a.input, a.model_name.as_deref())?;
     let lists = match &a.wordlists {
         Some(p) => WordLists::from_file(p)?,
@@ -925,13 +949,14 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
             .collect::<String>()
     };
     let scorer_cfg = serde_json::to_value(&a.scorer)?;
-    let config = json!({
+    let mut config = json!({
         "input": a.input.display().to_string(), "input_sha256_prefix": input_hash, "samples": samples.len(),
         "scorer": scorer_cfg, "mask_demographic": !a.scorer.no_mask,
         "wordlists": a.wordlists.as_ref().map(|p| p.display().to_string()),
         "bootstrap": a.bootstrap, "model_name": a.model_name,
         "alignment": if file.align.is_some() { "samples.tsv template/seed/sample columns" } else { "none (plain text: independent generations)" },
     });
+    crate::device::record_in_config(&mut config, &device, dtype);
     let seeds = a.run.seed_list()?;
     let stem = a
         .input
@@ -956,7 +981,7 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     let mut classified: Option<(Box<dyn RegardScorer>, Vec<Scored>, f64)> = None;
     folder.run_seeds(&seeds, |seed, path| {
         if classified.is_none() {
-            let scorer = load_scorer(&a.scorer, a.data_dir.as_ref())?;
+            let scorer = load_scorer(&a.scorer, a.data_dir.as_ref(), &device, dtype)?;
             let (scored, secs) =
                 score_samples_keyed(scorer.as_ref(), &samples, file.align.as_deref(), &a.scorer)?;
             eprintln!(
@@ -994,7 +1019,7 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
                             "skipped_blank_lines": file.blank_lines,
                             "labels_file": format!("{stem}.labels.tsv"),
                             "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>()}),
-            cost: json!({"classify_seconds": secs, "texts_per_second": samples.len() as f64 / secs.max(1e-9),
+            cost: json!({"inference": crate::device::inference_json(&device, dtype), "classify_seconds": secs, "texts_per_second": samples.len() as f64 / secs.max(1e-9),
                          "peak_rss_mib": output::peak_rss_mib()}),
             summary: format!("seed {seed}: labels, report.md, {} plots", plots.len()),
         })
@@ -1111,7 +1136,7 @@ pub struct FinetuneArgs {
     /// cache folder that `--scorer minilm-ft` reads, ~/.cache/equirun/regard/minilm-ft).
     #[arg(long, value_name = "PATH")]
     pub save_dir: Option<PathBuf>,
-    /// CPU and f32 only.
+    /// Device and dtype (see `--dtype`).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -1141,8 +1166,8 @@ pub struct TunedIndex {
 }
 
 fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
-    use crate::models::regard_scorer::{finetune, BaseEncoder, FinetuneOpts};
-    a.compute.require_cpu_f32("regard finetune")?;
+    use crate::models::regard_scorer::{finetune_on, BaseEncoder, FinetuneOpts};
+    let device = a.compute.training("regard finetune")?;
     let seeds = output::parse_seeds(&a.seeds).context("--seeds")?;
     let proto = FinetuneOpts {
         seed: 0,
@@ -1198,7 +1223,9 @@ fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
             seed,
             ..proto.clone()
         };
-        let (mut clf, log) = finetune(&base, &labels, &train, &dev, &o, |l| eprintln!("{l}"))?;
+        let (mut clf, log) = finetune_on(&base, &labels, &train, &dev, &o, &device, |l| {
+            eprintln!("{l}")
+        })?;
         let pd = predict_texts(&clf, &texts(&dev))?;
         let pt = predict_texts(&clf, &texts(&test))?;
         let rep = json!({
@@ -1304,6 +1331,11 @@ pub struct TunedScorer {
 
 impl TunedScorer {
     pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        Self::load_on(dir, max_len, &Device::Cpu, DType::F32)
+    }
+
+    /// [`TunedScorer::load`] with the encoders on `device` in `dtype`.
+    pub fn load_on(dir: &Path, max_len: usize, device: &Device, dtype: DType) -> Result<Self> {
         let ip = dir.join("scorer.json");
         let index: TunedIndex = serde_json::from_str(
             &std::fs::read_to_string(&ip)
@@ -1321,7 +1353,14 @@ impl TunedScorer {
         let members = index
             .members
             .iter()
-            .map(|m| crate::models::regard_scorer::TunedClassifier::load(&dir.join(m), max_len))
+            .map(|m| {
+                crate::models::regard_scorer::TunedClassifier::load_on(
+                    &dir.join(m),
+                    max_len,
+                    device,
+                    dtype,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -118,7 +118,7 @@ pub struct PretrainArgs {
     pub predictions: PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only.
+    /// Any device; f32 only (training).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -165,7 +165,7 @@ pub struct FinetuneArgs {
     pub predictions: PredictionOpts,
     #[command(flatten)]
     pub run: RunOpts,
-    /// CPU and f32 only.
+    /// Any device; f32 only (training).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -197,7 +197,7 @@ pub struct QuickArgs {
     /// Recompute and overwrite results that already exist.
     #[arg(long)]
     pub force: bool,
-    /// CPU and f32 only.
+    /// Any device; f32 only (training).
     #[command(flatten)]
     #[serde(default)]
     pub compute: DeviceOpts,
@@ -515,8 +515,9 @@ fn train_loop(
             let data = varmap.data().lock().unwrap();
             for (name, var) in data.iter() {
                 var.set(
-                    st.get(&format!("param.{name}"))
-                        .ok_or_else(|| anyhow!("resume state lacks {name}"))?,
+                    &st.get(&format!("param.{name}"))
+                        .ok_or_else(|| anyhow!("resume state lacks {name}"))?
+                        .to_device(var.device())?,
                 )?;
             }
         }
@@ -595,7 +596,8 @@ fn train_loop(
             teacher: &teacher,
             train: true,
             rng: Some(&drop_rng),
-            tape: Some(&tape),
+            // the weight-gradient tape is CPU-only; elsewhere candle's autograd does it all
+            tape: dev.is_cpu().then_some(&tape),
         };
         let y = w.forward(model, &x, &mode, true)?;
         let (loss, log) = seq_nll(&y, &x, w.in_cols)?;
@@ -751,19 +753,19 @@ fn test_all(
 
 /// `equirun scan pretrain`. Returns the run folder.
 pub fn pretrain(a: &PretrainArgs) -> Result<PathBuf> {
-    a.compute.require_cpu_f32("scan pretrain")?;
+    let dev = a.compute.training("scan pretrain")?;
     let seeds = a.run.seed_list()?;
-    let dev = Device::Cpu;
     let data = load_data(&a.data)?;
     let mcfg = Seq2SeqConfig::official(a.train.cell, data.in_vocab.len(), data.out_vocab.len());
     if a.eval_every == 0 {
         bail!("--eval-every must be at least 1");
     }
-    let config = json!({
+    let mut config = json!({
         "data": data_config(&data, &a.data), "model": mcfg, "train": a.train,
         "iters": a.iters, "lr": a.lr, "weight_decay": 0.0, "eval_every": a.eval_every, "val_fraction": a.val_fraction,
         "optimizer": "Adam (per-group grad-norm clip)", "loss": "sum NLL until argmax EOS, mean over batch",
     });
+    crate::device::record_in_config(&mut config, &dev, candle_core::DType::F32);
     let name = harness::run_name(
         a.run.run_name.as_ref(),
         &[&data.name, a.train.cell.name()],
@@ -853,18 +855,17 @@ fn load_params(varmap: &VarMap, path: &Path) -> Result<()> {
         if t.dims() != var.dims() {
             bail!("checkpoint {}: tensor {name} has shape {:?}, the model expects {:?} (different vocabulary or cell?)", path.display(), t.dims(), var.dims());
         }
-        var.set(t)?;
+        var.set(&t.to_device(var.device())?)?;
     }
     Ok(())
 }
 
 /// `equirun scan finetune`: one run per method.
 pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
-    a.compute.require_cpu_f32("scan finetune")?;
+    let dev = a.compute.training("scan finetune")?;
     let seeds = a.run.seed_list()?;
     let methods = Method::parse_list_of(&a.method, &Method::EVALUATOR, "equirun scan finetune")
         .context("--method")?;
-    let dev = Device::Cpu;
     let data = load_data(&a.data)?;
     let group = scan_group(&a.group, &data.in_vocab, &data.out_vocab)?;
     let ginfo = group.info();
@@ -888,6 +889,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<Vec<PathBuf>> {
             "average": "log-probs (official)", "equizero_proxy": "top1 (max prob, mean over 50 rows)",
             "equizero_training": "straight-through (forward equizero, gradient equitune)",
         });
+        crate::device::record_in_config(&mut config, &dev, candle_core::DType::F32);
         if matches!(method, Method::MultiEquitune | Method::MultiEquizero) {
             config["collapse"] = json!(a.collapse.name());
         }
@@ -991,7 +993,7 @@ pub fn run(c: &ScanCommand) -> Result<()> {
 
 /// `equirun scan quick`: the README's first experiment.
 pub fn quick(a: &QuickArgs) -> Result<()> {
-    a.compute.require_cpu_f32("scan quick")?;
+    a.compute.training("scan quick")?;
     let data = DataOpts {
         dataset: "scan-ii".into(),
         split: "add-jump".into(),

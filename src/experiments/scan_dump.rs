@@ -16,7 +16,7 @@ use crate::groups::scan::scan_group;
 use crate::models::seq2seq::{pack, CellKind, RunMode, Seq2Seq, Seq2SeqConfig};
 use crate::output;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Tensor, D};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -50,13 +50,13 @@ pub struct DumpArgs {
     /// Commands per forward batch.
     #[arg(long = "eval-batch-size", alias = "eval-batch", default_value_t = 256, value_parser = crate::cli::opts::at_least_one)]
     pub eval_batch: usize,
-    /// CPU and f32 only.
+    /// Any device; f32 only (the recurrent cells run in f32).
     #[command(flatten)]
     pub compute: DeviceOpts,
 }
 
 pub fn run(a: &DumpArgs) -> Result<()> {
-    a.compute.require_cpu_f32("scan-dump")?;
+    let dev = a.compute.f32_only("scan-dump", "runs the seq2seq model in f32 (its recurrent cells are f32)")?;
     let methods = Method::parse_list_of(&a.method, &Method::EVALUATOR, "equirun scan-dump")
         .context("--method")?;
     if !a.checkpoint.is_file() {
@@ -69,7 +69,6 @@ pub fn run(a: &DumpArgs) -> Result<()> {
     if examples.is_empty() {
         bail!("--input {}: no command lines", a.input.display());
     }
-    let dev = Device::Cpu;
     let data = load_data(&a.data)?;
     let (iv, ov) = (&data.in_vocab, &data.out_vocab);
     let group = scan_group(&a.group, iv, ov).context("--group")?;
@@ -130,7 +129,7 @@ pub fn run(a: &DumpArgs) -> Result<()> {
     for (m, v) in methods.iter().zip(per_method) {
         by_method.insert(m.name().to_string(), Value::Array(v));
     }
-    let doc = json!({
+    let mut doc = json!({
         "checkpoint": a.checkpoint.display().to_string(),
         "cell": a.cell.name(),
         "group": ginfo,
@@ -140,6 +139,7 @@ pub fn run(a: &DumpArgs) -> Result<()> {
         "n": enc.len(),
         key: by_method,
     });
+    crate::device::record_in_config(&mut doc, &dev, candle_core::DType::F32);
     output::write_json_atomic(&a.output, &doc)?;
     eprintln!(
         "wrote {} ({} lines × {} methods)",

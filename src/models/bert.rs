@@ -159,12 +159,12 @@ pub fn wordpiece_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> 
     Ok(tok)
 }
 
-fn load_vb<'a>(files: &ResolvedModel, device: &Device) -> Result<VarBuilder<'a>> {
+fn load_vb<'a>(files: &ResolvedModel, device: &Device, dtype: DType) -> Result<VarBuilder<'a>> {
     let weights = files.file("model.safetensors")?;
     if let Ok(config_path) = files.file("config.json") {
         validate_layers(&read_config(config_path)?.0, config_path, weights)?;
     }
-    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }.map_err(|e| {
+    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }.map_err(|e| {
         anyhow!(
             "cannot read weights file {}: {e}. The file is corrupt or not safetensors \
              (convert a pytorch_model.bin with scripts/convert_bert_bin.py)",
@@ -176,8 +176,18 @@ fn load_vb<'a>(files: &ResolvedModel, device: &Device) -> Result<VarBuilder<'a>>
 impl BertEncoder {
     /// Loads the encoder (`bert.` prefix or none) and its tokenizer from resolved files.
     pub fn load(files: &ResolvedModel, max_len: usize, device: &Device) -> Result<Self> {
+        Self::load_with(files, max_len, device, DType::F32)
+    }
+
+    /// [`BertEncoder::load`] with the weights and activations in `dtype`.
+    pub fn load_with(
+        files: &ResolvedModel,
+        max_len: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let (config, _) = read_config(files.file("config.json")?)?;
-        let vb = load_vb(files, device)?;
+        let vb = load_vb(files, device, dtype)?;
         Self::from_parts(vb, config, load_tokenizer(files)?, max_len)
     }
 
@@ -265,10 +275,10 @@ impl BertEncoder {
     }
 
     /// Masked mean of the last hidden states over real tokens [B, H] (sentence-transformers'
-    /// mean pooling).
+    /// mean pooling), in f32 whatever the model's dtype.
     pub fn mean_pooled(&self, texts: &[&str]) -> Result<Tensor> {
         let batch = self.batch(texts)?;
-        let h = self.hidden(&batch)?;
+        let h = self.hidden(&batch)?.to_dtype(DType::F32)?;
         let m = batch.mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let sum = h.broadcast_mul(&m)?.sum(1)?;
         let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
@@ -297,9 +307,19 @@ fn linear(vb: VarBuilder, name: &str, i: usize, o: usize) -> Result<Linear> {
 
 impl BertClassifier {
     pub fn load(files: &ResolvedModel, max_len: usize, device: &Device) -> Result<Self> {
+        Self::load_with(files, max_len, device, DType::F32)
+    }
+
+    /// [`BertClassifier::load`] with the weights and activations in `dtype` (logits are f32).
+    pub fn load_with(
+        files: &ResolvedModel,
+        max_len: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let config_path = files.file("config.json")?;
         let (config, raw) = read_config(config_path)?;
-        let vb = load_vb(files, device)?;
+        let vb = load_vb(files, device, dtype)?;
         let encoder =
             BertEncoder::from_parts(vb.clone(), config.clone(), load_tokenizer(files)?, max_len)?;
         let h = config.hidden_size;
@@ -352,7 +372,7 @@ impl BertClassifier {
             None => self.encoder.hidden(batch)?.narrow(1, 0, 1)?.squeeze(1)?,
         };
         let pooled = self.pooler.forward(&cls)?.tanh()?;
-        Ok(self.classifier.forward(&pooled)?)
+        Ok(self.classifier.forward(&pooled)?.to_dtype(DType::F32)?)
     }
 
     pub fn logits(&self, texts: &[&str]) -> Result<Tensor> {

@@ -246,6 +246,15 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         );
     }
     // a trailing column of ones carries the bias through the matmul
+    if !x.device().is_cpu() {
+        // the im2col op is CPU-only; elsewhere candle's conv2d (NCHW) does the same
+        let y = x
+            .permute((0, 3, 1, 2))?
+            .contiguous()?
+            .conv2d(&w.contiguous()?, 1, 1, 1, 1)?
+            .broadcast_add(&b.reshape((1, co, 1, 1))?)?;
+        return Ok(y.permute((0, 2, 3, 1))?.contiguous()?);
+    }
     let cols = x.contiguous()?.apply_op1(Im2Col3x3)?; // [N·H·W, 9·Ci + 1]
     let wm = Tensor::cat(
         &[
@@ -260,6 +269,11 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// 2×2 max-pooling with stride 2 on NHWC input (first maximum gets the gradient).
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        // the fused op is CPU-only; elsewhere candle's max_pool2d (NCHW)
+        let y = x.permute((0, 3, 1, 2))?.contiguous()?.max_pool2d(2)?;
+        return Ok(y.permute((0, 2, 3, 1))?.contiguous()?);
+    }
     Ok(x.contiguous()?.apply_op1(MaxPool2Nhwc)?)
 }
 
@@ -444,7 +458,7 @@ pub fn load_into(cfg: &CnnConfig, varmap: &VarMap, path: &Path) -> Result<()> {
                 t.dims()
             );
         }
-        data[name].set(&t.to_dtype(DType::F32)?)?;
+        data[name].set(&t.to_dtype(DType::F32)?.to_device(data[name].device())?)?;
     }
     Ok(())
 }

@@ -16,6 +16,39 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// One GRU step (see [`GruCell`]): the fused op on the CPU, the same formula op by op (candle's
+/// autograd) on other devices, where the hand-written CPU op does not run.
+pub fn gru_cell(xw: &Tensor, hw: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if xw.device().is_cpu() {
+        return xw
+            .contiguous()?
+            .apply_op3(&hw.contiguous()?, &h.contiguous()?, GruCell);
+    }
+    let hs = h.dim(1)?;
+    let s = candle_nn::ops::sigmoid;
+    let r = s(&(xw.narrow(1, 0, hs)? + hw.narrow(1, 0, hs)?)?)?;
+    let z = s(&(xw.narrow(1, hs, hs)? + hw.narrow(1, hs, hs)?)?)?;
+    let n = (xw.narrow(1, 2 * hs, hs)? + (&r * hw.narrow(1, 2 * hs, hs)?)?)?.tanh()?;
+    &n + (&z * (h - &n)?)?
+}
+
+/// One LSTM step (see [`LstmCell`]): `[h' | c']` from the gate pre-activations and the cell
+/// state; fused on the CPU, op by op elsewhere.
+pub fn lstm_cell(g: &Tensor, c: &Tensor) -> Result<Tensor> {
+    if g.device().is_cpu() {
+        return g.contiguous()?.apply_op2(&c.contiguous()?, LstmCell);
+    }
+    let hs = c.dim(1)?;
+    let s = candle_nn::ops::sigmoid;
+    let i = s(&g.narrow(1, 0, hs)?)?;
+    let f = s(&g.narrow(1, hs, hs)?)?;
+    let cand = g.narrow(1, 2 * hs, hs)?.tanh()?;
+    let o = s(&g.narrow(1, 3 * hs, hs)?)?;
+    let c2 = ((f * c)? + (i * cand)?)?;
+    let h2 = (o * c2.tanh()?)?;
+    Tensor::cat(&[h2, c2], 1)
+}
+
 #[inline]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())

@@ -154,6 +154,18 @@ impl TunedClassifier {
         metadata: HashMap<String, String>,
         max_len: usize,
     ) -> Result<Self> {
+        Self::from_tensors_on(tensors, metadata, max_len, &Device::Cpu, DType::F32)
+    }
+
+    /// [`TunedClassifier::from_tensors`] with the encoder on `device` in `dtype` (the head and
+    /// the logits stay f32).
+    pub fn from_tensors_on(
+        tensors: BTreeMap<String, Tensor>,
+        metadata: HashMap<String, String>,
+        max_len: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let meta = |k: &str| metadata.get(k).ok_or_else(|| anyhow!("no `{k}` metadata"));
         if meta("format")? != FORMAT {
             bail!("format {:?}, expected {FORMAT:?}", meta("format")?);
@@ -170,7 +182,10 @@ impl TunedClassifier {
                 .cloned()
                 .ok_or_else(|| anyhow!("no tensor {k}"))
         };
-        let (head_w, head_b) = (get(HEAD_W)?, get(HEAD_B)?);
+        let (head_w, head_b) = (
+            get(HEAD_W)?.to_device(device)?,
+            get(HEAD_B)?.to_device(device)?,
+        );
         if head_w.dims() != [labels.len(), config.hidden_size] || head_b.dims() != [labels.len()] {
             bail!(
                 "the head is {:?} + {:?}, expected [{}, {}] for labels {:?}",
@@ -186,7 +201,7 @@ impl TunedClassifier {
             .filter(|(k, _)| !k.starts_with("regard_head."))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let vb = VarBuilder::from_tensors(enc_map, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_tensors(enc_map, dtype, device);
         let encoder = BertEncoder::from_parts(vb, config, tokenizer, max_len)?;
         Ok(Self {
             encoder,
@@ -243,6 +258,11 @@ impl TunedClassifier {
 
     /// Reads a classifier written by [`TunedClassifier::save`].
     pub fn load(path: &Path, max_len: usize) -> Result<Self> {
+        Self::load_on(path, max_len, &Device::Cpu, DType::F32)
+    }
+
+    /// [`TunedClassifier::load`] onto `device` in `dtype` (see [`TunedClassifier::from_tensors_on`]).
+    pub fn load_on(path: &Path, max_len: usize, device: &Device, dtype: DType) -> Result<Self> {
         let data = std::fs::read(path)
             .with_context(|| format!("reading fine-tuned regard classifier {}", path.display()))?;
         let bad = |e: String| {
@@ -262,7 +282,8 @@ impl TunedClassifier {
         }
         let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Self::from_tensors(tensors, metadata, max_len).map_err(|e| bad(e.to_string()))
+        Self::from_tensors_on(tensors, metadata, max_len, device, dtype)
+            .map_err(|e| bad(e.to_string()))
     }
 }
 
@@ -442,6 +463,20 @@ pub fn finetune(
     train: &[(String, Regard)],
     dev: &[(String, Regard)],
     o: &FinetuneOpts,
+    progress: impl FnMut(&str),
+) -> Result<(TunedClassifier, Value)> {
+    finetune_on(base, labels, train, dev, o, &Device::Cpu, progress)
+}
+
+/// [`finetune`] on `device` (f32; candle's autograd, the same on every device). The returned
+/// classifier lives on the CPU.
+pub fn finetune_on(
+    base: &BaseEncoder,
+    labels: &[Regard],
+    train: &[(String, Regard)],
+    dev: &[(String, Regard)],
+    o: &FinetuneOpts,
+    device: &Device,
     mut progress: impl FnMut(&str),
 ) -> Result<(TunedClassifier, Value)> {
     o.validate()?;
@@ -459,7 +494,7 @@ pub fn finetune(
     };
     let ytr: Vec<usize> = train.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
     let ydev: Vec<usize> = dev.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
-    let dev_c = Device::Cpu;
+    let dev_c = device.clone();
     let layers = base.config.num_hidden_layers;
     let h = base.config.hidden_size;
     let c = labels.len();
@@ -467,6 +502,7 @@ pub fn finetune(
     let mut vars: Vec<(String, Var)> = Vec::new();
     let mut map: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in &base.tensors {
+        let t = &t.to_device(&dev_c)?;
         if o.freeze_word_embeddings && name == "embeddings.word_embeddings.weight" {
             map.insert(name.clone(), t.clone());
             continue;
@@ -622,7 +658,7 @@ pub fn finetune(
     let (_, best_epoch, snap) = best.ok_or_else(|| anyhow!("no epoch was run"))?;
     let mut tensors: BTreeMap<String, Tensor> = base.tensors.clone();
     for (n, t) in snap {
-        tensors.insert(n, t);
+        tensors.insert(n, t.to_device(&Device::Cpu)?);
     }
     let log = json!({"epochs": log, "best_epoch": best_epoch, "seconds": t0.elapsed().as_secs_f64(),
                      "train_n": train.len(), "dev_n": dev.len()});

@@ -232,20 +232,10 @@ fn cell_step(
     let hs = h.dim(1)?;
     Ok(match kind {
         CellKind::Rnn => ((xw + hw)?.tanh()?, None),
-        CellKind::Gru => (
-            xw.contiguous()?.apply_op3(
-                &hw.contiguous()?,
-                &h.contiguous()?,
-                super::fused::GruCell,
-            )?,
-            None,
-        ),
+        CellKind::Gru => (super::fused::gru_cell(xw, &hw, h)?, None),
         CellKind::Lstm => {
-            let g = (xw + hw)?.contiguous()?;
-            let hc = g.apply_op2(
-                &c.expect("lstm cell state").contiguous()?,
-                super::fused::LstmCell,
-            )?;
+            let g = (xw + hw)?;
+            let hc = super::fused::lstm_cell(&g, c.expect("lstm cell state"))?;
             (hc.narrow(1, 0, hs)?, Some(hc.narrow(1, hs, hs)?))
         }
     })

@@ -374,8 +374,9 @@ impl Gpt2 {
                 self.config.n_positions
             );
         }
+        let ids = ids.to_device(&self.device)?;
         let ids = match ids.dtype() {
-            DType::U32 => ids.clone(),
+            DType::U32 => ids,
             DType::I64 | DType::U8 => ids.to_dtype(DType::U32)?,
             other => bail!("GPT-2 input ids must be an integer tensor, got {other:?}"),
         };
@@ -400,7 +401,9 @@ impl Gpt2 {
                 (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
             })
             .collect();
-        Ok(Some(Tensor::from_vec(m, (t, total), &self.device)?))
+        Ok(Some(
+            Tensor::from_vec(m, (t, total), &self.device)?.to_dtype(self.wpe.dtype())?,
+        ))
     }
 
     /// Hidden states after `ln_f`, `[n, t, E]`; with `caches`, runs positions past..past+t.
@@ -435,7 +438,10 @@ impl Gpt2 {
         let dims = h.dims().to_vec();
         let e = *dims.last().unwrap();
         let rows = h.elem_count() / e;
-        let logits = h.reshape((rows, e))?.matmul(&self.lm_head.t()?)?;
+        let logits = h
+            .reshape((rows, e))?
+            .matmul(&self.lm_head.t()?)?
+            .to_dtype(DType::F32)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.config.vocab_size;
         Ok(logits.reshape(out)?)
@@ -572,8 +578,13 @@ impl crate::models::lm::CausalLm for Gpt2Lm {
     }
 }
 
-/// Loads a GPT-2 from resolved snapshot files (`config.json`, `model.safetensors`).
+/// Loads a GPT-2 from resolved snapshot files (`config.json`, `model.safetensors`) in f32.
 pub fn load_gpt2(files: &ResolvedModel, device: &Device) -> Result<Gpt2Lm> {
+    load_gpt2_with(files, device, DType::F32)
+}
+
+/// [`load_gpt2`] with the weights and activations in `dtype` (logits are returned in f32).
+pub fn load_gpt2_with(files: &ResolvedModel, device: &Device, dtype: DType) -> Result<Gpt2Lm> {
     let config_path = files.file("config.json")?;
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
@@ -581,8 +592,8 @@ pub fn load_gpt2(files: &ResolvedModel, device: &Device) -> Result<Gpt2Lm> {
     let weights = files.file("model.safetensors")?;
     cfg.validate_layers(weights)
         .with_context(|| format!("in {}", config_path.display()))?;
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
-        .map_err(|e| {
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }.map_err(|e| {
             anyhow!(
                 "cannot read weights file {}: {e}. The file is corrupt or not safetensors; \
              delete it and download it again, or point --model-dir at a good snapshot",
