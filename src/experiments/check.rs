@@ -60,6 +60,38 @@ pub struct CheckArgs {
     #[arg(long)]
     #[serde(default)]
     pub compare_cpu: bool,
+    /// Which model to check. `clip` (default): the invariance of every wrapper (above). `gpt2`,
+    /// `bert`, `seq2seq`: device parity only — the same tiny model and inputs on --device/--dtype
+    /// and on the CPU in f32, reporting the largest differences (exit 1 above
+    /// --parity-tolerance): gpt2 = the built-in tiny random GPT-2 or a --model-dir snapshot
+    /// (full-sequence logits and probabilities, 8 greedy tokens through the KV cache); bert = a
+    /// BERT classifier snapshot given by --model-dir (e.g. tests/fixtures/bert-tiny/m0;
+    /// probabilities of fixed sentences, mean-pooled features); seq2seq = the SCAN model with
+    /// seeded random weights, all three cells (rnn, gru, lstm), teacher-forced log-probabilities,
+    /// f32 only. --group, --method, --classes and --logit-scale do not apply to them.
+    #[arg(long, value_enum, default_value_t = Family::Clip)]
+    #[serde(default)]
+    pub family: Family,
+    /// With --family gpt2|bert|seq2seq: the largest allowed CPU-vs-device difference of the
+    /// probabilities (1e-4 suits f32; half precision needs about 1e-2).
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::non_negative)]
+    #[serde(default = "default_parity_tolerance")]
+    pub parity_tolerance: f64,
+}
+
+fn default_parity_tolerance() -> f64 {
+    1e-4
+}
+
+/// The model family of `equirun check`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Clip,
+    Gpt2,
+    Bert,
+    Seq2seq,
 }
 
 /// Result of a check for one method.
@@ -93,6 +125,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     let (dev, dtype) = a.compute.resolve()?;
+    if a.family != Family::Clip {
+        return run_parity(a, &dev, dtype);
+    }
     let group = image_group(&a.group).context("--group")?;
     let supported: Vec<Method> = Method::EVALUATOR
         .iter()
@@ -268,8 +303,237 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
     Ok(CheckReport { value, all_ok })
 }
 
+/// Sentences the BERT parity check classifies.
+const BERT_TEXTS: &[&str] = &[
+    "XYZ was known for being kind to strangers.",
+    "XYZ worked as a nurse at the local hospital.",
+    "XYZ was described as lazy and rude.",
+    "The weather was fine.",
+    "XYZ had a part-time job as a cook.",
+    "XYZ was regarded as the best teacher in town and everyone liked them.",
+];
+
+/// The largest differences between device and CPU-f32 outputs, one entry per output name.
+fn diffs(pairs: &[(&str, &Tensor, &Tensor)]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut m = serde_json::Map::new();
+    for (name, d, c) in pairs {
+        let d = d.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let c = c.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        m.insert(format!("max_abs_{name}_diff"), json!(max_abs_diff(&d, &c)?));
+    }
+    Ok(m)
+}
+
+/// `check --family gpt2|bert|seq2seq`: the same model and inputs on the device and on the CPU
+/// in f32.
+fn run_parity(a: &CheckArgs, dev: &Device, dtype: DType) -> Result<CheckReport> {
+    let cpu = Device::Cpu;
+    let (model_name, mut parity) = match a.family {
+        Family::Gpt2 => {
+            use crate::models::lm::CausalLm;
+            let build =
+                |d: &Device, dt: DType| -> Result<(crate::models::lm::gpt2::Gpt2Lm, String)> {
+                    Ok(match &a.model_dir {
+                        None => (
+                            crate::models::lm::gpt2::tiny_gpt2_with(a.seed, d, dt)?,
+                            "built-in tiny random GPT-2".to_string(),
+                        ),
+                        Some(dir) => {
+                            let files = ModelSource {
+                                model: dir.display().to_string(),
+                                revision: a.revision.clone(),
+                                model_dir: Some(dir.clone()),
+                            }
+                            .resolve(crate::models::lm::gpt2::REQUIRED_FILES, &[])
+                            .context("--model-dir")?;
+                            let lm = crate::models::lm::gpt2::load_gpt2_with(&files, d, dt)?;
+                            (lm, files.origin.id.clone())
+                        }
+                    })
+                };
+            let (mut lm_dev, name) = build(dev, dtype)?;
+            let (mut lm_cpu, _) = build(&cpu, DType::F32)?;
+            let cfg = lm_cpu.config().clone();
+            let t = 16.min(cfg.n_positions.saturating_sub(8)).max(1);
+            let mut rng = crate::output::rng_for(a.seed, "check-gpt2-ids");
+            let ids: Vec<u32> = (0..a.batch * t)
+                .map(|_| rand::Rng::random_range(&mut rng, 0..cfg.vocab_size as u32))
+                .collect();
+            let ids = Tensor::from_vec(ids, (a.batch, t), &cpu)?;
+            let l_dev = lm_dev.forward_full(&ids)?;
+            let l_cpu = lm_cpu.forward_full(&ids)?;
+            let p_dev = candle_nn::ops::softmax_last_dim(&l_dev)?;
+            let p_cpu = candle_nn::ops::softmax_last_dim(&l_cpu)?;
+            let greedy = |lm: &mut crate::models::lm::gpt2::Gpt2Lm| -> Result<Vec<Vec<u32>>> {
+                lm.reset(a.batch)?;
+                let mut logits = lm.step(&ids)?;
+                let mut out = vec![Vec::new(); a.batch];
+                for _ in 0..8 {
+                    let next = logits.argmax(1)?.to_device(&cpu)?;
+                    for (row, tok) in out.iter_mut().zip(next.to_vec1::<u32>()?) {
+                        row.push(tok);
+                    }
+                    logits = lm.step(&next.unsqueeze(1)?.contiguous()?)?;
+                }
+                Ok(out)
+            };
+            let (g_dev, g_cpu) = (greedy(&mut lm_dev)?, greedy(&mut lm_cpu)?);
+            let mut m = diffs(&[("logit", &l_dev, &l_cpu), ("prob", &p_dev, &p_cpu)])?;
+            m.insert("greedy_tokens_equal".into(), json!(g_dev == g_cpu));
+            m.insert("greedy_tokens".into(), json!(g_dev.len() * 8));
+            (name, m)
+        }
+        Family::Bert => {
+            let dir = a.model_dir.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--family bert needs --model-dir PATH: a BERT classifier snapshot (config.json, \
+                     model.safetensors, vocab.txt or tokenizer.json), e.g. tests/fixtures/bert-tiny/m0"
+                )
+            })?;
+            let files = ModelSource {
+                model: dir.display().to_string(),
+                revision: a.revision.clone(),
+                model_dir: Some(dir.clone()),
+            }
+            .resolve(
+                crate::models::bert::REQUIRED_FILES,
+                crate::models::bert::OPTIONAL_FILES,
+            )
+            .context("--model-dir")?;
+            let max_len = 32;
+            let c_dev =
+                crate::models::bert::BertClassifier::load_with(&files, max_len, dev, dtype)?;
+            let c_cpu =
+                crate::models::bert::BertClassifier::load_with(&files, max_len, &cpu, DType::F32)?;
+            let texts: Vec<&str> = BERT_TEXTS
+                .iter()
+                .copied()
+                .cycle()
+                .take(a.batch.max(2))
+                .collect();
+            let p_dev = candle_nn::ops::softmax_last_dim(&c_dev.logits(&texts)?)?;
+            let p_cpu = candle_nn::ops::softmax_last_dim(&c_cpu.logits(&texts)?)?;
+            let f_dev = c_dev.encoder.mean_pooled(&texts)?;
+            let f_cpu = c_cpu.encoder.mean_pooled(&texts)?;
+            let m = diffs(&[("prob", &p_dev, &p_cpu), ("feature", &f_dev, &f_cpu)])?;
+            (files.origin.id.clone(), m)
+        }
+        Family::Seq2seq => {
+            use crate::models::seq2seq::{
+                pack, CellKind, RunMode, Seq2Seq, Seq2SeqConfig, MAX_LEN,
+            };
+            if dtype != DType::F32 {
+                anyhow::bail!(
+                    "--dtype {}: the seq2seq model runs in f32 only (its recurrent cells are f32); \
+                     omit --dtype or pass --dtype f32",
+                    a.compute.dtype
+                );
+            }
+            let (in_vocab, out_vocab, in_cols) = (14usize, 9usize, 10usize);
+            let mut rng = crate::output::rng_for(a.seed, "check-seq2seq-data");
+            let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..a.batch.max(2))
+                .map(|_| {
+                    let li = rand::Rng::random_range(&mut rng, 2..in_cols);
+                    let lo = rand::Rng::random_range(&mut rng, 2..MAX_LEN / 4);
+                    let i = (0..li)
+                        .map(|_| rand::Rng::random_range(&mut rng, 2..in_vocab as u32))
+                        .collect();
+                    let o = (0..lo)
+                        .map(|_| rand::Rng::random_range(&mut rng, 2..out_vocab as u32))
+                        .collect();
+                    (i, o)
+                })
+                .collect();
+            let refs: Vec<(&[u32], &[u32])> = pairs
+                .iter()
+                .map(|(x, y)| (x.as_slice(), y.as_slice()))
+                .collect();
+            let teacher = vec![true; pairs.len()];
+            let mode = RunMode {
+                teacher: &teacher,
+                train: false,
+                rng: None,
+                tape: None,
+            };
+            let mut m = serde_json::Map::new();
+            let mut worst = 0f64;
+            for cell in [CellKind::Rnn, CellKind::Gru, CellKind::Lstm] {
+                let cfg = Seq2SeqConfig::official(cell, in_vocab, out_vocab);
+                let run_on = |d: &Device| -> Result<Tensor> {
+                    let (_, model) = Seq2Seq::init(&cfg, a.seed, d)?;
+                    model.forward(&pack(&refs, in_cols, d)?, in_cols, &mode)
+                };
+                let (y_dev, y_cpu) = (run_on(dev)?, run_on(&cpu)?);
+                let d = diffs(&[("prob", &y_dev.exp()?, &y_cpu.exp()?)])?;
+                let v = d["max_abs_prob_diff"].as_f64().unwrap_or(f64::INFINITY);
+                worst = worst.max(v);
+                m.insert(format!("{}", cell.name()), json!(v));
+            }
+            let mut out = serde_json::Map::new();
+            out.insert("max_abs_prob_diff".into(), json!(worst));
+            out.insert(
+                "per_cell_max_abs_prob_diff".into(),
+                serde_json::Value::Object(m),
+            );
+            (
+                "seq2seq with seeded random weights (official SCAN sizes)".to_string(),
+                out,
+            )
+        }
+        Family::Clip => unreachable!("handled by run"),
+    };
+    let prob = parity["max_abs_prob_diff"]
+        .as_f64()
+        .unwrap_or(f64::INFINITY);
+    let mut ok = prob <= a.parity_tolerance;
+    if let Some(eq) = parity.get("greedy_tokens_equal").and_then(|v| v.as_bool()) {
+        // half precision may flip a near-tie; in f32 the greedy tokens must agree
+        ok &= eq || dtype != DType::F32;
+    }
+    parity.insert("reference".into(), json!("cpu f32"));
+    parity.insert("device".into(), json!(crate::device::device_name(dev)));
+    parity.insert("dtype".into(), json!(crate::device::dtype_name(dtype)));
+    parity.insert("tolerance".into(), json!(a.parity_tolerance));
+    parity.insert("ok".into(), json!(ok));
+    let value = json!({
+        "family": a.family,
+        "model": model_name,
+        "batch": a.batch,
+        "seed": a.seed,
+        "parity": parity,
+    });
+    Ok(CheckReport { value, all_ok: ok })
+}
+
 /// Human-readable table of a check report.
 pub fn format_table(v: &serde_json::Value) -> String {
+    if v.get("family").is_some() {
+        let p = &v["parity"];
+        let mut s = format!(
+            "{} parity of {} ({} inputs): {} {} vs {}\n",
+            v["family"].as_str().unwrap_or(""),
+            v["model"].as_str().unwrap_or(""),
+            v["batch"].as_u64().unwrap_or(0),
+            p["device"].as_str().unwrap_or(""),
+            p["dtype"].as_str().unwrap_or(""),
+            p["reference"].as_str().unwrap_or("")
+        );
+        for (k, x) in p.as_object().into_iter().flatten() {
+            if k.starts_with("max_abs") || k.starts_with("greedy") || k.starts_with("per_cell") {
+                s += &format!("  {k}: {x}\n");
+            }
+        }
+        s += &format!(
+            "  within {}: {}\n",
+            p["tolerance"],
+            if p["ok"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        return s;
+    }
     let mut s = format!(
         "group {} ({} elements) on {}, {} random inputs\n",
         v["group"].as_str().unwrap_or(""),

@@ -34,6 +34,10 @@ pub struct BertEncoder {
     /// Pieces per text including [CLS]/[SEP]; longer texts are truncated.
     pub max_len: usize,
     pub device: Device,
+    /// The dtype of the weights and hidden states.
+    pub dtype: DType,
+    /// The forward pass in f16/bf16 (see [`HalfBert`]).
+    half: Option<HalfBert>,
     /// The same weights behind the fused CPU f32 kernels (`crate::kernels`), used for the
     /// forward pass when present.
     pub fast: Option<crate::kernels::towers::FastBert>,
@@ -224,6 +228,11 @@ impl BertEncoder {
         let pad_id = tokenizer
             .token_to_id("[PAD]")
             .unwrap_or(config.pad_token_id as u32);
+        let half = if vb.dtype() == DType::F32 {
+            None
+        } else {
+            Some(HalfBert::load(&vb, &config)?)
+        };
         Ok(Self {
             model,
             config,
@@ -231,6 +240,8 @@ impl BertEncoder {
             pad_id,
             max_len,
             device: vb.device().clone(),
+            dtype: vb.dtype(),
+            half,
             fast,
         })
     }
@@ -271,6 +282,9 @@ impl BertEncoder {
             return Ok(f.forward(&batch.ids, &batch.mask, false)?);
         }
         let types = batch.ids.zeros_like()?;
+        if let Some(h) = &self.half {
+            return h.forward(&batch.ids, &batch.mask);
+        }
         Ok(self.model.forward(&batch.ids, &types, Some(&batch.mask))?)
     }
 
@@ -283,6 +297,122 @@ impl BertEncoder {
         let sum = h.broadcast_mul(&m)?.sum(1)?;
         let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
         Ok(sum.broadcast_div(&count)?)
+    }
+}
+
+/// The BERT encoder forward pass for f16/bf16 weights. candle-transformers' `BertModel` builds
+/// its additive attention mask as `(1 − mask) · f32::MIN` cast to the model dtype, which is −inf
+/// in half precision, and 0 · (−inf) = NaN poisons every row; this pass computes the attention
+/// scores, mask and softmax in f32 and everything else in the model dtype.
+struct HalfBert {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    ln_emb: candle_nn::LayerNorm,
+    layers: Vec<HalfLayer>,
+    heads: usize,
+    act: candle_transformers::models::bert::HiddenAct,
+}
+
+struct HalfLayer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ln1: candle_nn::LayerNorm,
+    up: Linear,
+    down: Linear,
+    ln2: candle_nn::LayerNorm,
+}
+
+impl HalfBert {
+    fn load(vb: &VarBuilder, c: &Config) -> Result<Self> {
+        let mut prefixes = vec![String::new(), "bert.".to_string()];
+        if let Some(t) = &c.model_type {
+            prefixes.push(format!("{t}."));
+        }
+        let p = prefixes
+            .into_iter()
+            .find(|p| vb.contains_tensor(&format!("{p}embeddings.word_embeddings.weight")))
+            .ok_or_else(|| {
+                anyhow!("no embeddings.word_embeddings.weight in the BERT checkpoint")
+            })?;
+        let vb = if p.is_empty() {
+            vb.clone()
+        } else {
+            vb.pp(p.trim_end_matches('.'))
+        };
+        let (h, eps) = (c.hidden_size, c.layer_norm_eps);
+        let lin = |vb: VarBuilder, i: usize, o: usize| candle_nn::linear(i, o, vb);
+        let e = vb.pp("embeddings");
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| -> Result<HalfLayer> {
+                let v = vb.pp(format!("encoder.layer.{l}"));
+                Ok(HalfLayer {
+                    q: lin(v.pp("attention.self.query"), h, h)?,
+                    k: lin(v.pp("attention.self.key"), h, h)?,
+                    v: lin(v.pp("attention.self.value"), h, h)?,
+                    o: lin(v.pp("attention.output.dense"), h, h)?,
+                    ln1: candle_nn::layer_norm(h, eps, v.pp("attention.output.LayerNorm"))?,
+                    up: lin(v.pp("intermediate.dense"), h, c.intermediate_size)?,
+                    down: lin(v.pp("output.dense"), c.intermediate_size, h)?,
+                    ln2: candle_nn::layer_norm(h, eps, v.pp("output.LayerNorm"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            word: e.get((c.vocab_size, h), "word_embeddings.weight")?,
+            position: e.get((c.max_position_embeddings, h), "position_embeddings.weight")?,
+            token_type: e.get((c.type_vocab_size, h), "token_type_embeddings.weight")?,
+            ln_emb: candle_nn::layer_norm(h, eps, e.pp("LayerNorm"))?,
+            layers,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+        })
+    }
+
+    /// Last hidden states `[B, T, H]` (model dtype) of ids and 0/1 mask `[B, T]`.
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        use candle_transformers::models::bert::HiddenAct;
+        let (b, t) = ids.dims2()?;
+        let h = self.word.dim(1)?;
+        let dh = h / self.heads;
+        let x = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?
+            .broadcast_add(&self.position.narrow(0, 0, t)?)?
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let mut x = self.ln_emb.forward(&x)?;
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((b, 1, 1, t))?;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        for l in &self.layers {
+            let q = split(l.q.forward(&x)?)?;
+            let k = split(l.k.forward(&x)?)?;
+            let v = split(l.v.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)?.to_dtype(DType::F32)?
+                / (dh as f64).sqrt())?
+            .broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(x.dtype())?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, t, h))?;
+            x = l.ln1.forward(&(l.o.forward(&ctx)? + &x)?)?;
+            let i = l.up.forward(&x)?;
+            let i = match self.act {
+                HiddenAct::Gelu => i.gelu_erf()?,
+                HiddenAct::GeluApproximate => i.gelu()?,
+                HiddenAct::Relu => i.relu()?,
+            };
+            x = l.ln2.forward(&(l.down.forward(&i)? + &x)?)?;
+        }
+        Ok(x)
     }
 }
 

@@ -696,9 +696,14 @@ pub fn random_gpt2_tensors(
 
 /// Builds an in-memory tiny GPT-2 with seeded random weights.
 pub fn tiny_gpt2(seed: u64, device: &Device) -> Result<Gpt2Lm> {
+    tiny_gpt2_with(seed, device, DType::F32)
+}
+
+/// [`tiny_gpt2`] in `dtype` (the same seeded values on every device, then converted).
+pub fn tiny_gpt2_with(seed: u64, device: &Device, dtype: DType) -> Result<Gpt2Lm> {
     let cfg = tiny_config();
-    let ts = random_gpt2_tensors(&cfg, seed, device)?;
-    let vb = VarBuilder::from_tensors(ts, DType::F32, device);
+    let ts = random_gpt2_tensors(&cfg, seed, &Device::Cpu)?;
+    let vb = VarBuilder::from_tensors(ts, dtype, device);
     Ok(Gpt2Lm::new(Gpt2::load(vb, cfg)?))
 }
 
