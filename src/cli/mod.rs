@@ -193,14 +193,17 @@ fn examples(path: &str) -> Option<&'static str> {
       --method multi-equitune --input lines.txt --output logprobs.json",
         "scan quick" => "  equirun scan quick --seeds 0-2 --out results",
         "bench-lm" => "  equirun bench-lm --model-dir models/gpt2 --batch-size 1 --prompt-len 16 --new-tokens 32
-  equirun bench-lm --gguf models/smollm2.gguf",
+  equirun bench-lm --gguf models/smollm2.gguf
+  equirun bench-lm --model-dir models/gpt2 --device cuda --dtype f16 --batch-size 32",
         "bench-clip" => "  equirun bench-clip --model ViT-B/32 --batch-size 32 --batches 4
   equirun bench-clip --model-dir models/clip --device cuda --dtype f16
   equirun bench-clip --model-dir models/clip --method vanilla,canon,equitune,multi-equitune --group rot90xflip",
         "data" | "data scan" => "  equirun data scan --data-dir data/scan",
         "check" => "  equirun check --group rot90xflip
   equirun check --group rot90 --method equitune,equizero --json
-  equirun check --model ViT-B/32 --group flip --device cuda --compare-cpu",
+  equirun check --model ViT-B/32 --group flip --device cuda --compare-cpu
+  equirun check --family gpt2 --device cuda --dtype f16 --parity-tolerance 5e-2
+  equirun check --family bert --model-dir tests/fixtures/bert-tiny/m0 --device cuda",
         "sweep" => "  equirun sweep configs/scan-ii.toml --dry-run
   equirun sweep configs/scan-ii.toml --jobs 2
   equirun sweep configs/clip-exp0.toml --emit slurm --emit-dir sweeps/exp0",

@@ -77,6 +77,12 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 1e-4, value_parser = crate::cli::opts::non_negative)]
     #[serde(default = "default_parity_tolerance")]
     pub parity_tolerance: f64,
+    /// (For scripts/gpu_check.sh.) Writes a tiny random CLIP for CIFAR-10 (`DIR/clip`) and a
+    /// tiny CIFAR-10 with train and test batches (`DIR/data`), for a short `clip finetune`, and
+    /// exits.
+    #[arg(long, hide = true, value_name = "DIR")]
+    #[serde(skip)]
+    pub write_fixtures: Option<std::path::PathBuf>,
 }
 
 fn default_parity_tolerance() -> f64 {
@@ -124,6 +130,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 }
 
 pub fn run(a: &CheckArgs) -> Result<CheckReport> {
+    if let Some(dir) = &a.write_fixtures {
+        return write_fixtures(dir);
+    }
     let (dev, dtype) = a.compute.resolve()?;
     if a.family != Family::Clip {
         return run_parity(a, &dev, dtype);
@@ -301,6 +310,37 @@ pub fn run(a: &CheckArgs) -> Result<CheckReport> {
         value["parity"] = parity;
     }
     Ok(CheckReport { value, all_ok })
+}
+
+/// `check --write-fixtures DIR`: the tiny CLIP and CIFAR-10 of a short `clip finetune`.
+fn write_fixtures(dir: &std::path::Path) -> Result<CheckReport> {
+    let (clip, data) = (dir.join("clip"), dir.join("data"));
+    let scratch = dir.join("train-scratch");
+    for d in [&clip, &data] {
+        if d.exists() {
+            anyhow::bail!(
+                "--write-fixtures {}: {} exists already; give an empty folder",
+                dir.display(),
+                d.display()
+            );
+        }
+    }
+    crate::testing::write_tiny_clip_for_cifar10(&clip, 3);
+    crate::testing::write_tiny_cifar10(&data, 10, 5);
+    // the train batch: other random images
+    crate::testing::write_tiny_cifar10(&scratch, 30, 6);
+    let batches = "cifar-10-batches-bin";
+    let (from, to) = (
+        scratch.join(batches).join("test_batch.bin"),
+        data.join(batches).join("data_batch_1.bin"),
+    );
+    std::fs::copy(&from, &to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    std::fs::remove_dir_all(&scratch).ok();
+    Ok(CheckReport {
+        value: json!({"clip": clip.display().to_string(), "data": data.display().to_string()}),
+        all_ok: true,
+    })
 }
 
 /// Sentences the BERT parity check classifies.
@@ -507,6 +547,9 @@ fn run_parity(a: &CheckArgs, dev: &Device, dtype: DType) -> Result<CheckReport> 
 
 /// Human-readable table of a check report.
 pub fn format_table(v: &serde_json::Value) -> String {
+    if v.get("methods").is_none() && v.get("family").is_none() {
+        return format!("{v}\n"); // --write-fixtures: where the files went
+    }
     if v.get("family").is_some() {
         let p = &v["parity"];
         let mut s = format!(

@@ -697,7 +697,7 @@ pub fn run(a: &FairnessArgs) -> Result<Vec<PathBuf>> {
         if a.score {
             use crate::experiments::{regard, regard_report};
             if scorer.is_none() {
-                scorer = Some(regard::load_scorer(&a.scorer, None, &Device::Cpu, candle_core::DType::F32)?);
+                scorer = Some(regard::load_scorer(&a.scorer, None)?);
             }
             let sc = scorer.as_deref().ok_or_else(|| anyhow!("no scorer"))?;
             let (scored, secs) = regard::score_samples(sc, &samples, &a.scorer)?;

@@ -500,9 +500,17 @@ pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<Probe
     Ok(ProbeFit { head, report })
 }
 
-/// Builds the scorer named by `opts`, its encoder on `device` in `dtype` (logits and
-/// probabilities are f32).
+/// Builds the scorer named by `opts` (on the CPU, f32).
 pub fn load_scorer(
+    opts: &ScorerOpts,
+    fallback_data: Option<&PathBuf>,
+) -> Result<Box<dyn RegardScorer>> {
+    load_scorer_on(opts, fallback_data, &Device::Cpu, DType::F32)
+}
+
+/// [`load_scorer`] with the scorer's encoder on `device` in `dtype` (logits and probabilities
+/// are f32).
+pub fn load_scorer_on(
     opts: &ScorerOpts,
     fallback_data: Option<&PathBuf>,
     device: &Device,
@@ -788,7 +796,7 @@ fn eval_cmd(a: &EvalArgs) -> Result<()> {
                 .collect::<Result<_>>()?
         }
     };
-    let scorer = load_scorer(&a.scorer, a.data_dir.as_ref(), &device, dtype)?;
+    let scorer = load_scorer_on(&a.scorer, a.data_dir.as_ref(), &device, dtype)?;
     eprintln!(
         "regard eval: scorer on {} in {} (probabilities in f32)",
         crate::device::device_name(&device),
@@ -981,7 +989,7 @@ fn score_cmd(a: &ScoreArgs) -> Result<Vec<PathBuf>> {
     let mut classified: Option<(Box<dyn RegardScorer>, Vec<Scored>, f64)> = None;
     folder.run_seeds(&seeds, |seed, path| {
         if classified.is_none() {
-            let scorer = load_scorer(&a.scorer, a.data_dir.as_ref(), &device, dtype)?;
+            let scorer = load_scorer_on(&a.scorer, a.data_dir.as_ref(), &device, dtype)?;
             let (scored, secs) =
                 score_samples_keyed(scorer.as_ref(), &samples, file.align.as_deref(), &a.scorer)?;
             eprintln!(
