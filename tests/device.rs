@@ -53,7 +53,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// gpt2-fairness on the tiny snapshot in f16 and f32: the logits of every first generated token
-/// (`--save-logits first`) agree within 2e-2 (measured: 7.9e-3 on these weights), and the
+/// (`--save-logits first`) agree within 2e-2 (measured: 4.6e-3 over 800 logits), and the
 /// record says which device and dtype ran (config only when not CPU f32, cost always).
 #[test]
 fn gpt2_fairness_f16_agrees_with_f32() {
@@ -109,15 +109,31 @@ fn gpt2_fairness_f16_agrees_with_f32() {
     let mut compared = 0;
     for (x, y) in ra.iter().zip(rb) {
         let (fx, fy) = (&x["first_logits"], &y["first_logits"]);
-        let (Some(fx), Some(fy)) = (fx.as_array(), fy.as_array()) else {
+        if fx.is_null() {
             continue;
+        }
+        // the top logits by token id (half precision may reorder near-ties), max, logsumexp
+        let by_id = |f: &Value| -> std::collections::HashMap<u64, f64> {
+            f["top_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(f["top_logits"].as_array().unwrap())
+                .map(|(i, l)| (i.as_u64().unwrap(), l.as_f64().unwrap()))
+                .collect()
         };
-        assert_eq!(fx.len(), fy.len());
-        for (p, q) in fx.iter().zip(fy) {
-            worst = worst.max((p.as_f64().unwrap() - q.as_f64().unwrap()).abs());
-            compared += 1;
+        let (mx, my) = (by_id(fx), by_id(fy));
+        for (id, l) in &mx {
+            if let Some(m) = my.get(id) {
+                worst = worst.max((l - m).abs());
+                compared += 1;
+            }
+        }
+        for k in ["max", "logsumexp"] {
+            worst = worst.max((fx[k].as_f64().unwrap() - fy[k].as_f64().unwrap()).abs());
         }
     }
+    eprintln!("f16 vs f32 first-token logits: max abs diff {worst} over {compared} values");
     assert!(compared > 0, "no first_logits in {:?}", ra[0]);
     assert!(
         worst > 0.0,

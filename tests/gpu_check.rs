@@ -107,4 +107,10 @@ fn gpu_check_bad_options_exit_2() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--model-dir"));
+    let o = script()
+        .args(["--device", "cpu", "--lm-dir", "/nonexistent/gpt2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lm-dir"));
 }
