@@ -42,6 +42,9 @@ expect_exit2() {
 }
 # No driver at all (this machine): a clear error, exit 2.
 expect_exit2 "no NVIDIA driver found" "$bin" check --device cuda --group rot90
+expect_exit2 "no NVIDIA driver found" "$bin" bench-lm --model-dir tests/fixtures/gpt2-tiny --device cuda
+expect_exit2 "no NVIDIA driver found" "$bin" scan pretrain --device cuda --iters 1
+expect_exit2 "no NVIDIA driver found" "$bin" regard eval --device cuda --dtype f16
 # A driver but no GPU (the stub): the driver's error, exit 2.
 LD_LIBRARY_PATH="$EQUIRUN_CUDA_STUBS:$LD_LIBRARY_PATH" \
   expect_exit2 "CUDA_ERROR_NO_DEVICE" "$bin" check --device cuda --group rot90
