@@ -247,13 +247,8 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     // a trailing column of ones carries the bias through the matmul
     if !x.device().is_cpu() {
-        // the im2col op is CPU-only; elsewhere candle's conv2d (NCHW) does the same
-        let y = x
-            .permute((0, 3, 1, 2))?
-            .contiguous()?
-            .conv2d(&w.contiguous()?, 1, 1, 1, 1)?
-            .broadcast_add(&b.reshape((1, co, 1, 1))?)?;
-        return Ok(y.permute((0, 2, 3, 1))?.contiguous()?);
+        // the im2col op is CPU-only; elsewhere candle's conv2d does the same
+        return conv3x3_candle(x, w, b);
     }
     let cols = x.contiguous()?.apply_op1(Im2Col3x3)?; // [N·H·W, 9·Ci + 1]
     let wm = Tensor::cat(
@@ -267,12 +262,35 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(y.reshape((n, h, wd, co))?)
 }
 
+/// [`conv3x3`] through candle's conv2d (NCHW inside), for devices other than the CPU.
+pub(crate) fn conv3x3_candle(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let co = w.dim(0)?;
+    let y = x
+        .permute((0, 3, 1, 2))?
+        .contiguous()?
+        .conv2d(&w.contiguous()?, 1, 1, 1, 1)?
+        .broadcast_add(&b.reshape((1, co, 1, 1))?)?;
+    Ok(y.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// [`max_pool2`] as two max reductions over a `[N, H/2, 2, W/2, 2, C]` view, for devices other
+/// than the CPU. (Not candle's `max_pool2d`: its backward pass scales the gradient of a unique
+/// maximum by 1/4, candle-core 0.11.)
+pub(crate) fn max_pool2_candle(x: &Tensor) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        bail!("2×2 max-pool needs even sides, got {h}×{w}");
+    }
+    Ok(x.contiguous()?
+        .reshape((n, h / 2, 2, w / 2, 2, c))?
+        .max(4)?
+        .max(2)?)
+}
+
 /// 2×2 max-pooling with stride 2 on NHWC input (first maximum gets the gradient).
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
-        // the fused op is CPU-only; elsewhere candle's max_pool2d (NCHW)
-        let y = x.permute((0, 3, 1, 2))?.contiguous()?.max_pool2d(2)?;
-        return Ok(y.permute((0, 2, 3, 1))?.contiguous()?);
+        return max_pool2_candle(x); // the fused op is CPU-only
     }
     Ok(x.contiguous()?.apply_op1(MaxPool2Nhwc)?)
 }
@@ -488,5 +506,47 @@ pub fn tune_allocator() {
             mallopt(M_MMAP_THRESHOLD, 1 << 30);
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
         }
+    }
+}
+
+#[cfg(test)]
+mod device_fallback_tests {
+    use super::*;
+    use crate::testing::{max_abs_diff, randn};
+    use candle_core::Var;
+
+    /// candle's conv2d and max_pool2d (what runs off the CPU) give the CPU ops' values and
+    /// weight gradients.
+    #[test]
+    fn candle_conv_and_pool_match_the_cpu_ops() {
+        let x = randn(1, &[2, 6, 6, 3]);
+        let w = Var::from_tensor(&randn(2, &[4, 3, 3, 3])).unwrap();
+        let b = Var::from_tensor(&randn(3, &[4])).unwrap();
+        let wsum = randn(4, &[2, 3, 3, 4]);
+        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>,
+                   pool: &dyn Fn(&Tensor) -> Result<Tensor>| {
+            let y = pool(&f(&x).unwrap()).unwrap();
+            let g = (&y * &wsum).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&w).unwrap().clone(), g.get(&b).unwrap().clone())
+        };
+        let (y1, gw1, gb1) = run(&|x| conv3x3(x, &w, &b), &max_pool2);
+        let (y2, gw2, gb2) = run(&|x| conv3x3_candle(x, &w, &b), &max_pool2_candle);
+        let wsum6 = randn(5, &[2, 6, 6, 4]);
+        let conv_only = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+            let y = f(&x).unwrap();
+            let g = (&y * &wsum6)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            g.get(&w).unwrap().clone()
+        };
+        let c1 = conv_only(&|x| conv3x3(x, &w, &b));
+        let c2 = conv_only(&|x| conv3x3_candle(x, &w, &b));
+        assert!(max_abs_diff(&c1, &c2) < 1e-4);
+        assert!(max_abs_diff(&y1, &y2) < 1e-5);
+        assert!(max_abs_diff(&gw1, &gw2) < 1e-4);
+        assert!(max_abs_diff(&gb1, &gb2) < 1e-4);
     }
 }

@@ -24,6 +24,11 @@ pub fn gru_cell(xw: &Tensor, hw: &Tensor, h: &Tensor) -> Result<Tensor> {
             .contiguous()?
             .apply_op3(&hw.contiguous()?, &h.contiguous()?, GruCell);
     }
+    gru_cell_ops(xw, hw, h)
+}
+
+/// [`gru_cell`] op by op (any device).
+pub(crate) fn gru_cell_ops(xw: &Tensor, hw: &Tensor, h: &Tensor) -> Result<Tensor> {
     let hs = h.dim(1)?;
     let s = candle_nn::ops::sigmoid;
     let r = s(&(xw.narrow(1, 0, hs)? + hw.narrow(1, 0, hs)?)?)?;
@@ -38,6 +43,11 @@ pub fn lstm_cell(g: &Tensor, c: &Tensor) -> Result<Tensor> {
     if g.device().is_cpu() {
         return g.contiguous()?.apply_op2(&c.contiguous()?, LstmCell);
     }
+    lstm_cell_ops(g, c)
+}
+
+/// [`lstm_cell`] op by op (any device).
+pub(crate) fn lstm_cell_ops(g: &Tensor, c: &Tensor) -> Result<Tensor> {
     let hs = c.dim(1)?;
     let s = candle_nn::ops::sigmoid;
     let i = s(&g.narrow(1, 0, hs)?)?;
@@ -216,6 +226,25 @@ mod tests {
     use candle_core::Var;
 
     use crate::testing::{max_abs_diff as close, randn};
+
+    /// The op-by-op cells (what runs off the CPU) give the fused cells' values.
+    #[test]
+    fn op_by_op_cells_match_the_fused_cells() {
+        let (n, hs) = (3, 5);
+        let (xw, hw, h) = (
+            randn(11, &[n, 3 * hs]),
+            randn(12, &[n, 3 * hs]),
+            randn(13, &[n, hs]),
+        );
+        let d = close(
+            &gru_cell(&xw, &hw, &h).unwrap(),
+            &gru_cell_ops(&xw, &hw, &h).unwrap(),
+        );
+        assert!(d < 1e-6, "gru {d}");
+        let (g, c) = (randn(14, &[n, 4 * hs]), randn(15, &[n, hs]));
+        let d = close(&lstm_cell(&g, &c).unwrap(), &lstm_cell_ops(&g, &c).unwrap());
+        assert!(d < 1e-6, "lstm {d}");
+    }
 
     #[test]
     fn gru_cell_matches_reference_values_and_gradients() {
