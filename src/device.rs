@@ -128,7 +128,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             if let Some(Err(why)) = CUDA_DRIVER.get() {
                 bail!("cannot open CUDA device {n}: {why}");
             }
-            Device::new_cuda(n).with_context(|| {
+            Device::new_cuda(n).map_err(without_backtrace).with_context(|| {
                 format!("cannot open CUDA device {n} (is there a GPU with that number and a working driver?)")
             })
         }
@@ -137,9 +137,20 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             if !cfg!(feature = "metal") {
                 return Err(missing_feature("metal"));
             }
-            Device::new_metal(n).with_context(|| format!("cannot open Metal device {n}"))
+            Device::new_metal(n)
+                .map_err(without_backtrace)
+                .with_context(|| format!("cannot open Metal device {n}"))
         }
         _ => bail!("unknown device '{spec}': expected cpu, cuda, cuda:N or metal"),
+    }
+}
+
+/// candle's error without the backtrace it captures when RUST_BACKTRACE is set: a user error
+/// such as "no GPU" is one line, not a stack dump.
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        e => e,
     }
 }
 
