@@ -3,7 +3,7 @@
 //! refuse half precision with exit 2, and a build without the `cuda` feature answers
 //! `--device cuda` with a clear exit-2 error everywhere.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -37,19 +37,6 @@ fn tiny_snapshot(dir: &Path) {
         serde_json::to_string(&tok).unwrap(),
     )
     .unwrap();
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// gpt2-fairness on the tiny snapshot in f16 and f32: the logits of every first generated token
@@ -174,7 +161,7 @@ fn regard_bert_f16_agrees_with_f32() {
         );
         candle_nn::ops::softmax_last_dim(&l).unwrap()
     };
-    let d = max_abs(&probs(DType::F32), &probs(DType::F16));
+    let d = equirun::testing::max_abs_diff(&probs(DType::F32), &probs(DType::F16));
     assert!(d > 0.0 && d < 1e-2, "f16 vs f32 probabilities: {d}");
 
     let dir = tempfile::tempdir().unwrap();
