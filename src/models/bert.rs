@@ -281,10 +281,10 @@ impl BertEncoder {
         if let Some(f) = &self.fast {
             return Ok(f.forward(&batch.ids, &batch.mask, false)?);
         }
-        let types = batch.ids.zeros_like()?;
         if let Some(h) = &self.half {
             return h.forward(&batch.ids, &batch.mask);
         }
+        let types = batch.ids.zeros_like()?;
         Ok(self.model.forward(&batch.ids, &types, Some(&batch.mask))?)
     }
 
