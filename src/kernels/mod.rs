@@ -4,6 +4,7 @@
 //! training keeps candle's autograd ops. `EQUIRUN_FAST=0` switches the fast path off.
 
 pub mod cpu;
+pub mod decode;
 pub mod encoder;
 pub mod towers;
 

@@ -10,6 +10,7 @@
 //! `attn.masked_bias` causal-mask buffers are ignored.
 
 use crate::hub::ResolvedModel;
+use crate::kernels::decode::PackedLinear;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::kv_cache::KvCache;
@@ -17,6 +18,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Files a GPT-2 snapshot needs for the model itself (the tokenizer is loaded elsewhere).
 pub const REQUIRED_FILES: &[&str] = &["config.json", "model.safetensors"];
@@ -176,29 +178,51 @@ pub fn parse_config(text: &str) -> Result<Gpt2Config> {
     Ok(cfg)
 }
 
+/// The decoding-step copy of a weight ([`PackedLinear`]) for f32 models on the CPU, when the
+/// fast kernels are on (`EQUIRUN_FAST`).
+fn pack(
+    w: &Tensor,
+    kn: bool,
+    b: Option<&Tensor>,
+    vb: &VarBuilder,
+) -> Result<Option<Arc<PackedLinear>>> {
+    if !crate::kernels::enabled(vb.device(), vb.dtype()) {
+        return Ok(None);
+    }
+    Ok(PackedLinear::from_tensor(w, kn, b)?.map(Arc::new))
+}
+
 /// GPT-2's Conv1D: `y = x · W + b` with `W` stored `[in, out]`.
 #[derive(Clone, Debug)]
 struct Conv1D {
     /// `[in, out]`, as stored in the checkpoint.
     w: Tensor,
     b: Tensor,
+    /// `w` and `b` packed for products with few rows (decoding steps); f32 on the CPU only.
+    packed: Option<Arc<PackedLinear>>,
 }
 
 impl Conv1D {
     fn load(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Self> {
         let w = vb.get((n_in, n_out), "weight")?;
         let b = vb.get(n_out, "bias")?;
-        Ok(Self { w, b })
+        let packed = pack(&w, true, Some(&b), &vb)?;
+        Ok(Self { w, b, packed })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let n_in = *dims.last().ok_or_else(|| anyhow!("Conv1D on a scalar"))?;
         let rows = x.elem_count() / n_in.max(1);
-        let y = x
-            .reshape((rows, n_in))?
-            .matmul(&self.w)?
-            .broadcast_add(&self.b)?;
+        let x = x.reshape((rows, n_in))?;
+        let packed = match &self.packed {
+            Some(p) => p.forward_tensor(&x)?,
+            None => None,
+        };
+        let y = match packed {
+            Some(y) => y,
+            None => x.matmul(&self.w)?.broadcast_add(&self.b)?,
+        };
         let mut out = dims;
         *out.last_mut().unwrap() = self.b.dim(0)?;
         Ok(y.reshape(out)?)
@@ -305,6 +329,8 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
     /// `[vocab, E]`: `wte` when tied.
     lm_head: Tensor,
+    /// `lm_head` packed for decoding steps (f32 on the CPU only).
+    lm_head_packed: Option<Arc<PackedLinear>>,
     pub config: Gpt2Config,
     device: Device,
 }
@@ -341,6 +367,7 @@ impl Gpt2 {
         } else {
             wte.clone()
         };
+        let lm_head_packed = pack(&lm_head, false, None, &vb)?;
         let device = vb.device().clone();
         Ok(Gpt2 {
             wte: Embedding::new(wte, e),
@@ -348,6 +375,7 @@ impl Gpt2 {
             blocks,
             ln_f,
             lm_head,
+            lm_head_packed,
             config: cfg,
             device,
         })
@@ -438,10 +466,15 @@ impl Gpt2 {
         let dims = h.dims().to_vec();
         let e = *dims.last().unwrap();
         let rows = h.elem_count() / e;
-        let logits = h
-            .reshape((rows, e))?
-            .matmul(&self.lm_head.t()?)?
-            .to_dtype(DType::F32)?;
+        let h = h.reshape((rows, e))?;
+        let packed = match &self.lm_head_packed {
+            Some(p) => p.forward_tensor(&h)?,
+            None => None,
+        };
+        let logits = match packed {
+            Some(l) => l,
+            None => h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?,
+        };
         let mut out = dims;
         *out.last_mut().unwrap() = self.config.vocab_size;
         Ok(logits.reshape(out)?)
