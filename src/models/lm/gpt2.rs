@@ -211,17 +211,29 @@ impl Conv1D {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, false)
+    }
+
+    /// `x · W + b`, then the tanh GELU (`gelu_new`) if `gelu`.
+    fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let n_in = *dims.last().ok_or_else(|| anyhow!("Conv1D on a scalar"))?;
         let rows = x.elem_count() / n_in.max(1);
         let x = x.reshape((rows, n_in))?;
         let packed = match &self.packed {
-            Some(p) => p.forward_tensor(&x)?,
+            Some(p) => p.forward_tensor(&x, gelu)?,
             None => None,
         };
         let y = match packed {
             Some(y) => y,
-            None => x.matmul(&self.w)?.broadcast_add(&self.b)?,
+            None => {
+                let y = x.matmul(&self.w)?.broadcast_add(&self.b)?;
+                if gelu {
+                    y.gelu()? // tanh GELU = gelu_new
+                } else {
+                    y
+                }
+            }
         };
         let mut out = dims;
         *out.last_mut().unwrap() = self.b.dim(0)?;
@@ -314,7 +326,7 @@ impl Block {
     ) -> Result<Tensor> {
         let h = self.attn.forward(&self.ln_1.forward(x)?, mask, cache)?;
         let x = (x + h)?;
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?; // tanh GELU = gelu_new
+        let h = self.c_fc.forward_act(&self.ln_2.forward(&x)?, true)?;
         let h = self.mlp_proj.forward(&h)?;
         Ok((x + h)?)
     }
@@ -468,7 +480,7 @@ impl Gpt2 {
         let rows = h.elem_count() / e;
         let h = h.reshape((rows, e))?;
         let packed = match &self.lm_head_packed {
-            Some(p) => p.forward_tensor(&h)?,
+            Some(p) => p.forward_tensor(&h, false)?,
             None => None,
         };
         let logits = match packed {
