@@ -248,3 +248,36 @@ fn gpt2_context_window_is_a_clear_error() -> anyhow::Result<()> {
     assert_eq!(lm.cached_len(), 0);
     Ok(())
 }
+
+/// A sequence's logits do not depend on the sequences it is batched with (the equivariant
+/// branches of `gpt2-fairness` run as rows of one batch): each of 7 rows stepped alone gives
+/// bit for bit the logits it gets in the batch of 7, in the prompt and in single-token steps.
+#[test]
+fn gpt2_rows_are_bit_identical_alone_and_batched() -> anyhow::Result<()> {
+    let (mut lm, r) = load_fixture()?;
+    let base: Vec<u32> = r.ids.flatten_all()?.to_vec1()?;
+    // 7 different rows of 6 tokens drawn from the fixture's ids
+    let len = base.len();
+    let rows: Vec<u32> = (0..7)
+        .flat_map(|i| (0..6).map(move |j| (i * 5 + j * 3) % len))
+        .map(|p| base[p])
+        .collect();
+    let ids = Tensor::from_vec(rows, (7, 6), &Device::Cpu)?;
+    let bits = |t: &Tensor| -> anyhow::Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect())
+    };
+    let batch = stepped(&mut lm, &ids)?; // [7, 2, V]: prompt of 4, then 2 single steps
+    for row in 0..7 {
+        let alone = stepped(&mut lm, &ids.narrow(0, row, 1)?)?;
+        assert_eq!(
+            bits(&alone)?,
+            bits(&batch.narrow(0, row, 1)?)?,
+            "row {row}: logits alone differ from the same row in a batch of 7"
+        );
+    }
+    Ok(())
+}
