@@ -254,6 +254,12 @@ fn gpt2_context_window_is_a_clear_error() -> anyhow::Result<()> {
 /// bit for bit the logits it gets in the batch of 7, in the prompt and in single-token steps.
 #[test]
 fn gpt2_rows_are_bit_identical_alone_and_batched() -> anyhow::Result<()> {
+    if std::env::var("EQUIRUN_FAST").is_ok_and(|v| v == "0") {
+        // candle's general GEMM (the fast kernels switched off) blocks its work by the number
+        // of rows, so there a row's last bits may depend on its batch
+        eprintln!("skipped: EQUIRUN_FAST=0 switches the packed decoding kernel off");
+        return Ok(());
+    }
     let (mut lm, r) = load_fixture()?;
     let base: Vec<u32> = r.ids.flatten_all()?.to_vec1()?;
     // 7 different rows of 6 tokens drawn from the fixture's ids

@@ -39,9 +39,6 @@ pub const MAX_ROWS: usize = 256;
 /// multiply-adds of many rows sit between the loads.
 const PREFETCH: usize = 32;
 
-/// Rows per pass over the weight when a product has many (see [`PackedLinear::forward`]).
-const ROW_CHUNK: usize = 256;
-
 /// Below this many multiply-adds (rows × k × n) a product runs on one thread.
 const PAR_WORK: usize = 1 << 18;
 
@@ -561,7 +558,7 @@ mod tests {
                 for (p, gelu) in [(&kn, false), (&nk, false), (&kn, true)] {
                     let got = match p.forward_tensor(&x, gelu)? {
                         Some(t) => t,
-                        // above MAX_ROWS: the slice API (rows in chunks)
+                        // above MAX_ROWS: the slice API
                         None => {
                             let mut o = vec![0f32; m * n];
                             let xv = x.flatten_all()?.to_vec1::<f32>()?;
