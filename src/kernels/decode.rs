@@ -254,14 +254,9 @@ fn isa() -> Isa {
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var("EQUIRUN_DECODE_ISA").is_ok_and(|v| v == "scalar") {
-                return Isa::Scalar;
-            }
             let avx2 =
                 std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-            if std::is_x86_feature_detected!("avx512f")
-                && !std::env::var("EQUIRUN_DECODE_ISA").is_ok_and(|v| v == "avx2")
-            {
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }
             if avx2 {
