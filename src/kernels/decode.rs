@@ -238,6 +238,8 @@ struct Job {
     gelu: bool,
 }
 
+// SAFETY: the pointers are only read, except `out`, where every thread writes its own panels'
+// columns (disjoint ranges, see `PackedLinear::forward_isa`); the buffers outlive the call.
 unsafe impl Sync for Job {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
