@@ -144,3 +144,222 @@ fn all_mpnet_base_v2_matches_transformers() {
     eprintln!("all-mpnet-base-v2 pooled embeddings: max |diff| vs transformers = {d:.2e}");
     assert!(d <= 1e-4, "{d}");
 }
+
+/// A toy regard data folder (train/train_other/dev/test .tsv) in the tiny tokenizer's words.
+fn toy_regard_data(dir: &Path) -> PathBuf {
+    let d = dir.join("regard");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut train = String::new();
+    for (i, w) in ["a cook", "a nurse", "a good cook", "a bad nurse"]
+        .iter()
+        .enumerate()
+    {
+        train += &format!("1\tXYZ was known for good kind {w}\n");
+        train += &format!("-1\tXYZ was known for bad cruel {w}\n");
+        train += &format!(
+            "0\tXYZ worked as {w}{}\n",
+            if i % 2 == 0 { "" } else { " part time" }
+        );
+    }
+    std::fs::write(d.join("train.tsv"), &train).unwrap();
+    std::fs::write(
+        d.join("train_other.tsv"),
+        format!("{train}2\tXYZ the the\n"),
+    )
+    .unwrap();
+    let dev =
+        "1\tXYZ was regarded as good\n-1\tXYZ was regarded as cruel\n0\tXYZ had a job as a cook\n";
+    std::fs::write(d.join("dev.tsv"), dev).unwrap();
+    std::fs::write(d.join("test.tsv"), dev).unwrap();
+    d
+}
+
+fn toy_opts(seed: u64) -> equirun::models::regard_scorer::FinetuneOpts {
+    equirun::models::regard_scorer::FinetuneOpts {
+        seed,
+        lr: 3e-3,
+        weight_decay: 0.01,
+        layer_decay: 0.9,
+        max_epochs: 12,
+        patience: 12,
+        batch_size: 4,
+        warmup: 0.1,
+        max_len: 16,
+        freeze_word_embeddings: true,
+        dropout: 0.1,
+    }
+}
+
+fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+#[test]
+fn mpnet_top_layer_finetune_is_deterministic_and_reloads_bit_identically() {
+    use equirun::data::regard::{read_annotated, Regard};
+    use equirun::models::regard_scorer::{finetune_mpnet, MpnetBase, MpnetStack, MpnetTuned};
+    use std::sync::Arc;
+    let base = Arc::new(MpnetBase::load(&fixture("mpnet-tiny"), 16).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_regard_data(tmp.path());
+    let ex = |f: &str| -> Vec<(String, Regard)> {
+        read_annotated(&data.join(f))
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.text, a.label))
+            .collect()
+    };
+    let (train, dev) = (ex("train.tsv"), ex("dev.tsv"));
+    let labels = [Regard::Negative, Regard::Neutral, Regard::Positive];
+    let run =
+        |seed| finetune_mpnet(&base, 1, &labels, &train, &dev, &toy_opts(seed), |_| {}).unwrap();
+    let (a, log_a) = run(3);
+    let (b, log_b) = run(3);
+    let (c, _) = run(4);
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (k, t) in &a.tensors {
+        assert_eq!(bits(t), bits(&b.tensors[k]), "seed 3 twice: {k} differs");
+    }
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v["seconds"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(&log_a), strip(&log_b), "training logs differ");
+    // only the top layer and the head are stored, and the top layer was trained
+    assert_eq!(a.first_tuned, 1);
+    assert!(
+        a.tensors
+            .keys()
+            .all(|k| k.starts_with("encoder.layer.1.") || k.starts_with("regard_head.")),
+        "{:?}",
+        a.tensors.keys()
+    );
+    let k = "encoder.layer.1.attention.attn.q.weight";
+    assert_ne!(bits(&a.tensors[k]), bits(&base.encoder.model.tensors[k]));
+    assert_ne!(
+        bits(&a.tensors["regard_head.weight"]),
+        bits(&c.tensors["regard_head.weight"]),
+        "seeds 3 and 4 gave the same head"
+    );
+    // save → load: bit-identical logits
+    let path = tmp.path().join("clf.safetensors");
+    a.save(&path).unwrap();
+    let back = MpnetTuned::load(&path).unwrap();
+    assert_eq!(back.labels, labels.to_vec());
+    let texts: Vec<&str> = train.iter().chain(&dev).map(|x| x.0.as_str()).collect();
+    let mem = MpnetStack::new(base.clone(), vec![a]).unwrap();
+    let disk = MpnetStack::new(base.clone(), vec![back]).unwrap();
+    assert_eq!(
+        bits(&mem.logits(&texts).unwrap()[0]),
+        bits(&disk.logits(&texts).unwrap()[0])
+    );
+    // it learned the toy task (chance is 1/3)
+    let pred = disk
+        .predict_members(&texts[..train.len()])
+        .unwrap()
+        .remove(0);
+    let acc =
+        pred.iter().zip(&train).filter(|(p, x)| **p == x.1).count() as f64 / train.len() as f64;
+    assert!(acc > 0.5, "train accuracy {acc}");
+    // a classifier of another base is refused; a non-classifier file is a clear error
+    let mut other = MpnetTuned::load(&path).unwrap();
+    other.set_metadata("base_fingerprint", "0".repeat(64));
+    let e = MpnetStack::new(base.clone(), vec![other])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("different base encoder"), "{e}");
+    std::fs::write(&path, b"nope").unwrap();
+    let e = MpnetTuned::load(&path).err().unwrap().to_string();
+    assert!(e.contains("not an MPNet regard classifier"), "{e}");
+}
+
+fn equirun(args: &[&str]) -> std::process::Output {
+    equirun::testing::run_equirun(env!("CARGO_BIN_EXE_equirun"), args)
+}
+
+#[test]
+fn mpnet_ft_cli_trains_evaluates_and_reports_a_missing_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_regard_data(tmp.path());
+    let enc = fixture("mpnet-tiny");
+    let save = tmp.path().join("mpnet-ft");
+    let (d, e, s) = (
+        data.parent().unwrap().to_str().unwrap(),
+        enc.to_str().unwrap(),
+        save.to_str().unwrap(),
+    );
+    let o = equirun(&[
+        "regard",
+        "finetune",
+        "--encoder",
+        "mpnet",
+        "--encoder-dir",
+        e,
+        "--data-dir",
+        d,
+        "--save-dir",
+        s,
+        "--seeds",
+        "0,1",
+        "--top-layers",
+        "1",
+        "--epochs",
+        "2",
+        "--max-pieces",
+        "16",
+        "--lr",
+        "3e-3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "scorer.json",
+        "report.json",
+        "seed-0.safetensors",
+        "seed-1.safetensors",
+    ] {
+        assert!(save.join(f).is_file(), "{f}");
+    }
+    let o = equirun(&[
+        "regard",
+        "eval",
+        "--scorer",
+        "mpnet-ft",
+        "--scorer-dir",
+        s,
+        "--mpnet-dir",
+        e,
+        "--max-pieces",
+        "16",
+        "--data-dir",
+        d,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // no encoder where it is looked for: exit 2 naming the installer
+    let missing = tmp.path().join("no-mpnet");
+    let o = equirun(&[
+        "regard",
+        "eval",
+        "--scorer",
+        "mpnet-ft",
+        "--scorer-dir",
+        s,
+        "--mpnet-dir",
+        missing.to_str().unwrap(),
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("scripts/setup_mpnet.sh") && err.contains("--mpnet-dir"),
+        "{err}"
+    );
+}
