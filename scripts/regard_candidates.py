@@ -16,8 +16,8 @@ def recall(split):
 
 def row(enc, kind, seed, train_set, r):
     d, t = r["dev"], r["test"]
-    return (f"| {enc} | {kind} | {seed} | {train_set} | {d['accuracy']:.3f} | {d['macro_f1']:.3f} | "
-            f"{t['accuracy']:.3f} | {t['macro_f1']:.3f} | {recall(t)} |")
+    return (f"| {enc} | {kind} | {seed} | {train_set} | {d['accuracy']:.3f} | {d.get('macro_f1', float('nan')):.3f} | "
+            f"{t['accuracy']:.3f} | {t.get('macro_f1', float('nan')):.3f} | {recall(t)} |")
 
 
 def main():
