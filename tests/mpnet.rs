@@ -342,6 +342,43 @@ fn mpnet_ft_cli_trains_evaluates_and_reports_a_missing_encoder() {
         d,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // a vote of scorers: two copies of the same probe vote like the probe alone
+    let acc = |scorer: &str| {
+        let o = equirun(&[
+            "regard",
+            "eval",
+            "--scorer",
+            scorer,
+            "--mpnet-dir",
+            e,
+            "--max-pieces",
+            "16",
+            "--data-dir",
+            d,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        out.lines()
+            .filter(|l| l.contains("accuracy"))
+            .map(|l| l.split("per class").next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let one = acc("mpnet-probe");
+    assert!(!one.is_empty());
+    assert_eq!(acc("mpnet-probe+mpnet-probe"), one);
+    let o = equirun(&[
+        "regard",
+        "eval",
+        "--scorer",
+        "mpnet-ft+mpnet-probe",
+        "--scorer-dir",
+        s,
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--scorer-dir"));
     // no encoder where it is looked for: exit 2 naming the installer
     let missing = tmp.path().join("no-mpnet");
     let o = equirun(&[

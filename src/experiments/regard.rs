@@ -94,6 +94,45 @@ pub trait RegardScorer {
     fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>>;
     /// Word pieces of a text (to sort batches by length).
     fn pieces(&self, text: &str) -> Result<usize>;
+    /// Each voting member's labels, `[member][text]` (a scorer without members is one voter).
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        Ok(vec![self.classify_batch(texts)?])
+    }
+}
+
+/// `--scorer A+B[+…]`: every member of every part votes (majority, ties to the most negative
+/// label, Sheng's regard2 rule), e.g. `minilm-ft+mpnet-ft` = 6 fine-tuned classifiers.
+pub struct VoteScorer {
+    parts: Vec<(String, Box<dyn RegardScorer>)>,
+}
+
+impl RegardScorer for VoteScorer {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": self.parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join("+"),
+            "vote": "majority over every member of every part, ties to the most negative label (Sheng's regard2 rule)",
+            "parts": self.parts.iter().map(|p| p.1.describe()).collect::<Vec<_>>(),
+            "comparable_to_papers": false,
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN: a vote of equirun's offline scorers, not Sheng's regard2 BERT ensemble (the papers' metric)",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let per = self.member_labels(texts)?;
+        Ok((0..texts.len())
+            .map(|i| ensemble_vote(&per.iter().map(|m| m[i]).collect::<Vec<_>>()))
+            .collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        self.parts[0].1.pieces(text)
+    }
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        let mut all = Vec::new();
+        for (_, p) in &self.parts {
+            all.extend(p.member_labels(texts)?);
+        }
+        Ok(all)
+    }
 }
 
 /// Classifies `texts` in length-sorted batches (faster, same labels), with a progress bar.
@@ -583,6 +622,33 @@ pub fn load_scorer_on(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn RegardScorer>> {
+    if opts.scorer.contains('+') {
+        if opts.scorer_dir.is_some() || opts.probe.is_some() {
+            bail!(
+                "--scorer {}: a vote of several scorers reads each from its default folder; drop \
+                 --scorer-dir / --probe",
+                opts.scorer
+            );
+        }
+        let mut parts = Vec::new();
+        for name in opts.scorer.split('+') {
+            if name.is_empty() || name.starts_with("bert:") {
+                bail!(
+                    "--scorer {}: combine named offline scorers, e.g. minilm-ft+mpnet-ft",
+                    opts.scorer
+                );
+            }
+            let o = ScorerOpts {
+                scorer: name.to_string(),
+                ..opts.clone()
+            };
+            parts.push((
+                name.to_string(),
+                load_scorer_on(&o, fallback_data, device, dtype)?,
+            ));
+        }
+        return Ok(Box::new(VoteScorer { parts }));
+    }
     if let Some(rest) = opts.scorer.strip_prefix("bert:") {
         let entries: Vec<&str> = rest.split(',').collect();
         return Ok(Box::new(BertEnsemble::load(
@@ -641,7 +707,7 @@ pub fn load_scorer_on(
     }
     if opts.scorer != "minilm-probe" {
         bail!(
-            "unknown --scorer {:?}: use minilm-ft (default), minilm-probe, mpnet-ft, mpnet-probe or bert:<hub id or folder>[,…]",
+            "unknown --scorer {:?}: use minilm-ft (default), minilm-probe, mpnet-ft, mpnet-probe, a vote such as minilm-ft+mpnet-ft, or bert:<hub id or folder>[,…]",
             opts.scorer
         );
     }
@@ -1528,6 +1594,9 @@ impl RegardScorer for TunedScorer {
     fn pieces(&self, text: &str) -> Result<usize> {
         Ok(self.members[0].encoder.token_ids(text)?.len())
     }
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        self.members.iter().map(|m| m.predict(texts)).collect()
+    }
 }
 
 // --------------------------------------------------------------------------------------------
@@ -1691,6 +1760,9 @@ impl RegardScorer for MpnetScorer {
     }
     fn pieces(&self, text: &str) -> Result<usize> {
         Ok(self.stack.base.encoder.token_ids(text)?.len())
+    }
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        self.stack.predict_members(texts)
     }
 }
 
