@@ -379,6 +379,21 @@ fn mpnet_ft_cli_trains_evaluates_and_reports_a_missing_encoder() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--scorer-dir"));
+    // flags that do not apply are refused, not ignored
+    let o = equirun(&["regard", "finetune", "--top-layers", "2", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--top-layers"));
+    let o = equirun(&[
+        "regard",
+        "finetune",
+        "--encoder",
+        "mpnet",
+        "--train-word-embeddings",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--train-word-embeddings"));
     // no encoder where it is looked for: exit 2 naming the installer
     let missing = tmp.path().join("no-mpnet");
     let o = equirun(&[

@@ -1279,9 +1279,10 @@ pub struct FinetuneArgs {
     /// scripts/setup_mpnet.sh recorded); --encoder-dir overrides it.
     #[arg(long, value_name = "PATH")]
     pub mpnet_dir: Option<PathBuf>,
-    /// --encoder mpnet: how many top layers to fine-tune (1–12; the rest stay frozen).
-    #[arg(long, default_value_t = 2, value_parser = crate::cli::opts::at_least_one)]
-    pub top_layers: usize,
+    /// --encoder mpnet: how many top layers to fine-tune (1–12; the rest stay frozen; default 4,
+    /// the best on dev).
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
+    pub top_layers: Option<usize>,
     /// Training annotations: train (negative/neutral/positive) or train_other (+ "other").
     #[arg(long, value_enum, default_value = "train")]
     pub train_set: TrainSet,
@@ -1370,7 +1371,16 @@ fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
         dropout: a.dropout,
     };
     proto.validate()?;
+    if a.encoder == EncoderKind::Minilm && a.top_layers.is_some() {
+        bail!("--top-layers applies to --encoder mpnet only (MiniLM is fine-tuned whole)");
+    }
     if a.encoder == EncoderKind::Mpnet {
+        if a.train_word_embeddings {
+            bail!(
+                "--train-word-embeddings: with --encoder mpnet the embeddings are below the tuned \
+                 top layers and stay frozen; drop the flag"
+            );
+        }
         if !device.is_cpu() {
             bail!("regard finetune --encoder mpnet runs on the CPU only; drop --device");
         }
@@ -1899,13 +1909,14 @@ fn finetune_mpnet_cmd(
     };
     let base = std::sync::Arc::new(MpnetBase::load(&dir, a.max_pieces)?);
     let layers = base.encoder.model.config.num_hidden_layers;
-    if a.top_layers > layers {
-        bail!("--top-layers {} exceeds the encoder's {layers} layers", a.top_layers);
+    let top_layers = a.top_layers.unwrap_or(4);
+    if top_layers > layers {
+        bail!("--top-layers {top_layers} exceeds the encoder's {layers} layers");
     }
     let save_dir = a.save_dir.clone().unwrap_or_else(default_mpnet_tuned_dir);
     std::fs::create_dir_all(&save_dir)
         .with_context(|| format!("creating --save-dir {}", save_dir.display()))?;
-    let first = layers - a.top_layers;
+    let first = layers - top_layers;
     let t0 = Instant::now();
     let texts = |s: &[(String, Regard)]| s.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     let (ttr, tdev) = (texts(&train), texts(&dev));
@@ -1927,7 +1938,7 @@ fn finetune_mpnet_cmd(
             ..proto.clone()
         };
         let (mut clf, log) = finetune_mpnet_cached(
-            &base, a.top_layers, &labels, &train, &low_tr, &dev, &low_dev, &o,
+            &base, top_layers, &labels, &train, &low_tr, &dev, &low_dev, &o,
             |l| eprintln!("{l}"),
         )?;
         clf.set_metadata("base", json!({"path": dir.display().to_string()}).to_string());
@@ -1944,7 +1955,7 @@ fn finetune_mpnet_cmd(
         };
         let (pd, pt) = (predict(&dev)?, predict(&test)?);
         let rep = json!({
-            "seed": seed, "training": log, "top_layers": a.top_layers,
+            "seed": seed, "training": log, "top_layers": top_layers,
             "dev": accuracy_report(&gold(&dev), &pd),
             "test": accuracy_report(&gold(&test), &pt),
         });
@@ -2001,7 +2012,7 @@ fn finetune_mpnet_cmd(
     };
     let report = json!({
         "encoder": {"model": "all-mpnet-base-v2", "folder": dir.display().to_string(), "fingerprint_sha256": base.fingerprint},
-        "top_layers": a.top_layers, "frozen_layers": first, "cache_seconds": cache_s,
+        "top_layers": top_layers, "frozen_layers": first, "cache_seconds": cache_s,
         "train_set": a.train_set, "recipe": proto, "seeds": seeds,
         "per_seed": per_seed, "ensemble_all_seeds": ens, "selected": index,
         "seconds": t0.elapsed().as_secs_f64(),
