@@ -47,7 +47,8 @@ pub struct ScorerOpts {
     /// linear head on frozen MiniLM), `mpnet-ft` / `mpnet-probe` (the same on the larger
     /// all-mpnet-base-v2, see scripts/setup_mpnet.sh; mpnet-ft fine-tunes its top layers) or
     /// `bert:<hub id or folder>[,<hub id or folder>…]` (Sheng's regard2 checkpoints when you have
-    /// them; several = majority-vote ensemble).
+    /// them; several = majority-vote ensemble). `A+B`, e.g. `minilm-ft+mpnet-ft`, pools every
+    /// member of the named offline scorers into one vote.
     #[arg(long, default_value = "minilm-ft")]
     pub scorer: String,
     /// The minilm-ft / mpnet-ft scorer folder (scorer.json + seed-<n>.safetensors) written by
@@ -1263,7 +1264,8 @@ pub struct FinetuneArgs {
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
     /// The encoder to fine-tune: a BERT-family folder (config.json, model.safetensors,
-    /// tokenizer.json or vocab.txt). Default: the MiniLM of --minilm-dir.
+    /// tokenizer.json or vocab.txt), or with --encoder mpnet an MPNet folder. Default: the
+    /// MiniLM of --minilm-dir (the MPNet of --mpnet-dir).
     #[arg(long, value_name = "PATH")]
     pub encoder_dir: Option<PathBuf>,
     /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the installed PyPI package
