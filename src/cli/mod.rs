@@ -82,7 +82,8 @@ pub fn command() -> clap::Command {
         s.mut_arg("regard_data", |a| {
             a.help(
                 "Folder with Sheng's regard annotations (nlg-bias/data/regard/*.tsv), used with \
-                 --score to train the default minilm-probe; default: $EQUIRUN_DATA, else ../shared/data",
+                 --score to train the scorer (--scorer) when it is not cached yet; default: $EQUIRUN_DATA, \
+                 else ../shared/data",
             )
         })
     });
@@ -171,11 +172,13 @@ fn examples(path: &str) -> Option<&'static str> {
   equirun regard eval --scorer minilm-ft
   equirun regard score --input samples.tsv --bootstrap 1000",
         "regard finetune" => "  equirun regard finetune --seeds 0,1,2 --train-set train
-  equirun regard finetune --encoder-dir ~/models/minilm-l12 --seeds 0 --save-dir scorers/l12",
+  equirun regard finetune --encoder-dir ~/models/minilm-l12 --seeds 0 --save-dir scorers/l12
+  equirun regard finetune --encoder mpnet --top-layers 4 --seeds 0,1,2",
         "regard train" => "  equirun regard train --data-dir data --out results",
         "regard eval" => "  equirun regard eval --scorer minilm-ft --data-dir data
   equirun regard eval --scorer minilm-probe --input annotated.tsv
-  equirun regard eval --scorer bert:org/regard-bert",
+  equirun regard eval --scorer bert:org/regard-bert
+  equirun regard eval --scorer minilm-ft+mpnet-ft",
         "regard score" => "  equirun regard score --input results/gpt2-fairness/run/seed-0.samples.tsv --out results
   equirun regard score --input small_gpt2_generated_samples.tsv --bootstrap 1000",
         "scan" => "  equirun scan quick

@@ -665,13 +665,16 @@ pub fn load_scorer_on(
         if !dir.join("scorer.json").is_file() {
             if opts.scorer_dir.is_some() {
                 bail!(
-                    "--scorer-dir {} has no scorer.json; write one with `equirun regard finetune                      --save-dir {}` or omit --scorer-dir",
+                    "--scorer-dir {} has no scorer.json; write one with `equirun regard finetune \
+                     --save-dir {}` or omit --scorer-dir",
                     dir.display(),
                     dir.display()
                 );
             }
             eprintln!(
-                "the minilm-ft scorer is not in {} yet: fine-tuning it now with the default recipe                  (`equirun regard finetune`, deterministic, 3 seeds; about 10–30 minutes on 2 cores,                  once) …",
+                "the minilm-ft scorer is not in {} yet: fine-tuning it now with the default recipe \
+                 (`equirun regard finetune`, deterministic, 3 seeds; about 10–30 minutes on 2 cores, \
+                 once) …",
                 dir.display()
             );
             #[derive(clap::Parser)]
