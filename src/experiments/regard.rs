@@ -1358,6 +1358,80 @@ pub struct TunedIndex {
     pub selection: String,
 }
 
+impl TunedIndex {
+    /// Reads `dir/scorer.json`, which must list at least one classifier.
+    pub fn read(dir: &Path) -> Result<TunedIndex> {
+        let ip = dir.join("scorer.json");
+        let index: TunedIndex = serde_json::from_str(
+            &std::fs::read_to_string(&ip)
+                .with_context(|| format!("reading the scorer index {}", ip.display()))?,
+        )
+        .with_context(|| {
+            format!(
+                "{} is not a scorer index written by `equirun regard finetune`",
+                ip.display()
+            )
+        })?;
+        if index.members.is_empty() {
+            bail!("{} lists no classifiers", ip.display());
+        }
+        Ok(index)
+    }
+}
+
+/// "dev accuracy … macro-F1 …; test accuracy … macro-F1 …" of a report with `dev` and `test`.
+fn dev_test_line(rep: &Value) -> String {
+    format!(
+        "dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
+        rep["dev"]["accuracy"].as_f64().unwrap_or(0.0),
+        rep["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
+        rep["test"]["accuracy"].as_f64().unwrap_or(0.0),
+        rep["test"]["macro_f1"].as_f64().unwrap_or(0.0)
+    )
+}
+
+/// Selection on dev only: the vote of all seeds (`members`: file and dev accuracy; `ens`: the
+/// vote's report) unless one seed alone is better on dev.
+fn select_members(members: &[(String, f64)], ens: &Value) -> TunedIndex {
+    let ens_dev_acc = ens["dev"]["accuracy"].as_f64().unwrap_or(0.0);
+    let (best_file, best_acc) =
+        members
+            .iter()
+            .cloned()
+            .fold((String::new(), -1.0), |b, m| if m.1 > b.1 { m } else { b });
+    if members.len() > 1 && ens_dev_acc >= best_acc {
+        TunedIndex {
+            members: members.iter().map(|m| m.0.clone()).collect(),
+            selection: format!(
+                "majority vote of {} seeds (dev accuracy {ens_dev_acc:.3} ≥ best single seed {best_acc:.3})",
+                members.len()
+            ),
+        }
+    } else {
+        TunedIndex {
+            members: vec![best_file.clone()],
+            selection: format!(
+                "best single seed on dev ({best_file}, dev accuracy {best_acc:.3}{})",
+                if members.len() > 1 {
+                    format!(" > vote {ens_dev_acc:.3}")
+                } else {
+                    String::new()
+                }
+            ),
+        }
+    }
+}
+
+/// Writes a scorer folder's report.json and scorer.json (atomically) and prints the summary.
+fn write_scorer(save_dir: &Path, report: &Value, index: &TunedIndex, ens: &Value) -> Result<()> {
+    output::write_json_atomic(&save_dir.join("report.json"), report)?;
+    output::write_json_atomic(&save_dir.join("scorer.json"), index)?;
+    println!("vote of all seeds: {}", dev_test_line(ens));
+    println!("selected: {}", index.selection);
+    println!("-> {}", save_dir.display());
+    Ok(())
+}
+
 fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
     use crate::models::regard_scorer::{finetune_on, BaseEncoder, FinetuneOpts};
     let device = a.compute.training("regard finetune")?;
@@ -1447,13 +1521,7 @@ fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
         for (v, p) in test_votes.iter_mut().zip(&pt) {
             v.push(*p);
         }
-        eprintln!(
-            "seed {seed}: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
-            rep["dev"]["accuracy"].as_f64().unwrap_or(0.0),
-            rep["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
-            rep["test"]["accuracy"].as_f64().unwrap_or(0.0),
-            rep["test"]["macro_f1"].as_f64().unwrap_or(0.0)
-        );
+        eprintln!("seed {seed}: {}", dev_test_line(&rep));
         clf.set_metadata("report", rep.to_string());
         let file = format!("seed-{seed}.safetensors");
         clf.save(&save_dir.join(&file))?;
@@ -1466,52 +1534,14 @@ fn finetune_cmd(a: &FinetuneArgs) -> Result<()> {
         "dev": accuracy_report(&gold(&dev), &ens_dev),
         "test": accuracy_report(&gold(&test), &ens_test),
     });
-    // selection on dev only: the vote of all seeds unless one seed alone is better on dev
-    let ens_dev_acc = ens["dev"]["accuracy"].as_f64().unwrap_or(0.0);
-    let (best_file, best_acc) =
-        members
-            .iter()
-            .cloned()
-            .fold((String::new(), -1.0), |b, m| if m.1 > b.1 { m } else { b });
-    let index = if members.len() > 1 && ens_dev_acc >= best_acc {
-        TunedIndex {
-            members: members.iter().map(|m| m.0.clone()).collect(),
-            selection: format!(
-                "majority vote of {} seeds (dev accuracy {ens_dev_acc:.3} ≥ best single seed {best_acc:.3})",
-                members.len()
-            ),
-        }
-    } else {
-        TunedIndex {
-            members: vec![best_file.clone()],
-            selection: format!(
-                "best single seed on dev ({best_file}, dev accuracy {best_acc:.3}{})",
-                if members.len() > 1 {
-                    format!(" > vote {ens_dev_acc:.3}")
-                } else {
-                    String::new()
-                }
-            ),
-        }
-    };
+    let index = select_members(&members, &ens);
     let report = json!({
         "encoder": files.origin, "train_set": a.train_set, "recipe": proto, "seeds": seeds,
         "per_seed": per_seed, "ensemble_all_seeds": ens, "selected": index,
         "sheng_regard2_reference": {"dev_accuracy": 0.88, "test_accuracy": "0.83–0.87"},
         "offline_stand_in": "fine-tuned by equirun on Sheng et al.'s annotations; not their regard2 checkpoints",
     });
-    output::write_json_atomic(&save_dir.join("report.json"), &report)?;
-    output::write_json_atomic(&save_dir.join("scorer.json"), &index)?;
-    println!(
-        "vote of all seeds: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
-        ens["dev"]["accuracy"].as_f64().unwrap_or(0.0),
-        ens["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
-        ens["test"]["accuracy"].as_f64().unwrap_or(0.0),
-        ens["test"]["macro_f1"].as_f64().unwrap_or(0.0)
-    );
-    println!("selected: {}", index.selection);
-    println!("-> {}", save_dir.display());
-    Ok(())
+    write_scorer(&save_dir, &report, &index, &ens)
 }
 
 /// Predictions of one classifier over many texts (length-sorted batches of 32).
@@ -1544,20 +1574,7 @@ impl TunedScorer {
 
     /// [`TunedScorer::load`] with the encoders on `device` in `dtype`.
     pub fn load_on(dir: &Path, max_len: usize, device: &Device, dtype: DType) -> Result<Self> {
-        let ip = dir.join("scorer.json");
-        let index: TunedIndex = serde_json::from_str(
-            &std::fs::read_to_string(&ip)
-                .with_context(|| format!("reading the scorer index {}", ip.display()))?,
-        )
-        .with_context(|| {
-            format!(
-                "{} is not a scorer index written by `equirun regard finetune`",
-                ip.display()
-            )
-        })?;
-        if index.members.is_empty() {
-            bail!("{} lists no classifiers", ip.display());
-        }
+        let index = TunedIndex::read(dir)?;
         let members = index
             .members
             .iter()
@@ -1718,20 +1735,7 @@ impl MpnetScorer {
     /// Loads the scorer folder (scorer.json + its member files) on the installed base.
     pub fn load(dir: &Path, mpnet_dir: Option<&PathBuf>, max_len: usize) -> Result<Self> {
         use crate::models::regard_scorer::{MpnetBase, MpnetStack, MpnetTuned};
-        let ip = dir.join("scorer.json");
-        let index: TunedIndex = serde_json::from_str(
-            &std::fs::read_to_string(&ip)
-                .with_context(|| format!("reading the scorer index {}", ip.display()))?,
-        )
-        .with_context(|| {
-            format!(
-                "{} is not a scorer index written by `equirun regard finetune`",
-                ip.display()
-            )
-        })?;
-        if index.members.is_empty() {
-            bail!("{} lists no classifiers", ip.display());
-        }
+        let index = TunedIndex::read(dir)?;
         let members = index
             .members
             .iter()
@@ -1964,13 +1968,7 @@ fn finetune_mpnet_cmd(
             "dev": accuracy_report(&gold(&dev), &pd),
             "test": accuracy_report(&gold(&test), &pt),
         });
-        eprintln!(
-            "seed {seed}: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
-            rep["dev"]["accuracy"].as_f64().unwrap_or(0.0),
-            rep["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
-            rep["test"]["accuracy"].as_f64().unwrap_or(0.0),
-            rep["test"]["macro_f1"].as_f64().unwrap_or(0.0)
-        );
+        eprintln!("seed {seed}: {}", dev_test_line(&rep));
         clf.set_metadata("report", rep.to_string());
         clf.save(&save_dir.join(&file))?;
         members.push((file, rep["dev"]["accuracy"].as_f64().unwrap_or(0.0)));
@@ -1978,7 +1976,6 @@ fn finetune_mpnet_cmd(
         stack_members.push(clf);
     }
     // the vote of all seeds
-    let n = stack_members.len();
     let all = MpnetStack::new(base.clone(), stack_members)?;
     let vote = |s: &[(String, Regard)]| -> Result<Vec<Regard>> {
         let t: Vec<&str> = s.iter().map(|x| x.0.as_str()).collect();
@@ -1993,28 +1990,7 @@ fn finetune_mpnet_cmd(
         "dev": accuracy_report(&gold(&dev), &vote(&dev)?),
         "test": accuracy_report(&gold(&test), &vote(&test)?),
     });
-    let ens_dev_acc = ens["dev"]["accuracy"].as_f64().unwrap_or(0.0);
-    let (best_file, best_acc) =
-        members
-            .iter()
-            .cloned()
-            .fold((String::new(), -1.0), |b, m| if m.1 > b.1 { m } else { b });
-    let index = if n > 1 && ens_dev_acc >= best_acc {
-        TunedIndex {
-            members: members.iter().map(|m| m.0.clone()).collect(),
-            selection: format!(
-                "majority vote of {n} seeds (dev accuracy {ens_dev_acc:.3} ≥ best single seed {best_acc:.3})"
-            ),
-        }
-    } else {
-        TunedIndex {
-            members: vec![best_file.clone()],
-            selection: format!(
-                "best single seed on dev ({best_file}, dev accuracy {best_acc:.3}{})",
-                if n > 1 { format!(" > vote {ens_dev_acc:.3}") } else { String::new() }
-            ),
-        }
-    };
+    let index = select_members(&members, &ens);
     let report = json!({
         "encoder": {"model": "all-mpnet-base-v2", "folder": dir.display().to_string(), "fingerprint_sha256": base.fingerprint},
         "top_layers": top_layers, "frozen_layers": first, "cache_seconds": cache_s,
@@ -2024,16 +2000,5 @@ fn finetune_mpnet_cmd(
         "sheng_regard2_reference": {"dev_accuracy": 0.88, "test_accuracy": "0.83–0.87"},
         "offline_stand_in": "fine-tuned by equirun on Sheng et al.'s annotations; not their regard2 checkpoints",
     });
-    output::write_json_atomic(&save_dir.join("report.json"), &report)?;
-    output::write_json_atomic(&save_dir.join("scorer.json"), &index)?;
-    println!(
-        "vote of all seeds: dev accuracy {:.3} macro-F1 {:.3}; test accuracy {:.3} macro-F1 {:.3}",
-        ens["dev"]["accuracy"].as_f64().unwrap_or(0.0),
-        ens["dev"]["macro_f1"].as_f64().unwrap_or(0.0),
-        ens["test"]["accuracy"].as_f64().unwrap_or(0.0),
-        ens["test"]["macro_f1"].as_f64().unwrap_or(0.0)
-    );
-    println!("selected: {}", index.selection);
-    println!("-> {}", save_dir.display());
-    Ok(())
+    write_scorer(&save_dir, &report, &index, &ens)
 }

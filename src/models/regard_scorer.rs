@@ -455,6 +455,171 @@ fn depth(name: &str, layers: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// Each example's label as an index into `labels`.
+fn label_indices(labels: &[Regard], xs: &[(String, Regard)]) -> Result<Vec<usize>> {
+    xs.iter()
+        .map(|x| {
+            labels.iter().position(|l| *l == x.1).ok_or_else(|| {
+                anyhow!(
+                    "an example is labelled {} but the classifier's labels are {:?}",
+                    x.1.name(),
+                    labels
+                )
+            })
+        })
+        .collect()
+}
+
+/// A fresh head `[c, h]` (uniform ±1/√h from the seed's own stream) with zero biases.
+fn init_head(seed: u64, c: usize, h: usize, dev: &Device) -> Result<(Var, Var)> {
+    let mut init = crate::output::rng_for(seed, "regard-finetune-head");
+    let a = 1.0 / (h as f32).sqrt();
+    let w0: Vec<f32> = (0..c * h).map(|_| init.random_range(-a..a)).collect();
+    let hw = Var::from_tensor(&Tensor::from_vec(w0, (c, h), dev)?)?;
+    let hb = Var::from_tensor(&Tensor::zeros(c, DType::F32, dev)?)?;
+    Ok((hw, hb))
+}
+
+/// The tensors of one epoch: the tuned variables, then the head.
+type Snapshot = Vec<(String, Tensor)>;
+
+/// The fine-tuning loop every encoder shares: AdamW groups by (depth, decayed?) with layer-wise
+/// learning-rate decay (head at depth `layers + 1`), linear warm-up then decay, seeded batch
+/// order and dropout, and early stopping on dev (accuracy, then macro-F1, then lower loss).
+/// `train_logits(batch indices, dropout stream)` and `dev_logits()` (every dev example, in
+/// order) are the encoder-specific forward passes. Returns the best epoch, its snapshot and the
+/// per-epoch log.
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    o: &FinetuneOpts,
+    layers: usize,
+    vars: &[(String, Var)],
+    (hw, hb): (&Var, &Var),
+    (ytr, ydev, c): (&[usize], &[usize], usize),
+    device: &Device,
+    t0: Instant,
+    mut train_logits: impl FnMut(&[usize], &mut rand_chacha::ChaCha8Rng) -> Result<Tensor>,
+    mut dev_logits: impl FnMut() -> Result<Tensor>,
+    progress: &mut impl FnMut(&str),
+) -> Result<(usize, Snapshot, Vec<Value>)> {
+    let mut drop_rng = crate::output::rng_for(o.seed, "regard-finetune-dropout");
+    let mut groups: BTreeMap<(usize, bool), Vec<Var>> = BTreeMap::new();
+    for (name, v) in vars {
+        let no_decay = name.ends_with(".bias") || name.contains("LayerNorm");
+        groups
+            .entry((depth(name, layers), !no_decay))
+            .or_default()
+            .push(v.clone());
+    }
+    groups
+        .entry((layers + 1, true))
+        .or_default()
+        .push(hw.clone());
+    groups
+        .entry((layers + 1, false))
+        .or_default()
+        .push(hb.clone());
+    let mut opts: Vec<(candle_nn::AdamW, f64)> = groups
+        .into_iter()
+        .map(|((d, decay), vs)| {
+            let mult = o.layer_decay.powi((layers + 1 - d) as i32);
+            let p = candle_nn::ParamsAdamW {
+                lr: o.lr * mult,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: if decay { o.weight_decay } else { 0.0 },
+            };
+            Ok((candle_nn::AdamW::new(vs, p)?, mult))
+        })
+        .collect::<Result<_>>()?;
+    let n = ytr.len();
+    let steps_per_epoch = n.div_ceil(o.batch_size);
+    let total = o.max_epochs * steps_per_epoch;
+    let warm = ((o.warmup * total as f64).round() as usize).max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut shuffle = crate::output::rng_for(o.seed, "regard-finetune-order");
+    let ydev_t = Tensor::from_vec(
+        ydev.iter().map(|&y| y as u32).collect::<Vec<_>>(),
+        ydev.len(),
+        device,
+    )?;
+    let mut step = 0usize;
+    let mut log = Vec::new();
+    let mut best: Option<((f64, f64, f64), usize, Snapshot)> = None;
+    let mut since_best = 0usize;
+    for epoch in 1..=o.max_epochs {
+        order.shuffle(&mut shuffle);
+        let mut loss_sum = 0f64;
+        for chunk in order.chunks(o.batch_size) {
+            step += 1;
+            let f = if step <= warm {
+                step as f64 / warm as f64
+            } else {
+                (total - step) as f64 / (total - warm).max(1) as f64
+            };
+            for (opt, mult) in opts.iter_mut() {
+                opt.set_learning_rate(o.lr * *mult * f.max(0.0));
+            }
+            let ys = Tensor::from_vec(
+                chunk.iter().map(|&i| ytr[i] as u32).collect::<Vec<_>>(),
+                chunk.len(),
+                device,
+            )?;
+            let logits = train_logits(chunk, &mut drop_rng)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+            let grads = loss.backward()?;
+            if grads.get(hw).is_none() || vars.first().is_some_and(|(_, v)| grads.get(v).is_none())
+            {
+                bail!("internal: the tuned parameters received no gradient");
+            }
+            for (opt, _) in opts.iter_mut() {
+                opt.step(&grads)?;
+            }
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        }
+        let dl = dev_logits()?;
+        let dloss = candle_nn::loss::cross_entropy(&dl, &ydev_t)?.to_scalar::<f32>()? as f64;
+        let pred: Vec<usize> = dl
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
+        let (acc, f1) = accuracy_macro_f1(ydev, &pred, c);
+        let score = (acc, f1, -dloss);
+        let better = best
+            .as_ref()
+            .is_none_or(|(b, _, _)| score.partial_cmp(b) == Some(std::cmp::Ordering::Greater));
+        progress(&format!(
+            "seed {} epoch {epoch}: train loss {:.4}, dev loss {dloss:.4}, dev accuracy {acc:.3}, dev macro-F1 {f1:.3}{} ({:.0} s)",
+            o.seed,
+            loss_sum / n as f64,
+            if better { " *" } else { "" },
+            t0.elapsed().as_secs_f64()
+        ));
+        log.push(json!({"epoch": epoch, "train_loss": loss_sum / n as f64,
+                        "dev_loss": dloss, "dev_accuracy": acc, "dev_macro_f1": f1}));
+        if better {
+            let mut snap: Snapshot = Vec::new();
+            for (name, v) in vars {
+                snap.push((name.clone(), v.as_tensor().detach().copy()?));
+            }
+            snap.push((HEAD_W.into(), hw.as_tensor().detach().copy()?));
+            snap.push((HEAD_B.into(), hb.as_tensor().detach().copy()?));
+            best = Some((score, epoch, snap));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= o.patience {
+                break;
+            }
+        }
+    }
+    let (_, best_epoch, snap) = best.ok_or_else(|| anyhow!("no epoch was run"))?;
+    Ok((best_epoch, snap, log))
+}
+
 /// Fine-tunes `base` with a fresh head for `labels` on `train`, selecting the epoch on `dev`.
 /// Returns the classifier (built from the best epoch's tensors, as a reload would) and the
 /// training log. `progress` receives one line per epoch.
@@ -484,17 +649,8 @@ pub fn finetune_on(
     if train.is_empty() || dev.is_empty() {
         bail!("fine-tuning needs training and dev examples");
     }
-    let index = |r: Regard| {
-        labels.iter().position(|l| *l == r).ok_or_else(|| {
-            anyhow!(
-                "an example is labelled {} but the classifier's labels are {:?}",
-                r.name(),
-                labels
-            )
-        })
-    };
-    let ytr: Vec<usize> = train.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
-    let ydev: Vec<usize> = dev.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
+    let ytr = label_indices(labels, train)?;
+    let ydev = label_indices(labels, dev)?;
     let dev_c = device.clone();
     let layers = base.config.num_hidden_layers;
     let h = base.config.hidden_size;
@@ -512,11 +668,7 @@ pub fn finetune_on(
         map.insert(name.clone(), v.as_tensor().clone());
         vars.push((name.clone(), v));
     }
-    let mut init = crate::output::rng_for(o.seed, "regard-finetune-head");
-    let a = 1.0 / (h as f32).sqrt();
-    let w0: Vec<f32> = (0..c * h).map(|_| init.random_range(-a..a)).collect();
-    let hw = Var::from_tensor(&Tensor::from_vec(w0, (c, h), &dev_c)?)?;
-    let hb = Var::from_tensor(&Tensor::zeros(c, DType::F32, &dev_c)?)?;
+    let (hw, hb) = init_head(o.seed, c, h, &dev_c)?;
     // `enc` only tokenizes here; the differentiable forward pass reads the variables in `map`
     let enc_map: HashMap<String, Tensor> = base
         .tensors
@@ -529,134 +681,29 @@ pub fn finetune_on(
         t: &map,
         cfg: &base.config,
     };
-    let mut drop_rng = crate::output::rng_for(o.seed, "regard-finetune-dropout");
-    // optimiser groups: (depth, decayed?) → AdamW
-    let mut groups: BTreeMap<(usize, bool), Vec<Var>> = BTreeMap::new();
-    for (name, v) in &vars {
-        let no_decay = name.ends_with(".bias") || name.contains("LayerNorm");
-        groups
-            .entry((depth(name, layers), !no_decay))
-            .or_default()
-            .push(v.clone());
-    }
-    groups
-        .entry((layers + 1, true))
-        .or_default()
-        .push(hw.clone());
-    groups
-        .entry((layers + 1, false))
-        .or_default()
-        .push(hb.clone());
-    let mut opts: Vec<(candle_nn::AdamW, f64)> = groups
-        .into_iter()
-        .map(|((d, decay), vs)| {
-            let mult = o.layer_decay.powi((layers + 1 - d) as i32);
-            let p = candle_nn::ParamsAdamW {
-                lr: o.lr * mult,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: if decay { o.weight_decay } else { 0.0 },
-            };
-            Ok((candle_nn::AdamW::new(vs, p)?, mult))
-        })
-        .collect::<Result<_>>()?;
-    let steps_per_epoch = train.len().div_ceil(o.batch_size);
-    let total = o.max_epochs * steps_per_epoch;
-    let warm = ((o.warmup * total as f64).round() as usize).max(1);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut shuffle = crate::output::rng_for(o.seed, "regard-finetune-order");
     let dev_texts: Vec<&str> = dev.iter().map(|x| x.0.as_str()).collect();
-    let ydev_t = Tensor::from_vec(
-        ydev.iter().map(|&y| y as u32).collect::<Vec<_>>(),
-        ydev.len(),
-        &dev_c,
-    )?;
-    let mut step = 0usize;
-    let mut log = Vec::new();
-    // best: (accuracy, macro-F1, −loss), epoch, snapshot
-    type Snapshot = Vec<(String, Tensor)>;
-    let mut best: Option<((f64, f64, f64), usize, Snapshot)> = None;
-    let mut since_best = 0usize;
     let t0 = Instant::now();
-    for epoch in 1..=o.max_epochs {
-        order.shuffle(&mut shuffle);
-        let mut loss_sum = 0f64;
-        for chunk in order.chunks(o.batch_size) {
-            step += 1;
-            let f = if step <= warm {
-                step as f64 / warm as f64
-            } else {
-                (total - step) as f64 / (total - warm).max(1) as f64
-            };
-            for (opt, mult) in opts.iter_mut() {
-                opt.set_learning_rate(o.lr * *mult * f.max(0.0));
-            }
+    let (best_epoch, snap, log) = train_loop(
+        o,
+        layers,
+        &vars,
+        (&hw, &hb),
+        (&ytr, &ydev, c),
+        &dev_c,
+        t0,
+        |chunk, rng| {
             let texts: Vec<&str> = chunk.iter().map(|&i| train[i].0.as_str()).collect();
-            let ys = Tensor::from_vec(
-                chunk.iter().map(|&i| ytr[i] as u32).collect::<Vec<_>>(),
-                chunk.len(),
-                &dev_c,
-            )?;
-            let logits = train_logits(&enc, &tb, &hw, &hb, &texts, o.dropout, Some(&mut drop_rng))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-            let grads = loss.backward()?;
-            if grads.get(&hw).is_none() || vars.first().is_some_and(|(_, v)| grads.get(v).is_none())
-            {
-                bail!("internal: the encoder's parameters received no gradient");
+            train_logits(&enc, &tb, &hw, &hb, &texts, o.dropout, Some(rng))
+        },
+        || {
+            let mut dev_logits = Vec::new();
+            for ch in dev_texts.chunks(32) {
+                dev_logits.push(train_logits(&enc, &tb, &hw, &hb, ch, 0.0, None)?.detach());
             }
-            for (opt, _) in opts.iter_mut() {
-                opt.step(&grads)?;
-            }
-            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        }
-        // dev
-        let mut dev_logits = Vec::new();
-        for ch in dev_texts.chunks(32) {
-            dev_logits.push(train_logits(&enc, &tb, &hw, &hb, ch, 0.0, None)?.detach());
-        }
-        let dl = Tensor::cat(&dev_logits, 0)?;
-        let dloss = candle_nn::loss::cross_entropy(&dl, &ydev_t)?.to_scalar::<f32>()? as f64;
-        let pred: Vec<usize> = dl
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|x| x as usize)
-            .collect();
-        let (acc, f1) = accuracy_macro_f1(&ydev, &pred, c);
-        let score = (acc, f1, -dloss);
-        let better = best
-            .as_ref()
-            .is_none_or(|(b, _, _)| score.partial_cmp(b) == Some(std::cmp::Ordering::Greater));
-        let line = format!(
-            "seed {} epoch {epoch}: train loss {:.4}, dev loss {dloss:.4}, dev accuracy {acc:.3}, dev macro-F1 {f1:.3}{} ({:.0} s)",
-            o.seed,
-            loss_sum / train.len() as f64,
-            if better { " *" } else { "" },
-            t0.elapsed().as_secs_f64()
-        );
-        progress(&line);
-        log.push(
-            json!({"epoch": epoch, "train_loss": loss_sum / train.len() as f64,
-                        "dev_loss": dloss, "dev_accuracy": acc, "dev_macro_f1": f1}),
-        );
-        if better {
-            let mut snap: Snapshot = Vec::new();
-            for (n, v) in &vars {
-                snap.push((n.clone(), v.as_tensor().detach().copy()?));
-            }
-            snap.push((HEAD_W.into(), hw.as_tensor().detach().copy()?));
-            snap.push((HEAD_B.into(), hb.as_tensor().detach().copy()?));
-            best = Some((score, epoch, snap));
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= o.patience {
-                break;
-            }
-        }
-    }
-    let (_, best_epoch, snap) = best.ok_or_else(|| anyhow!("no epoch was run"))?;
+            Ok(Tensor::cat(&dev_logits, 0)?)
+        },
+        &mut progress,
+    )?;
     let mut tensors: BTreeMap<String, Tensor> = base.tensors.clone();
     for (n, t) in snap {
         tensors.insert(n, t.to_device(&Device::Cpu)?);
@@ -1060,17 +1107,8 @@ pub fn finetune_mpnet_cached(
     {
         bail!("fine-tuning needs training and dev examples with their cached lower-layer outputs");
     }
-    let index = |r: Regard| {
-        labels.iter().position(|l| *l == r).ok_or_else(|| {
-            anyhow!(
-                "an example is labelled {} but the classifier's labels are {:?}",
-                r.name(),
-                labels
-            )
-        })
-    };
-    let ytr: Vec<usize> = train.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
-    let ydev: Vec<usize> = dev.iter().map(|x| index(x.1)).collect::<Result<_>>()?;
+    let ytr = label_indices(labels, train)?;
+    let ydev = label_indices(labels, dev)?;
     let first = layers - top_layers;
     let t0 = Instant::now();
     let (h, c) = (cfg.hidden_size, labels.len());
@@ -1089,41 +1127,7 @@ pub fn finetune_mpnet_cached(
         vars.push((n, v));
     }
     let net = Mpnet::new(cfg.clone(), map)?;
-    let mut init = crate::output::rng_for(o.seed, "regard-finetune-head");
-    let a = 1.0 / (h as f32).sqrt();
-    let w0: Vec<f32> = (0..c * h).map(|_| init.random_range(-a..a)).collect();
-    let hw = Var::from_tensor(&Tensor::from_vec(w0, (c, h), &Device::Cpu)?)?;
-    let hb = Var::from_tensor(&Tensor::zeros(c, DType::F32, &Device::Cpu)?)?;
-    let mut groups: BTreeMap<(usize, bool), Vec<Var>> = BTreeMap::new();
-    for (name, v) in &vars {
-        let no_decay = name.ends_with(".bias") || name.contains("LayerNorm");
-        groups
-            .entry((depth(name, layers), !no_decay))
-            .or_default()
-            .push(v.clone());
-    }
-    groups
-        .entry((layers + 1, true))
-        .or_default()
-        .push(hw.clone());
-    groups
-        .entry((layers + 1, false))
-        .or_default()
-        .push(hb.clone());
-    let mut opts: Vec<(candle_nn::AdamW, f64)> = groups
-        .into_iter()
-        .map(|((d, decay), vs)| {
-            let mult = o.layer_decay.powi((layers + 1 - d) as i32);
-            let p = candle_nn::ParamsAdamW {
-                lr: o.lr * mult,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: if decay { o.weight_decay } else { 0.0 },
-            };
-            Ok((candle_nn::AdamW::new(vs, p)?, mult))
-        })
-        .collect::<Result<_>>()?;
+    let (hw, hb) = init_head(o.seed, c, h, &Device::Cpu)?;
     let logits_of = |rows: &[&Tensor], drop: Option<&mut Dropout>| -> Result<Tensor> {
         let (x, mask) = pad_rows(rows)?;
         let bias = net.attention_bias(&mask)?;
@@ -1132,116 +1136,43 @@ pub fn finetune_mpnet_cached(
         Ok(p.matmul(&hw.as_tensor().t()?)?
             .broadcast_add(hb.as_tensor())?)
     };
-    let mut drop_rng = crate::output::rng_for(o.seed, "regard-finetune-dropout");
-    let steps_per_epoch = train.len().div_ceil(o.batch_size);
-    let total = o.max_epochs * steps_per_epoch;
-    let warm = ((o.warmup * total as f64).round() as usize).max(1);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut shuffle = crate::output::rng_for(o.seed, "regard-finetune-order");
-    let ydev_t = Tensor::from_vec(
-        ydev.iter().map(|&y| y as u32).collect::<Vec<_>>(),
-        ydev.len(),
+    let (best_epoch, snap, log) = train_loop(
+        o,
+        layers,
+        &vars,
+        (&hw, &hb),
+        (&ytr, &ydev, c),
         &Device::Cpu,
-    )?;
-    let mut step = 0usize;
-    let mut log = Vec::new();
-    type Snapshot = Vec<(String, Tensor)>;
-    let mut best: Option<((f64, f64, f64), usize, Snapshot)> = None;
-    let mut since_best = 0usize;
-    for epoch in 1..=o.max_epochs {
-        order.shuffle(&mut shuffle);
-        let mut loss_sum = 0f64;
-        for chunk in order.chunks(o.batch_size) {
-            step += 1;
-            let f = if step <= warm {
-                step as f64 / warm as f64
-            } else {
-                (total - step) as f64 / (total - warm).max(1) as f64
-            };
-            for (opt, mult) in opts.iter_mut() {
-                opt.set_learning_rate(o.lr * *mult * f.max(0.0));
-            }
+        t0,
+        |chunk, rng| {
             let rows: Vec<&Tensor> = chunk.iter().map(|&i| &low_tr[i]).collect();
-            let ys = Tensor::from_vec(
-                chunk.iter().map(|&i| ytr[i] as u32).collect::<Vec<_>>(),
-                chunk.len(),
-                &Device::Cpu,
-            )?;
-            let mut d = Dropout {
-                p: o.dropout,
-                rng: &mut drop_rng,
-            };
-            let logits = logits_of(&rows, Some(&mut d))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-            let grads = loss.backward()?;
-            if grads.get(&hw).is_none() || vars.first().is_some_and(|(_, v)| grads.get(v).is_none())
-            {
-                bail!("internal: the tuned layers received no gradient");
+            let mut d = Dropout { p: o.dropout, rng };
+            logits_of(&rows, Some(&mut d))
+        },
+        || {
+            // length-sorted batches, then back to dev order
+            let mut dl = Vec::new();
+            let mut idx: Vec<usize> = (0..dev.len()).collect();
+            idx.sort_by_key(|&i| (low_dev[i].dim(0).unwrap_or(0), i));
+            let mut pos = vec![0usize; dev.len()];
+            for ch in idx.chunks(32) {
+                let rows: Vec<&Tensor> = ch.iter().map(|&i| &low_dev[i]).collect();
+                dl.push(logits_of(&rows, None)?.detach());
             }
-            for (opt, _) in opts.iter_mut() {
-                opt.step(&grads)?;
+            for (k, &i) in idx.iter().enumerate() {
+                pos[i] = k;
             }
-            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        }
-        let mut dl = Vec::new();
-        let mut idx: Vec<usize> = (0..dev.len()).collect();
-        idx.sort_by_key(|&i| (low_dev[i].dim(0).unwrap_or(0), i));
-        let mut pos = vec![0usize; dev.len()];
-        for ch in idx.chunks(32) {
-            let rows: Vec<&Tensor> = ch.iter().map(|&i| &low_dev[i]).collect();
-            dl.push(logits_of(&rows, None)?.detach());
-        }
-        for (k, &i) in idx.iter().enumerate() {
-            pos[i] = k;
-        }
-        let dl = Tensor::cat(&dl, 0)?.index_select(
-            &Tensor::from_vec(
-                pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
-                pos.len(),
-                &Device::Cpu,
-            )?,
-            0,
-        )?;
-        let dloss = candle_nn::loss::cross_entropy(&dl, &ydev_t)?.to_scalar::<f32>()? as f64;
-        let pred: Vec<usize> = dl
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|x| x as usize)
-            .collect();
-        let (acc, f1) = accuracy_macro_f1(&ydev, &pred, c);
-        let score = (acc, f1, -dloss);
-        let better = best
-            .as_ref()
-            .is_none_or(|(b, _, _)| score.partial_cmp(b) == Some(std::cmp::Ordering::Greater));
-        progress(&format!(
-            "seed {} epoch {epoch}: train loss {:.4}, dev loss {dloss:.4}, dev accuracy {acc:.3}, dev macro-F1 {f1:.3}{} ({:.0} s)",
-            o.seed,
-            loss_sum / train.len() as f64,
-            if better { " *" } else { "" },
-            t0.elapsed().as_secs_f64()
-        ));
-        log.push(
-            json!({"epoch": epoch, "train_loss": loss_sum / train.len() as f64,
-                        "dev_loss": dloss, "dev_accuracy": acc, "dev_macro_f1": f1}),
-        );
-        if better {
-            let mut snap: Snapshot = Vec::new();
-            for (n, v) in &vars {
-                snap.push((n.clone(), v.as_tensor().detach().copy()?));
-            }
-            snap.push((HEAD_W.into(), hw.as_tensor().detach().copy()?));
-            snap.push((HEAD_B.into(), hb.as_tensor().detach().copy()?));
-            best = Some((score, epoch, snap));
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= o.patience {
-                break;
-            }
-        }
-    }
-    let (_, best_epoch, snap) = best.ok_or_else(|| anyhow!("no epoch was run"))?;
+            Ok(Tensor::cat(&dl, 0)?.index_select(
+                &Tensor::from_vec(
+                    pos.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+                    pos.len(),
+                    &Device::Cpu,
+                )?,
+                0,
+            )?)
+        },
+        &mut progress,
+    )?;
     let log = json!({"epochs": log, "best_epoch": best_epoch, "seconds": t0.elapsed().as_secs_f64(),
                      "train_n": train.len(), "dev_n": dev.len(),
                      "top_layers": top_layers});
