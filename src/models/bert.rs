@@ -25,6 +25,25 @@ pub struct Batch {
     pub lengths: Vec<usize>,
 }
 
+impl Batch {
+    /// Right-pads token-id rows with `pad_id` to the longest row (at least 1) on `device`.
+    pub fn pad(ids: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Batch> {
+        let t = ids.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
+        let b = ids.len();
+        let mut flat = vec![pad_id; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (i, v) in ids.iter().enumerate() {
+            flat[i * t..i * t + v.len()].copy_from_slice(v);
+            mask[i * t..i * t + v.len()].iter_mut().for_each(|m| *m = 1);
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(flat, (b, t), device)?,
+            mask: Tensor::from_vec(mask, (b, t), device)?,
+            lengths: ids.iter().map(|v| v.len()).collect(),
+        })
+    }
+}
+
 /// A BERT encoder with its tokenizer.
 pub struct BertEncoder {
     pub model: BertModel,
@@ -261,19 +280,7 @@ impl BertEncoder {
             .iter()
             .map(|t| self.token_ids(t))
             .collect::<Result<_>>()?;
-        let t = ids.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
-        let b = ids.len();
-        let mut flat = vec![self.pad_id; b * t];
-        let mut mask = vec![0u32; b * t];
-        for (i, v) in ids.iter().enumerate() {
-            flat[i * t..i * t + v.len()].copy_from_slice(v);
-            mask[i * t..i * t + v.len()].iter_mut().for_each(|m| *m = 1);
-        }
-        Ok(Batch {
-            ids: Tensor::from_vec(flat, (b, t), &self.device)?,
-            mask: Tensor::from_vec(mask, (b, t), &self.device)?,
-            lengths: ids.iter().map(|v| v.len()).collect(),
-        })
+        Batch::pad(&ids, self.pad_id, &self.device)
     }
 
     /// Last hidden states [B, T, H].

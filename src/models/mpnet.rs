@@ -531,19 +531,7 @@ impl MpnetEncoder {
 
     /// Right-pads token-id rows into a batch.
     pub fn batch_of_ids(&self, ids: &[Vec<u32>]) -> Result<Batch> {
-        let t = ids.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
-        let b = ids.len();
-        let mut flat = vec![self.pad_id; b * t];
-        let mut mask = vec![0u32; b * t];
-        for (i, v) in ids.iter().enumerate() {
-            flat[i * t..i * t + v.len()].copy_from_slice(v);
-            mask[i * t..i * t + v.len()].iter_mut().for_each(|m| *m = 1);
-        }
-        Ok(Batch {
-            ids: Tensor::from_vec(flat, (b, t), &self.device)?,
-            mask: Tensor::from_vec(mask, (b, t), &self.device)?,
-            lengths: ids.iter().map(|v| v.len()).collect(),
-        })
+        Batch::pad(ids, self.pad_id, &self.device)
     }
 
     /// Last hidden states [B, T, H].

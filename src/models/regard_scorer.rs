@@ -148,6 +148,56 @@ fn labels_from(meta: &HashMap<String, String>) -> Result<Vec<Regard>> {
         .collect()
 }
 
+/// Writes f32 `tensors` with `metadata` as one safetensors file, atomically.
+fn write_f32_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (k, t) in tensors {
+        let v = t.flatten_all()?.to_vec1::<f32>()?;
+        bufs.push((
+            k.clone(),
+            t.dims().to_vec(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    let views = bufs
+        .iter()
+        .map(|(k, s, b)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(metadata.clone()))?;
+    crate::output::write_bytes_atomic(path, &data)
+}
+
+/// The f32 tensors (on the CPU) and metadata of a safetensors file's bytes; `bad` turns a
+/// reason into the caller's "not a … classifier" error.
+fn read_f32_safetensors(
+    data: &[u8],
+    bad: impl Fn(String) -> anyhow::Error,
+) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(data).map_err(|e| bad(e.to_string()))?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!("{name} is not f32")));
+        }
+        let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), &Device::Cpu)?;
+        tensors.insert(name.to_string(), t);
+    }
+    let (_, meta) = SafeTensors::read_metadata(data).map_err(|e| bad(e.to_string()))?;
+    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// The training report stored in a classifier's metadata (null when absent).
+fn report_of(metadata: &HashMap<String, String>) -> Value {
+    metadata
+        .get("report")
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or(Value::Null)
+}
+
 impl TunedClassifier {
     /// Builds the network from its tensors and metadata (`config`, `tokenizer`, `labels`).
     pub fn from_tensors(
@@ -232,29 +282,12 @@ impl TunedClassifier {
 
     /// The training report stored with the classifier (null when absent).
     pub fn report(&self) -> Value {
-        self.metadata
-            .get("report")
-            .and_then(|r| serde_json::from_str(r).ok())
-            .unwrap_or(Value::Null)
+        report_of(&self.metadata)
     }
 
     /// Writes the classifier as one safetensors file with its metadata, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (k, t) in &self.tensors {
-            let v = t.flatten_all()?.to_vec1::<f32>()?;
-            bufs.push((
-                k.clone(),
-                t.dims().to_vec(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ));
-        }
-        let views = bufs
-            .iter()
-            .map(|(k, s, b)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let data = safetensors::serialize(views, Some(self.metadata.clone()))?;
-        crate::output::write_bytes_atomic(path, &data)
+        write_f32_safetensors(path, &self.tensors, &self.metadata)
     }
 
     /// Reads a classifier written by [`TunedClassifier::save`].
@@ -272,17 +305,7 @@ impl TunedClassifier {
                 path.display()
             )
         };
-        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("{name} is not f32")));
-            }
-            let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), &Device::Cpu)?;
-            tensors.insert(name.to_string(), t);
-        }
-        let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
-        let metadata = meta.metadata().clone().unwrap_or_default();
+        let (tensors, metadata) = read_f32_safetensors(&data, bad)?;
         Self::from_tensors_on(tensors, metadata, max_len, device, dtype)
             .map_err(|e| bad(e.to_string()))
     }
@@ -862,21 +885,7 @@ pub struct MpnetTuned {
 impl MpnetTuned {
     /// Writes the classifier as one safetensors file with its metadata, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (k, t) in &self.tensors {
-            let v = t.flatten_all()?.to_vec1::<f32>()?;
-            bufs.push((
-                k.clone(),
-                t.dims().to_vec(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ));
-        }
-        let views = bufs
-            .iter()
-            .map(|(k, s, b)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let data = safetensors::serialize(views, Some(self.metadata.clone()))?;
-        crate::output::write_bytes_atomic(path, &data)
+        write_f32_safetensors(path, &self.tensors, &self.metadata)
     }
 
     /// Reads a classifier written by [`MpnetTuned::save`].
@@ -890,17 +899,7 @@ impl MpnetTuned {
                 path.display()
             )
         };
-        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("{name} is not f32")));
-            }
-            let t = Tensor::from_raw_buffer(view.data(), DType::F32, view.shape(), &Device::Cpu)?;
-            tensors.insert(name.to_string(), t);
-        }
-        let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
-        let metadata = meta.metadata().clone().unwrap_or_default();
+        let (tensors, metadata) = read_f32_safetensors(&data, bad)?;
         if metadata.get("format").map(String::as_str) != Some(MPNET_FORMAT) {
             return Err(bad(format!("format is not {MPNET_FORMAT:?}")));
         }
@@ -919,10 +918,7 @@ impl MpnetTuned {
 
     /// The training report stored with the classifier (null when absent).
     pub fn report(&self) -> Value {
-        self.metadata
-            .get("report")
-            .and_then(|r| serde_json::from_str(r).ok())
-            .unwrap_or(Value::Null)
+        report_of(&self.metadata)
     }
 
     pub fn set_metadata(&mut self, key: &str, value: String) {
@@ -1051,18 +1047,9 @@ pub fn finetune_mpnet(
     if train.is_empty() || dev.is_empty() {
         bail!("fine-tuning needs training and dev examples");
     }
-    let index = |r: Regard| {
-        labels.iter().position(|l| *l == r).ok_or_else(|| {
-            anyhow!(
-                "an example is labelled {} but the classifier's labels are {:?}",
-                r.name(),
-                labels
-            )
-        })
-    };
-    for x in train.iter().chain(dev) {
-        index(x.1)?;
-    }
+    // every label known before the frozen layers' (heavy) pass
+    label_indices(labels, train)?;
+    label_indices(labels, dev)?;
     let first = layers - top_layers;
     let t0 = Instant::now();
     fn texts(s: &[(String, Regard)]) -> Vec<&str> {
