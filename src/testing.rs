@@ -166,3 +166,81 @@ pub fn tiny_cnn_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
         "16",
     ]
 }
+
+/// Writes a tiny random llama GGUF (2 blocks, d = 32, 4 heads over 2 KV heads, FFN 64) with a
+/// byte-level vocabulary of the 94 printable ASCII characters plus `Ġ` (space) and no merges.
+/// Matrices are stored as `Q8_0` (dequantised on load like a real file); `tied`: no
+/// `output.weight`, the output layer reuses the token embedding.
+pub fn write_tiny_llama_gguf(path: &Path, seed: u64, tied: bool) {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let (d, heads, kv, ffn, blocks) = (32usize, 4usize, 2usize, 64usize, 2usize);
+    let mut tokens: Vec<String> = ('!'..='~').map(String::from).collect();
+    tokens.push("Ġ".into());
+    let vocab = tokens.len();
+    let hd = d / heads;
+    let mut s = seed;
+    let mut mat = |rows: usize, cols: usize, scale: f64, dt: GgmlDType| {
+        s += 1;
+        let t = (randn(s, &[rows, cols]) * scale).unwrap();
+        QTensor::quantize(&t, dt).unwrap()
+    };
+    let mut named: Vec<(String, QTensor)> = Vec::new();
+    named.push(("token_embd.weight".into(), mat(vocab, d, 1.0, GgmlDType::F32)));
+    for b in 0..blocks {
+        let p = format!("blk.{b}");
+        let norm = |seed: u64| {
+            let t = ((randn(seed, &[d]) * 0.1).unwrap() + 1.0).unwrap();
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        };
+        named.push((format!("{p}.attn_norm.weight"), norm(seed + 100 + b as u64)));
+        named.push((format!("{p}.ffn_norm.weight"), norm(seed + 200 + b as u64)));
+        for (n, rows, cols) in [
+            ("attn_q", heads * hd, d),
+            ("attn_k", kv * hd, d),
+            ("attn_v", kv * hd, d),
+            ("attn_output", d, heads * hd),
+            ("ffn_gate", ffn, d),
+            ("ffn_up", ffn, d),
+            ("ffn_down", d, ffn),
+        ] {
+            let scale = 1.0 / (cols as f64).sqrt();
+            named.push((
+                format!("{p}.{n}.weight"),
+                mat(rows, cols, scale, GgmlDType::Q8_0),
+            ));
+        }
+    }
+    named.push((
+        "output_norm.weight".into(),
+        QTensor::quantize(&Tensor::ones(d, candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap(),
+    ));
+    if !tied {
+        named.push(("output.weight".into(), mat(vocab, d, 0.3, GgmlDType::F32)));
+    }
+    use gguf_file::Value as V;
+    let md: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("general.name", V::String("tiny-llama".into())),
+        ("llama.block_count", V::U32(blocks as u32)),
+        ("llama.embedding_length", V::U32(d as u32)),
+        ("llama.feed_forward_length", V::U32(ffn as u32)),
+        ("llama.attention.head_count", V::U32(heads as u32)),
+        ("llama.attention.head_count_kv", V::U32(kv as u32)),
+        ("llama.context_length", V::U32(64)),
+        ("llama.rope.dimension_count", V::U32(hd as u32)),
+        ("llama.rope.freq_base", V::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            V::Array(tokens.into_iter().map(V::String).collect()),
+        ),
+        ("tokenizer.ggml.merges", V::Array(Vec::new())),
+        ("tokenizer.ggml.bos_token_id", V::U32(0)),
+        ("tokenizer.ggml.eos_token_id", V::U32(1)),
+    ];
+    let md_refs: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
+}

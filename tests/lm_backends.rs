@@ -180,7 +180,114 @@ fn gpt2_merges_equal_shipped_vocab_bpe() -> Result<()> {
 
 // ---------------------------------------------------------------- GGUF / SmolLM2
 
-const MODES: [GgufCompute; 2] = [GgufCompute::DequantizedF32, GgufCompute::Quantized];
+const MODES: [GgufCompute; 3] = [
+    GgufCompute::PackedF32,
+    GgufCompute::DequantizedF32,
+    GgufCompute::Quantized,
+];
+
+// ---------------------------------------------------------------- tiny llama GGUF (no asset)
+
+/// Relative max difference of two logit tensors.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(a, b) / equirun::testing::max_abs(b).max(1e-6)
+}
+
+fn tiny_llama(tied: bool, compute: GgufCompute) -> Result<GgufLm> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tiny.gguf");
+    equirun::testing::write_tiny_llama_gguf(&path, 7, tied);
+    Ok(load_gguf_with(&path, &Device::Cpu, compute)?.0)
+}
+
+/// Prefill of `rows` then `steps` greedy steps (each row's next token from the reference's
+/// logits, so both models see the same ids); returns every step's logits.
+fn run_rows(lm: &mut GgufLm, rows: &[Vec<u32>], nexts: &[Vec<u32>]) -> Result<Vec<Tensor>> {
+    let dev = Device::Cpu;
+    lm.reset(rows.len())?;
+    let flat: Vec<u32> = rows.concat();
+    let mut out = vec![lm.step(&Tensor::from_vec(flat, (rows.len(), rows[0].len()), &dev)?)?];
+    for ids in nexts {
+        out.push(lm.step(&Tensor::from_vec(ids.clone(), (ids.len(), 1), &dev)?)?);
+    }
+    Ok(out)
+}
+
+#[test]
+fn packed_llama_matches_candle_quantized_llama_on_a_tiny_gguf() -> Result<()> {
+    let rows = vec![
+        vec![3u32, 17, 40, 94, 5],
+        vec![60, 60, 2, 11, 93],
+        vec![9, 8, 7, 6, 5],
+    ];
+    for tied in [true, false] {
+        let mut reference = tiny_llama(tied, GgufCompute::DequantizedF32)?;
+        let mut packed = tiny_llama(tied, GgufCompute::PackedF32)?;
+        assert!(packed.describe().contains("packed"), "{}", packed.describe());
+        // greedy ids from the reference model
+        let mut nexts = Vec::new();
+        {
+            let dev = Device::Cpu;
+            reference.reset(3)?;
+            let mut l = reference.step(&Tensor::from_vec(rows.concat(), (3, 5), &dev)?)?;
+            for _ in 0..8 {
+                let ids = argmax_rows(&l)?;
+                nexts.push(ids.clone());
+                l = reference.step(&Tensor::from_vec(ids, (3, 1), &dev)?)?;
+            }
+        }
+        let a = run_rows(&mut reference, &rows, &nexts)?;
+        let b = run_rows(&mut packed, &rows, &nexts)?;
+        assert_eq!(packed.cached_len(), 5 + 8);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x.dims(), &[3, 95]);
+            let d = rel_diff(y, x);
+            println!("tied {tied} step {i}: relative max |Δ| {d:.2e}");
+            assert!(d < 1e-5, "step {i}: packed vs candle relative difference {d}");
+        }
+        // repeated run: bit-identical
+        let c = run_rows(&mut packed, &rows, &nexts)?;
+        for (x, y) in b.iter().zip(&c) {
+            assert_eq!(max_abs_diff(x, y), 0.0);
+        }
+        // a row alone gives the same bits as inside the batch
+        let alone = run_rows(
+            &mut packed,
+            &rows[1..2],
+            &nexts.iter().map(|v| vec![v[1]]).collect::<Vec<_>>(),
+        )?;
+        for (x, y) in b.iter().zip(&alone) {
+            assert_eq!(max_abs_diff(&x.get(1)?, &y.get(0)?), 0.0);
+        }
+        // the prompt fed in two chunks: same logits as at once
+        packed.reset(3)?;
+        let dev = Device::Cpu;
+        let first: Vec<u32> = rows.iter().flat_map(|r| r[..2].to_vec()).collect();
+        let rest: Vec<u32> = rows.iter().flat_map(|r| r[2..].to_vec()).collect();
+        packed.step(&Tensor::from_vec(first, (3, 2), &dev)?)?;
+        let l = packed.step(&Tensor::from_vec(rest, (3, 3), &dev)?)?;
+        let d = rel_diff(&l, &b[0]);
+        assert!(d < 1e-6, "chunked prefill differs by {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn packed_llama_rejects_bad_steps() -> Result<()> {
+    let mut lm = tiny_llama(true, GgufCompute::PackedF32)?;
+    let dev = Device::Cpu;
+    lm.reset(2)?;
+    let e = lm.step(&Tensor::new(&[[1u32], [95]], &dev)?).unwrap_err();
+    assert!(format!("{e:#}").contains("outside the vocabulary"), "{e:#}");
+    let e = lm.step(&Tensor::new(&[[1u32, 2, 3]], &dev)?).unwrap_err();
+    assert!(format!("{e:#}").contains("rows"), "{e:#}");
+    // the 64-position context of the tiny file
+    lm.reset(1)?;
+    let long = Tensor::from_vec(vec![4u32; 65], (1, 65), &dev)?;
+    let e = lm.step(&long).unwrap_err();
+    assert!(format!("{e:#}").contains("exceed"), "{e:#}");
+    Ok(())
+}
 
 fn smollm2() -> (GgufLm, Tokenizer) {
     smollm2_with(None)

@@ -41,6 +41,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Tokenizer;
 
 use crate::models::lm::gpt2_tokenizer::{byte_level_bpe, BytePre};
+use crate::models::lm::llama::{read_f32, BlockWeights, Llama, LlamaConfig};
 use crate::models::lm::CausalLm;
 
 /// How the weights are stored for compute.
@@ -51,16 +52,23 @@ pub enum GgufCompute {
     /// On CPU, candle 0.11 has no SIMD kernel for Q4_1 (scalar `vec_dot_unopt`), so it is slow.
     Quantized,
     /// Dequantise every weight to f32 once at load (the same weight values, exactly) and use
-    /// dense f32 matmuls: ~4× the memory (≈0.6 GB for SmolLM2-135M) but several times faster on
-    /// CPU, and batching pays off. Logits differ from `Quantized` only by the Q8 activation
-    /// rounding that mode applies.
+    /// candle's dense f32 matmuls: ~4× the memory (≈0.6 GB for SmolLM2-135M) but several times
+    /// faster on CPU. Logits differ from `Quantized` only by the Q8 activation rounding that mode
+    /// applies.
     DequantizedF32,
+    /// The same f32 weights, run by equirun's own llama forward ([`super::llama`]) on weights
+    /// packed for few-row products: a decoding step of `n` batched rows reads every weight once,
+    /// and the KV cache is appended in place. CPU only; the default there (`EQUIRUN_FAST=0`
+    /// selects `DequantizedF32`). Same logits as `DequantizedF32` up to float rounding.
+    PackedF32,
 }
 
 impl GgufCompute {
-    /// `DequantizedF32` on CPU, `Quantized` on accelerators.
+    /// `PackedF32` on CPU (`DequantizedF32` when `EQUIRUN_FAST=0`), `Quantized` on accelerators.
     pub fn default_for(device: &Device) -> Self {
-        if device.is_cpu() {
+        if crate::kernels::enabled(device, DType::F32) {
+            GgufCompute::PackedF32
+        } else if device.is_cpu() {
             GgufCompute::DequantizedF32
         } else {
             GgufCompute::Quantized
@@ -102,11 +110,17 @@ pub struct GgufInfo {
 
 /// A llama-architecture GGUF causal LM implementing [`CausalLm`] (batched, lockstep KV cache).
 pub struct GgufLm {
-    model: ModelWeights,
+    model: Engine,
     info: GgufInfo,
     device: Device,
     n: usize,
     pos: usize,
+}
+
+/// What runs the forward pass.
+enum Engine {
+    Candle(Box<ModelWeights>),
+    Packed(Box<Llama>),
 }
 
 impl GgufLm {
@@ -140,7 +154,10 @@ impl CausalLm for GgufLm {
         if n == 0 {
             bail!("GgufLm::reset: n must be ≥ 1");
         }
-        self.model.clear_kv_cache();
+        match &mut self.model {
+            Engine::Candle(m) => m.clear_kv_cache(),
+            Engine::Packed(m) => m.reset(n),
+        }
         self.n = n;
         self.pos = 0;
         Ok(())
@@ -162,6 +179,15 @@ impl CausalLm for GgufLm {
             );
         }
         let ids = ids.to_dtype(DType::U32)?.to_device(&self.device)?;
+        let model = match &mut self.model {
+            Engine::Packed(m) => {
+                let v = m.step(&ids.flatten_all()?.to_vec1::<u32>()?, t)?;
+                self.pos += t;
+                let vocab = m.config().vocab;
+                return Ok(Tensor::from_vec(v, (n, vocab), &self.device)?);
+            }
+            Engine::Candle(m) => m,
+        };
         let logits = if n > 1 && t > 1 && self.info.compute == GgufCompute::Quantized {
             // candle 0.11 `quantized_llama` cannot run b > 1 with t > 1: it takes the last
             // position with a strided `x.i((.., t - 1, ..))` and the output QMatMul rejects the
@@ -170,12 +196,12 @@ impl CausalLm for GgufLm {
             let mut last = None;
             for j in 0..t {
                 let col = ids.narrow(1, j, 1)?.contiguous()?;
-                last = Some(self.model.forward(&col, self.pos)?);
+                last = Some(model.forward(&col, self.pos)?);
                 self.pos += 1;
             }
             last.expect("t > 1")
         } else {
-            let l = self.model.forward(&ids, self.pos)?;
+            let l = model.forward(&ids, self.pos)?;
             self.pos += t;
             l
         };
@@ -189,7 +215,7 @@ impl CausalLm for GgufLm {
     fn describe(&self) -> String {
         let i = &self.info;
         format!(
-            "{} ({}{}, {} blocks, d={}, {}/{} heads, vocab {}, {} GGUF, {}, candle quantized_llama)",
+            "{} ({}{}, {} blocks, d={}, {}/{} heads, vocab {}, {} GGUF, {})",
             i.name,
             i.architecture,
             i.size_label
@@ -203,8 +229,9 @@ impl CausalLm for GgufLm {
             i.vocab_size,
             i.weight_dtype,
             match i.compute {
-                GgufCompute::Quantized => "quantized matmuls",
-                GgufCompute::DequantizedF32 => "dequantized to f32",
+                GgufCompute::Quantized => "quantized matmuls, candle quantized_llama",
+                GgufCompute::DequantizedF32 => "dequantized to f32, candle quantized_llama",
+                GgufCompute::PackedF32 => "dequantized to f32, equirun packed llama",
             }
         )
     }
@@ -354,13 +381,7 @@ fn dequantized_copy(
     let mut infos = HashMap::new();
     for name in names {
         let info = &ct.tensor_infos[name];
-        let q = info
-            .read(file, ct.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| anyhow!("reading tensor {name}: {e}"))?;
-        let v = q
-            .dequantize(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let (v, _) = read_f32(ct, file, name)?;
         buf.resize(buf.len().div_ceil(32) * 32, 0);
         let offset = buf.len() as u64;
         for x in v {
@@ -382,6 +403,62 @@ fn dequantized_copy(
         tensor_data_offset: 0,
     };
     Ok((ct2, Cursor::new(buf)))
+}
+
+/// The weights of `ct` in equirun's packed f32 llama ([`GgufCompute::PackedF32`]).
+fn packed_llama(ct: &gguf_file::Content, file: &mut File, info: &GgufInfo) -> Result<Llama> {
+    let head_dim = info.embedding_length / info.head_count.max(1);
+    let rope_dim = md_usize(ct, "llama.rope.dimension_count")?;
+    if rope_dim != head_dim {
+        bail!("llama.rope.dimension_count {rope_dim} differs from the head dimension {head_dim} (partial rotary embeddings are not supported)");
+    }
+    let rms_eps = md(ct, "llama.attention.layer_norm_rms_epsilon")?
+        .to_f32()
+        .map_err(|e| anyhow!("llama.attention.layer_norm_rms_epsilon: {e}"))?;
+    let rope_base = md(ct, "llama.rope.freq_base")
+        .ok()
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(10000.0);
+    let (embed, dims) = read_f32(ct, file, "token_embd.weight")?;
+    let mut get = |name: &str| read_f32(ct, file, name).map(|(v, _)| v);
+    let gate_dims = ct
+        .tensor_infos
+        .get("blk.0.ffn_gate.weight")
+        .map(|i| i.shape.dims().to_vec())
+        .unwrap_or_default();
+    let cfg = LlamaConfig {
+        blocks: info.block_count,
+        dim: info.embedding_length,
+        heads: info.head_count,
+        kv_heads: info.head_count_kv,
+        ffn: gate_dims.first().copied().unwrap_or(0),
+        vocab: dims.first().copied().unwrap_or(0),
+        rms_eps,
+        rope_base,
+        max_positions: info.context_length.min(MAX_SEQ_LEN),
+    };
+    let mut blocks = Vec::with_capacity(cfg.blocks);
+    for i in 0..cfg.blocks {
+        let mut w = |s: &str| get(&format!("blk.{i}.{s}.weight"));
+        blocks.push(BlockWeights {
+            attn_norm: w("attn_norm")?,
+            q: w("attn_q")?,
+            k: w("attn_k")?,
+            v: w("attn_v")?,
+            o: w("attn_output")?,
+            ffn_norm: w("ffn_norm")?,
+            gate: w("ffn_gate")?,
+            up: w("ffn_up")?,
+            down: w("ffn_down")?,
+        });
+    }
+    let norm = get("output_norm.weight")?;
+    let output = if ct.tensor_infos.contains_key("output.weight") {
+        Some(get("output.weight")?)
+    } else {
+        None
+    };
+    Llama::new(cfg, embed, blocks, norm, output)
 }
 
 /// Loads a llama-architecture GGUF model onto `device` and rebuilds its tokenizer from the GGUF
@@ -407,6 +484,17 @@ pub fn load_gguf_with(
             path.display()
         );
     }
+    if compute == GgufCompute::PackedF32 && !device.is_cpu() {
+        bail!("the packed f32 llama forward runs on the CPU only (use GgufCompute::Quantized or DequantizedF32 on {device:?})");
+    }
+    // mixture-of-experts files run on candle's forward
+    let compute = if compute == GgufCompute::PackedF32
+        && md_u32(&ct, "llama.expert_count").unwrap_or(0) > 1
+    {
+        GgufCompute::DequantizedF32
+    } else {
+        compute
+    };
     let (tokenizer, special_tokens) = tokenizer_from_gguf(&ct)?;
     let n_tok = tokenizer.get_vocab_size(true);
     let vocab_size = md_u32(&ct, "llama.vocab_size")
@@ -442,14 +530,23 @@ pub fn load_gguf_with(
         compute,
     };
     let model = match compute {
-        GgufCompute::Quantized => ModelWeights::from_gguf(ct, &mut file, device),
+        GgufCompute::PackedF32 => Engine::Packed(Box::new(
+            packed_llama(&ct, &mut file, &info)
+                .with_context(|| format!("loading GGUF weights of {}", path.display()))?,
+        )),
+        GgufCompute::Quantized => Engine::Candle(Box::new(
+            ModelWeights::from_gguf(ct, &mut file, device)
+                .map_err(|e| anyhow!("loading GGUF weights of {}: {e}", path.display()))?,
+        )),
         GgufCompute::DequantizedF32 => {
             let (ct2, mut reader) = dequantized_copy(&ct, &mut file)?;
             drop(ct);
-            ModelWeights::from_gguf(ct2, &mut reader, device)
+            Engine::Candle(Box::new(
+                ModelWeights::from_gguf(ct2, &mut reader, device)
+                    .map_err(|e| anyhow!("loading GGUF weights of {}: {e}", path.display()))?,
+            ))
         }
-    }
-    .map_err(|e| anyhow!("loading GGUF weights of {}: {e}", path.display()))?;
+    };
     let lm = GgufLm {
         model,
         info,

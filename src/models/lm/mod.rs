@@ -3,6 +3,7 @@
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt2_tokenizer;
+pub mod llama;
 pub mod loader;
 
 use anyhow::Result;
