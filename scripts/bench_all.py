@@ -201,23 +201,50 @@ LABELS = {
 }
 
 
-def fairness_costs(th, quick):
-    """Per-token seconds of gpt2-fairness methods relative to vanilla (equirun only)."""
-    d = os.path.join(WORK, "gpt2-124m")
+def smollm2_path():
+    """The SmolLM2-135M GGUF (EQUIRUN_SMOLLM2, else scripts/setup_smollm2.sh), or None."""
+    p = os.environ.get("EQUIRUN_SMOLLM2")
+    if p and os.path.isfile(p):
+        return p
+    out = sh(["scripts/setup_smollm2.sh"], check=False)
+    lines = (out.stdout or "").strip().splitlines()
+    return lines[-1] if out.returncode == 0 and lines and os.path.isfile(lines[-1]) else None
+
+
+def fairness_costs(th, quick, rounds):
+    """Per-token seconds of gpt2-fairness methods relative to vanilla (equirun only), for the
+    random GPT-2 124M and, when installed, SmolLM2-135M; median over `rounds` runs."""
+    models = [("GPT-2 124M (random)", ["--model-dir", os.path.join(WORK, "gpt2-124m")])]
+    smol = smollm2_path()
+    if smol:
+        models.append(("SmolLM2-135M", ["--gguf", smol]))
+    else:
+        print("[fairness] SmolLM2 GGUF not found (scripts/setup_smollm2.sh): GPT-2 only",
+              file=sys.stderr)
+    groups = [("gender", 2), ("gender,orientation", 4), ("gender,race", 6)] + (
+        [] if quick else [("gender,race,orientation", 12)])
     out = os.path.join(WORK, "results")
-    rows = {}
-    for groups, label in [("gender", "d=2"), ("gender,race", "d=6")] + (
-            [] if quick else [("gender,race,orientation", "d=12")]):
-        sh([BIN, "gpt2-fairness", "--model-dir", d, "--groups", groups, "--method",
-            "vanilla,equitune,multi-equitune", "--samples-per-demographic", "5",
-            "--contexts", "respect", "--out", out, "--run-name", "bench-all", "--force"],
-           {"RAYON_NUM_THREADS": str(th)})
-        res = json.load(open(os.path.join(out, "gpt2-fairness/bench-all/seed-0.json")))
-        cost, met = res["cost"]["methods"], res["metrics"]["methods"]
-        per = {m: cost[m]["seconds"] / max(met[m]["generated_tokens"], 1) for m in cost}
-        rows[label] = {m: round(per[m] / per["vanilla"], 3) for m in per}
-        rows[label]["passes"] = {m: cost[m].get("forward_passes_per_token") for m in cost}
-    return rows
+    table = {}
+    for name, model in models:
+        for g, d in groups:
+            per_round = []
+            for _ in range(rounds):
+                sh([BIN, "gpt2-fairness", *model, "--group", g, "--method",
+                    "vanilla,equitune,multi-equitune", "--samples-per-demographic", "5",
+                    "--contexts", "respect", "--out", out, "--run-name", "bench-all", "--force"],
+                   {"RAYON_NUM_THREADS": str(th), "EQUIRUN_NO_PROGRESS": "1"})
+                res = json.load(open(os.path.join(out, "gpt2-fairness/bench-all/seed-0.json")))
+                cost, met = res["cost"]["methods"], res["metrics"]["methods"]
+                per = {m: cost[m]["seconds"] / max(met[m]["generated_tokens"], 1) for m in cost}
+                per_round.append(per)
+            med = {m: statistics.median(r[m] for r in per_round) for m in per_round[0]}
+            table[(name, g)] = dict(
+                d=d, vanilla_ms=1000 * med["vanilla"],
+                equitune=[r["equitune"] / r["vanilla"] for r in per_round],
+                multi=[r["multi-equitune"] / r["vanilla"] for r in per_round],
+                multi_vs_equitune=[r["multi-equitune"] / r["equitune"] for r in per_round],
+                passes={m: cost[m].get("forward_passes_per_token") for m in cost})
+    return table
 
 
 def fmt(xs, nd=1):
@@ -234,7 +261,8 @@ def main():
     ap.add_argument("--threads", default=None, help="comma list, default 1,2 (quick: 2)")
     ap.add_argument("--only", default=None, help="comma list of workloads: " + ",".join(WORKLOADS))
     ap.add_argument("--fairness", action="store_true",
-                    help="also time gpt2-fairness per-token costs (relative to vanilla)")
+                    help="also time gpt2-fairness per-token costs relative to vanilla (GPT-2 and, "
+                    "when installed, SmolLM2; needs the gpt2-124m fixture)")
     ap.add_argument("--no-fairness", action="store_true", help="(default) skip them")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
@@ -252,7 +280,7 @@ def main():
                 f.write("-19")
         except OSError as e:
             print(f"[priority] not raised: {e}", file=sys.stderr)
-    ensure_fixtures(names)
+    ensure_fixtures(names + (["gpt2-fixture"] if a.fairness else []))
     model, flags = cpu_info()
     import torch  # noqa: F401  (version only; runs happen in subprocesses)
     head = {
@@ -284,8 +312,9 @@ def main():
             results.append(dict(workload=n, label=LABELS[n], unit=unit, threads=th, equirun=e,
                                 pytorch=t, base=b, ratio=ratios, load=loads))
     fair = None
-    if a.fairness and any(n.startswith("gpt2") for n in names):
-        fair = {th: fairness_costs(th, a.quick) for th in threads if th == max(threads)}
+    if a.fairness:
+        th = max(threads)
+        fair = (th, fairness_costs(th, a.quick, rounds))
     head["load_at_end"] = os.getloadavg()[0]
 
     print(f"\nCPU: {model}; flags: {' '.join(flags)}; {os.cpu_count()} cores; "
@@ -306,16 +335,21 @@ def main():
             line += f" {fmt(r['base'])} |"
         print(line)
     if fair:
-        for th, rows in fair.items():
-            print(f"\ngpt2-fairness, seconds per generated token relative to vanilla ({th} threads):\n")
-            print("| branches | equitune | multi-equitune | multi / equitune |")
-            print("|---|---|---|---|")
-            for label, row in rows.items():
-                print(f"| {label} | {row['equitune']:.2f} | {row['multi-equitune']:.2f} | "
-                      f"{row['multi-equitune'] / row['equitune']:.2f} |")
+        th, rows = fair
+        print(f"\ngpt2-fairness, seconds per generated token relative to vanilla ({th} threads, "
+              f"5 samples per demographic, respect contexts; {rounds} round(s), median (min–max)):\n")
+        print("| model | groups | branches d | vanilla ms/token | equitune | multi-equitune "
+              "(passes) | multi / equitune |")
+        print("|---|---|---|---|---|---|---|")
+        for (name, g), row in rows.items():
+            print(f"| {name} | {g.replace(',', ' × ')} | {row['d']} | {row['vanilla_ms']:.1f} | "
+                  f"{fmt(row['equitune'], 2)}× | {fmt(row['multi'], 2)}× "
+                  f"({row['passes'].get('multi-equitune')}) | {fmt(row['multi_vs_equitune'], 2)} |")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(head=head, results=results, fairness=fair), f, indent=1)
+            json.dump(dict(head=head, results=results,
+                           fairness=fair and {f"{k[0]} / {k[1]}": v for k, v in fair[1].items()}),
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,10 @@ pub fn write_tiny_llama_gguf(path: &Path, seed: u64, tied: bool) {
         QTensor::quantize(&t, dt).unwrap()
     };
     let mut named: Vec<(String, QTensor)> = Vec::new();
-    named.push(("token_embd.weight".into(), mat(vocab, d, 1.0, GgmlDType::F32)));
+    named.push((
+        "token_embd.weight".into(),
+        mat(vocab, d, 1.0, GgmlDType::F32),
+    ));
     for b in 0..blocks {
         let p = format!("blk.{b}");
         let norm = |seed: u64| {
@@ -212,7 +215,11 @@ pub fn write_tiny_llama_gguf(path: &Path, seed: u64, tied: bool) {
     }
     named.push((
         "output_norm.weight".into(),
-        QTensor::quantize(&Tensor::ones(d, candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap(),
+        QTensor::quantize(
+            &Tensor::ones(d, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap(),
     ));
     if !tied {
         named.push(("output.weight".into(), mat(vocab, d, 0.3, GgmlDType::F32)));

@@ -223,7 +223,11 @@ fn packed_llama_matches_candle_quantized_llama_on_a_tiny_gguf() -> Result<()> {
     for tied in [true, false] {
         let mut reference = tiny_llama(tied, GgufCompute::DequantizedF32)?;
         let mut packed = tiny_llama(tied, GgufCompute::PackedF32)?;
-        assert!(packed.describe().contains("packed"), "{}", packed.describe());
+        assert!(
+            packed.describe().contains("packed"),
+            "{}",
+            packed.describe()
+        );
         // greedy ids from the reference model
         let mut nexts = Vec::new();
         {
@@ -243,7 +247,10 @@ fn packed_llama_matches_candle_quantized_llama_on_a_tiny_gguf() -> Result<()> {
             assert_eq!(x.dims(), &[3, 95]);
             let d = rel_diff(y, x);
             println!("tied {tied} step {i}: relative max |Δ| {d:.2e}");
-            assert!(d < 1e-5, "step {i}: packed vs candle relative difference {d}");
+            assert!(
+                d < 1e-5,
+                "step {i}: packed vs candle relative difference {d}"
+            );
         }
         // repeated run: bit-identical
         let c = run_rows(&mut packed, &rows, &nexts)?;

@@ -447,6 +447,58 @@ pub fn mean_of(ys: &[Tensor]) -> Result<Tensor> {
         return Ok(ys[0].clone());
     }
     let dt = ys[0].dtype();
+    if dt == DType::F32
+        && ys
+            .iter()
+            .all(|y| y.device().is_cpu() && y.dims() == ys[0].dims())
+    {
+        // the same f64 sum in copy order and the same scaling as below, without the stacked
+        // copies (the logits of every decoding step pass through here)
+        let mut acc = vec![0f64; ys[0].elem_count()];
+        for y in ys {
+            let v = y.flatten_all()?.to_vec1::<f32>()?;
+            for (a, &x) in acc.iter_mut().zip(&v) {
+                *a += x as f64;
+            }
+        }
+        let scale = 1.0 / ys.len() as f64;
+        // `+ 0.0` as in candle's affine (turns −0 into +0)
+        let out: Vec<f32> = acc.into_iter().map(|a| (a * scale + 0.0) as f32).collect();
+        return Ok(Tensor::from_vec(out, ys[0].dims(), ys[0].device())?);
+    }
     let s = Tensor::stack(ys, 0)?.to_dtype(DType::F64)?.sum(0)?;
     Ok((s / ys.len() as f64)?.to_dtype(dt)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The f32 fast path of `mean_of` gives the bits of the stacked f64 sum (signed zeros too).
+    #[test]
+    fn mean_of_f32_matches_the_stacked_f64_sum() -> Result<()> {
+        let mut ys = Vec::new();
+        for k in 0..5u64 {
+            let mut t = crate::testing::randn(k, &[3, 7])
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            t[0] = -0.0; // −0 everywhere at [0, 0]: candle's affine turns the mean into +0
+            t[1] = if k % 2 == 0 { 1e-30 } else { -1e-30 };
+            ys.push(Tensor::from_vec(t, (3, 7), &Device::Cpu)?);
+        }
+        for n in 1..=5 {
+            let fast = mean_of(&ys[..n])?.flatten_all()?.to_vec1::<f32>()?;
+            let s = Tensor::stack(&ys[..n], 0)?.to_dtype(DType::F64)?.sum(0)?;
+            let slow = (s / n as f64)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            if n > 1 {
+                assert_eq!(bits(&fast), bits(&slow), "n = {n}");
+            }
+        }
+        Ok(())
+    }
 }

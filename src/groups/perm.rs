@@ -90,7 +90,36 @@ impl TokenPerm {
         })
     }
     /// ρ_Y(g) on scores over the output vocabulary (last axis): `y'[.., g(v)] = y[.., v]`.
+    ///
+    /// A word swap moves a few dozen of the vocabulary's entries: on the CPU in f32 the scores are
+    /// copied once and only the moved entries rewritten (the identity returns `y` itself); the
+    /// values are the same as the general `index_select` below.
     pub fn apply_output(&self, y: &Tensor) -> Result<Tensor> {
+        let moved: Vec<(usize, usize)> = self
+            .output
+            .iter()
+            .enumerate()
+            .filter(|&(v, &gv)| v != gv as usize)
+            .map(|(v, &gv)| (v, gv as usize))
+            .collect();
+        if moved.is_empty() {
+            return Ok(y.clone());
+        }
+        let n = self.output.len();
+        if y.device().is_cpu() && y.dtype() == candle_core::DType::F32 && y.dim(y.rank() - 1)? == n
+        {
+            let mut data = y.flatten_all()?.to_vec1::<f32>()?;
+            let mut vals = vec![0f32; moved.len()];
+            for row in data.chunks_exact_mut(n) {
+                for (x, &(v, _)) in vals.iter_mut().zip(&moved) {
+                    *x = row[v];
+                }
+                for (&x, &(_, gv)) in vals.iter().zip(&moved) {
+                    row[gv] = x;
+                }
+            }
+            return Ok(Tensor::from_vec(data, y.dims(), y.device())?);
+        }
         let inv = invert_perm(&self.output);
         let idx = Tensor::new(inv.as_slice(), y.device())?;
         Ok(y.index_select(&idx, y.rank() - 1)?.contiguous()?)
@@ -152,4 +181,40 @@ pub fn orbit_min_map(perms: &[&TokenPerm], n_in: usize) -> Vec<u32> {
                 .min(t)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// The f32 CPU path of `apply_output` (copy, rewrite the moved entries) gives exactly the
+    /// general `index_select` result, on a batch of rows; the identity returns the scores.
+    #[test]
+    fn apply_output_fast_path_equals_index_select() -> Result<()> {
+        let n = 11;
+        let mut output: Vec<u32> = (0..n as u32).collect();
+        output.swap(2, 9);
+        output.swap(4, 5);
+        let (a, b, c) = (output[0], output[1], output[3]);
+        output[0] = b; // a 3-cycle 0 → 1 → 3 → 0
+        output[1] = c;
+        output[3] = a;
+        let p = TokenPerm {
+            input: (0..4).collect(),
+            output,
+        };
+        p.validate()?;
+        let y = crate::testing::randn(3, &[3, n]);
+        let fast = p.apply_output(&y)?.to_vec2::<f32>()?;
+        let inv = invert_perm(&p.output);
+        let idx = Tensor::new(inv.as_slice(), &Device::Cpu)?;
+        let slow = y.to_dtype(DType::F64)?.index_select(&idx, 1)?;
+        assert_eq!(fast, slow.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+        let y_rows = y.to_vec2::<f32>()?;
+        assert_eq!(fast[1][p.output[2] as usize], y_rows[1][2]);
+        let id = TokenPerm::identity(4, n);
+        assert_eq!(id.apply_output(&y)?.to_vec2::<f32>()?, y_rows);
+        Ok(())
+    }
 }

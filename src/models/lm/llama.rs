@@ -243,7 +243,10 @@ impl Llama {
         for (r, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= cfg.vocab {
-                bail!("llama step: token id {id} is outside the vocabulary ({})", cfg.vocab);
+                bail!(
+                    "llama step: token id {id} is outside the vocabulary ({})",
+                    cfg.vocab
+                );
             }
             x[r * d..(r + 1) * d].copy_from_slice(&self.embed[id * d..(id + 1) * d]);
         }
