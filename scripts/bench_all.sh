@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Every throughput workload of issue 15 — CLIP ViT-B/32, ViT-B/16 and RN50 image encoders, the
+# CIFAR-100 zero-shot text classifier, the
 # MiniLM regard scorer, Fashion-MNIST CNN training (plain, equitune), GPT-2 124M greedy at batch
 # 1 and 8, and gpt2-fairness per-token costs — equirun vs PyTorch in the same run, alternating,
 # several rounds; prints median and spread, CPU model and flags, threads, load and backend as a

@@ -513,3 +513,38 @@ fn bench_clip_times_the_wrappers_in_one_run() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--method"));
 }
+
+#[test]
+fn bench_clip_times_the_text_classifier() {
+    use equirun::testing::write_tiny_clip_for_cifar10;
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("clip");
+    write_tiny_clip_for_cifar10(&model, 1);
+    let m = model.to_str().unwrap();
+    let o = equirun(&[
+        "bench-clip",
+        "--model-dir",
+        m,
+        "--text-classifier",
+        "--batches",
+        "2",
+    ]);
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["task"], "cifar100-zero-shot-classifier");
+    assert_eq!(v["templates"], 18);
+    assert_eq!(v["seconds_per_pass"].as_array().unwrap().len(), 2);
+    assert!(v["prompts_per_s"].as_f64().unwrap() > 0.0);
+    // one kind of timing per run
+    let o = equirun(&[
+        "bench-clip",
+        "--model-dir",
+        m,
+        "--text-classifier",
+        "--method",
+        "vanilla",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--text-classifier"));
+}
