@@ -3,6 +3,7 @@
 //! encoders for CLIP (ViT and text towers) and BERT. Used for frozen-model inference only;
 //! training keeps candle's autograd ops. `EQUIRUN_FAST=0` switches the fast path off.
 
+pub mod conv;
 pub mod cpu;
 pub mod decode;
 pub mod encoder;
