@@ -13,7 +13,9 @@
 //!   therefore bit-identical for any thread count.
 
 use candle_core::utils::{barrier_pool, get_num_threads};
+use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 /// Images per task of a convolution block (fixed: the weight-gradient partial sums, and so the
 /// rounding, must not depend on the thread count).
@@ -197,8 +199,9 @@ pub fn pack_weights(s: &ConvShape, w: &[f32], b: &[f32]) -> Vec<f32> {
     out
 }
 
-/// im2col of images `x` (`[nb, h, w, c]`), appended to `cols` as `[nb·h·w, 9c + 1]` rows
-/// (taps `(ky, kx)` of `c` channels, then a 1). `C` is `c` when known at compile time (0: not).
+/// im2col of images `x` (`[nb, h, w, c]`) into `cols` (`[nb·h·w, 9c + 1]`, every element
+/// written): taps `(ky, kx)` of `c` channels, then a 1. `C` is `c` when known at compile time
+/// (0: not), so that the per-tap copies compile to straight vector moves.
 #[inline(always)]
 fn im2col_t<const C: usize>(
     x: &[f32],
@@ -206,41 +209,74 @@ fn im2col_t<const C: usize>(
     h: usize,
     w: usize,
     c: usize,
-    cols: &mut Vec<f32>,
+    cols: &mut [MaybeUninit<f32>],
 ) {
     let c = if C > 0 { C } else { c };
+    let k = 9 * c + 1;
+    assert_eq!(cols.len(), nb * h * w * k);
+    assert!(x.len() >= nb * h * w * c);
+    let mut rows = cols.chunks_exact_mut(k);
     for b in 0..nb {
         for y in 0..h {
             for xx in 0..w {
+                let row = rows.next().unwrap();
                 for ky in 0..3 {
                     let yy = y + ky;
                     for kx in 0..3 {
                         let xs = xx + kx;
+                        let dst = &mut row[(ky * 3 + kx) * c..][..c];
                         if yy == 0 || yy > h || xs == 0 || xs > w {
-                            cols.extend(std::iter::repeat_n(0.0, c));
+                            dst.iter_mut().for_each(|d| {
+                                d.write(0.0);
+                            });
                         } else {
-                            let src = ((b * h + yy - 1) * w + xs - 1) * c;
-                            cols.extend_from_slice(&x[src..src + c]);
+                            let src = &x[((b * h + yy - 1) * w + xs - 1) * c..][..c];
+                            for (d, v) in dst.iter_mut().zip(src) {
+                                d.write(*v);
+                            }
                         }
                     }
                 }
-                cols.push(1.0);
+                row[9 * c].write(1.0);
             }
         }
     }
 }
 
-fn im2col(x: &[f32], nb: usize, h: usize, w: usize, c: usize, cols: &mut Vec<f32>) {
-    cols.reserve(nb * h * w * (9 * c + 1));
+/// im2col (see [`im2col_t`]) into a new vector.
+fn im2col(x: &[f32], nb: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    let len = nb * h * w * (9 * c + 1);
+    let mut cols = Vec::with_capacity(len);
+    let spare = &mut cols.spare_capacity_mut()[..len];
     match c {
-        1 => im2col_t::<1>(x, nb, h, w, c, cols),
-        3 => im2col_t::<3>(x, nb, h, w, c, cols),
-        4 => im2col_t::<4>(x, nb, h, w, c, cols),
-        8 => im2col_t::<8>(x, nb, h, w, c, cols),
-        16 => im2col_t::<16>(x, nb, h, w, c, cols),
-        32 => im2col_t::<32>(x, nb, h, w, c, cols),
-        _ => im2col_t::<0>(x, nb, h, w, c, cols),
+        1 => im2col_t::<1>(x, nb, h, w, c, spare),
+        3 => im2col_t::<3>(x, nb, h, w, c, spare),
+        4 => im2col_t::<4>(x, nb, h, w, c, spare),
+        8 => im2col_t::<8>(x, nb, h, w, c, spare),
+        16 => im2col_t::<16>(x, nb, h, w, c, spare),
+        32 => im2col_t::<32>(x, nb, h, w, c, spare),
+        _ => im2col_t::<0>(x, nb, h, w, c, spare),
     }
+    // SAFETY: im2col_t wrote all `len` elements (it asserts the slice length).
+    unsafe { cols.set_len(len) };
+    cols
+}
+
+thread_local! {
+    /// Per-thread scratch buffers of the kernels, reused from call to call.
+    static SCRATCH: [RefCell<Vec<f32>>; 2] = const { [RefCell::new(Vec::new()), RefCell::new(Vec::new())] };
+}
+
+/// Runs `f` on scratch buffer `slot` of this thread, `len` long. Its contents are stale values
+/// of earlier calls: `f` must write every element it reads.
+fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut b = s[slot].borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
 }
 
 /// Adds the im2col-shaped gradient `dcols` (`[nb·h·w, 9c]`) into `dx` (`[nb, h, w, c]`,
@@ -376,45 +412,34 @@ pub fn conv_block_fwd(
             let (b0, b1) = s.task_images(t);
             let nb = b1 - b0;
             let rows = nb * hw;
-            let mut cols_t = Vec::new();
-            im2col(
-                &x[b0 * hw * s.ci..b1 * hw * s.ci],
-                nb,
-                s.h,
-                s.w,
-                s.ci,
-                &mut cols_t,
-            );
-            let mut conv = vec![0f32; rows * co];
-            gemm(
-                rows,
-                co,
-                k,
-                &mut conv,
-                co,
-                false,
-                Mat::rows(&cols_t, k),
-                Mat::t(wm, k),
-            );
-            // SAFETY: task t owns images b0..b1 of the outputs and its own cols slot.
-            let out_t = unsafe { out_s.range(b0 * opi, nb * opi) };
-            let mut arg_t = save.then(|| unsafe { arg_s.range(b0 * opi, nb * opi) });
-            pool_relu(&conv, nb, s.h, s.w, co, |b, i, j, v, a| {
-                if nchw {
-                    for ch in 0..co {
-                        let o = ((b * co + ch) * h2 + i) * w2 + j;
-                        out_t[o] = v[ch];
-                        if let Some(at) = arg_t.as_deref_mut() {
-                            at[o] = a[ch];
-                        }
-                    }
-                } else {
+            let cols_t = im2col(&x[b0 * hw * s.ci..b1 * hw * s.ci], nb, s.h, s.w, s.ci);
+            with_scratch(0, rows * co, |conv| {
+                gemm(
+                    rows,
+                    co,
+                    k,
+                    conv,
+                    co,
+                    false,
+                    Mat::rows(&cols_t, k),
+                    Mat::t(wm, k),
+                );
+                // SAFETY: task t owns images b0..b1 of the outputs and its own cols slot.
+                let out_t = unsafe { out_s.range(b0 * opi, nb * opi) };
+                let mut arg_t = save.then(|| unsafe { arg_s.range(b0 * opi, nb * opi) });
+                pool_relu(conv, nb, s.h, s.w, co, |b, i, j, v, a| {
                     let o = ((b * h2 + i) * w2 + j) * co;
-                    out_t[o..o + co].copy_from_slice(v);
+                    if nchw {
+                        for (ch, v) in v.iter().enumerate() {
+                            out_t[((b * co + ch) * h2 + i) * w2 + j] = *v;
+                        }
+                    } else {
+                        out_t[o..o + co].copy_from_slice(v);
+                    }
                     if let Some(at) = arg_t.as_deref_mut() {
                         at[o..o + co].copy_from_slice(a);
                     }
-                }
+                });
             });
             if save {
                 let slot = unsafe { cols_s.range(t, 1) };
@@ -456,57 +481,87 @@ pub fn conv_block_bwd(
             let (b0, b1) = s.task_images(t);
             let nb = b1 - b0;
             let rows = nb * hw;
-            // gradient of the convolution output: the pooled gradient at each window's
-            // maximum where the ReLU passed it
-            let mut dconv = vec![0f32; rows * co];
-            for b in 0..nb {
-                let ob = (b0 + b) * opi;
-                for i in 0..h2 {
-                    for j in 0..w2 {
-                        let r0 = ((b * s.h + 2 * i) * s.w + 2 * j) * co;
-                        let offs = [r0, r0 + co, r0 + s.w * co, r0 + (s.w + 1) * co];
-                        for ch in 0..co {
-                            let o = ob
-                                + if nchw {
-                                    (ch * h2 + i) * w2 + j
-                                } else {
-                                    (i * w2 + j) * co + ch
+            let cols = &saved.cols[t];
+            // SAFETY: task t owns partial t and images b0..b1 of dx.
+            let part = unsafe { part_s.range(t * co * k, co * k) };
+            with_scratch(0, rows * co, |dconv| {
+                // gradient of the convolution output (every element written): the pooled
+                // gradient at each window's maximum where the ReLU passed it, else 0
+                // the output gradient where the ReLU passed it, in NHWC order (as `arg`)
+                let (o0, o1) = (b0 * opi, b1 * opi);
+                let gm: Vec<f32> = if nchw {
+                    let mut gm = vec![0f32; o1 - o0];
+                    let hw2 = h2 * w2;
+                    for (b, gb) in gm.chunks_exact_mut(opi).enumerate() {
+                        let ob = o0 + b * opi;
+                        for (p, gp) in gb.chunks_exact_mut(co).enumerate() {
+                            for (ch, d) in gp.iter_mut().enumerate() {
+                                let o = ob + ch * hw2 + p;
+                                *d = if y[o] > 0.0 { g[o] } else { 0.0 };
+                            }
+                        }
+                    }
+                    gm
+                } else {
+                    g[o0..o1]
+                        .iter()
+                        .zip(&y[o0..o1])
+                        .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
+                        .collect()
+                };
+                let arg = &saved.arg[o0..o1];
+                for b in 0..nb {
+                    for i in 0..h2 {
+                        for j in 0..w2 {
+                            let o = ((b * h2 + i) * w2 + j) * co;
+                            let r0 = ((b * s.h + 2 * i) * s.w + 2 * j) * co;
+                            let (top, bot) = dconv[r0..r0 + (s.w + 2) * co].split_at_mut(s.w * co);
+                            let (p0, p1) = top[..2 * co].split_at_mut(co);
+                            let (p2, p3) = bot[..2 * co].split_at_mut(co);
+                            let (gw, aw) = (&gm[o..o + co], &arg[o..o + co]);
+                            let (p0, p1, p2, p3) =
+                                (&mut p0[..co], &mut p1[..co], &mut p2[..co], &mut p3[..co]);
+                            for ch in 0..co {
+                                // branch-free select through bit masks (vectorises)
+                                let (gb, q) = (gw[ch].to_bits(), aw[ch] as u32);
+                                let m = |k: u32| {
+                                    f32::from_bits(gb & 0u32.wrapping_sub((q == k) as u32))
                                 };
-                            if y[o] > 0.0 {
-                                dconv[offs[saved.arg[o] as usize & 3] + ch] = g[o];
+                                p0[ch] = m(0);
+                                p1[ch] = m(1);
+                                p2[ch] = m(2);
+                                p3[ch] = m(3);
                             }
                         }
                     }
                 }
-            }
-            let cols = &saved.cols[t];
-            // SAFETY: task t owns partial t and images b0..b1 of dx.
-            let part = unsafe { part_s.range(t * co * k, co * k) };
-            gemm(
-                co,
-                k,
-                rows,
-                part,
-                k,
-                false,
-                Mat::t(&dconv, co),
-                Mat::rows(cols, k),
-            );
-            if need_dx {
-                let mut dcols = vec![0f32; rows * 9 * ci];
                 gemm(
-                    rows,
-                    9 * ci,
                     co,
-                    &mut dcols,
-                    9 * ci,
+                    k,
+                    rows,
+                    part,
+                    k,
                     false,
-                    Mat::rows(&dconv, co),
-                    Mat::rows(wm, k),
+                    Mat::t(dconv, co),
+                    Mat::rows(cols, k),
                 );
-                let dx_t = unsafe { dx_s.range(b0 * hw * ci, rows * ci) };
-                col2im(&dcols, nb, s.h, s.w, ci, dx_t);
-            }
+                if need_dx {
+                    with_scratch(1, rows * 9 * ci, |dcols| {
+                        gemm(
+                            rows,
+                            9 * ci,
+                            co,
+                            dcols,
+                            9 * ci,
+                            false,
+                            Mat::rows(dconv, co),
+                            Mat::rows(wm, k),
+                        );
+                        let dx_t = unsafe { dx_s.range(b0 * hw * ci, rows * ci) };
+                        col2im(dcols, nb, s.h, s.w, ci, dx_t);
+                    });
+                }
+            });
         });
     }
     let mut dwm = partial[..co * k].to_vec();
