@@ -25,10 +25,18 @@ pub const ROWS_PER_TASK: usize = 16;
 
 /// Runs `f(0..n)` on candle's worker pool (inline with one thread or one task).
 pub fn par_tasks(n: usize, f: impl Fn(usize) + Sync) {
+    par_tasks_if(true, n, f)
+}
+
+/// Multiply-adds below which a layer runs on the calling thread: waking the pool costs more.
+const MIN_PARALLEL_WORK: usize = 1 << 18;
+
+/// [`par_tasks`], or inline when `parallel` is false (the same tasks, so the same results).
+pub fn par_tasks_if(parallel: bool, n: usize, f: impl Fn(usize) + Sync) {
     if n == 0 {
         return;
     }
-    if n == 1 || get_num_threads() <= 1 {
+    if !parallel || n == 1 || get_num_threads() <= 1 {
         (0..n).for_each(f);
         return;
     }
@@ -220,19 +228,33 @@ fn im2col_t<const C: usize>(
         for y in 0..h {
             for xx in 0..w {
                 let row = rows.next().unwrap();
+                let interior = xx >= 1 && xx + 1 < w;
                 for ky in 0..3 {
                     let yy = y + ky;
-                    for kx in 0..3 {
-                        let xs = xx + kx;
-                        let dst = &mut row[(ky * 3 + kx) * c..][..c];
-                        if yy == 0 || yy > h || xs == 0 || xs > w {
-                            dst.iter_mut().for_each(|d| {
-                                d.write(0.0);
-                            });
-                        } else {
-                            let src = &x[((b * h + yy - 1) * w + xs - 1) * c..][..c];
-                            for (d, v) in dst.iter_mut().zip(src) {
-                                d.write(*v);
+                    let dst = &mut row[ky * 3 * c..][..3 * c];
+                    if yy == 0 || yy > h {
+                        dst.iter_mut().for_each(|d| {
+                            d.write(0.0);
+                        });
+                    } else if interior {
+                        // the three taps of a row are three neighbouring pixels: one copy
+                        let src = &x[((b * h + yy - 1) * w + xx - 1) * c..][..3 * c];
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            d.write(*v);
+                        }
+                    } else {
+                        for kx in 0..3 {
+                            let xs = xx + kx;
+                            let dst = &mut dst[kx * c..][..c];
+                            if xs == 0 || xs > w {
+                                dst.iter_mut().for_each(|d| {
+                                    d.write(0.0);
+                                });
+                            } else {
+                                let src = &x[((b * h + yy - 1) * w + xs - 1) * c..][..c];
+                                for (d, v) in dst.iter_mut().zip(src) {
+                                    d.write(*v);
+                                }
                             }
                         }
                     }
@@ -600,7 +622,8 @@ pub fn linear_fwd(x: &[f32], n: usize, din: usize, w: &[f32], b: &[f32], relu: b
     let mut y = vec![0f32; n * dout];
     {
         let ys = Shared::new(&mut y);
-        par_tasks(n.div_ceil(ROWS_PER_TASK), |t| {
+        let big = n * din * dout >= MIN_PARALLEL_WORK;
+        par_tasks_if(big, n.div_ceil(ROWS_PER_TASK), |t| {
             let r0 = t * ROWS_PER_TASK;
             let r1 = (r0 + ROWS_PER_TASK).min(n);
             // SAFETY: task t owns rows r0..r1.
@@ -670,7 +693,8 @@ pub fn linear_bwd(
     };
     {
         let (bs, dxs) = (Shared::new(&mut blocks), Shared::new(&mut dx));
-        par_tasks(col_tasks + row_tasks, |t| {
+        let big = n * din * dout >= MIN_PARALLEL_WORK;
+        par_tasks_if(big, col_tasks + row_tasks, |t| {
             if t < col_tasks {
                 let c0 = t * COLS;
                 let cw = COLS.min(din - c0);
