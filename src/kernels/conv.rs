@@ -15,7 +15,6 @@
 use candle_core::utils::{barrier_pool, get_num_threads};
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
 
 /// Images per task of a convolution block (fixed: the weight-gradient partial sums, and so the
 /// rounding, must not depend on the thread count).
@@ -207,18 +206,21 @@ pub fn pack_weights(s: &ConvShape, w: &[f32], b: &[f32]) -> Vec<f32> {
     out
 }
 
+#[inline(always)]
+fn fill_zero(d: &mut [f32]) {
+    d.fill(0.0)
+}
+
+#[inline(always)]
+fn fill_copy(d: &mut [f32], s: &[f32]) {
+    d.copy_from_slice(s)
+}
+
 /// im2col of images `x` (`[nb, h, w, c]`) into `cols` (`[nb·h·w, 9c + 1]`, every element
 /// written): taps `(ky, kx)` of `c` channels, then a 1. `C` is `c` when known at compile time
 /// (0: not), so that the per-tap copies compile to straight vector moves.
 #[inline(always)]
-fn im2col_t<const C: usize>(
-    x: &[f32],
-    nb: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    cols: &mut [MaybeUninit<f32>],
-) {
+fn im2col_t<const C: usize>(x: &[f32], nb: usize, h: usize, w: usize, c: usize, cols: &mut [f32]) {
     let c = if C > 0 { C } else { c };
     let k = 9 * c + 1;
     assert_eq!(cols.len(), nb * h * w * k);
@@ -233,60 +235,48 @@ fn im2col_t<const C: usize>(
                     let yy = y + ky;
                     let dst = &mut row[ky * 3 * c..][..3 * c];
                     if yy == 0 || yy > h {
-                        dst.iter_mut().for_each(|d| {
-                            d.write(0.0);
-                        });
+                        fill_zero(dst);
                     } else if interior {
                         // the three taps of a row are three neighbouring pixels: one copy
                         let src = &x[((b * h + yy - 1) * w + xx - 1) * c..][..3 * c];
-                        for (d, v) in dst.iter_mut().zip(src) {
-                            d.write(*v);
-                        }
+                        fill_copy(dst, src);
                     } else {
                         for kx in 0..3 {
                             let xs = xx + kx;
                             let dst = &mut dst[kx * c..][..c];
                             if xs == 0 || xs > w {
-                                dst.iter_mut().for_each(|d| {
-                                    d.write(0.0);
-                                });
+                                fill_zero(dst);
                             } else {
                                 let src = &x[((b * h + yy - 1) * w + xs - 1) * c..][..c];
-                                for (d, v) in dst.iter_mut().zip(src) {
-                                    d.write(*v);
-                                }
+                                fill_copy(dst, src);
                             }
                         }
                     }
                 }
-                row[9 * c].write(1.0);
+                row[9 * c] = 1.0;
             }
         }
     }
 }
 
-/// im2col (see [`im2col_t`]) into a new vector.
-fn im2col(x: &[f32], nb: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
-    let len = nb * h * w * (9 * c + 1);
-    let mut cols = Vec::with_capacity(len);
-    let spare = &mut cols.spare_capacity_mut()[..len];
+/// im2col (see [`im2col_t`]) into `cols`.
+fn im2col(x: &[f32], nb: usize, h: usize, w: usize, c: usize, cols: &mut [f32]) {
     match c {
-        1 => im2col_t::<1>(x, nb, h, w, c, spare),
-        3 => im2col_t::<3>(x, nb, h, w, c, spare),
-        4 => im2col_t::<4>(x, nb, h, w, c, spare),
-        8 => im2col_t::<8>(x, nb, h, w, c, spare),
-        16 => im2col_t::<16>(x, nb, h, w, c, spare),
-        32 => im2col_t::<32>(x, nb, h, w, c, spare),
-        _ => im2col_t::<0>(x, nb, h, w, c, spare),
+        1 => im2col_t::<1>(x, nb, h, w, c, cols),
+        3 => im2col_t::<3>(x, nb, h, w, c, cols),
+        4 => im2col_t::<4>(x, nb, h, w, c, cols),
+        8 => im2col_t::<8>(x, nb, h, w, c, cols),
+        16 => im2col_t::<16>(x, nb, h, w, c, cols),
+        32 => im2col_t::<32>(x, nb, h, w, c, cols),
+        _ => im2col_t::<0>(x, nb, h, w, c, cols),
     }
-    // SAFETY: im2col_t wrote all `len` elements (it asserts the slice length).
-    unsafe { cols.set_len(len) };
-    cols
 }
 
 thread_local! {
     /// Per-thread scratch buffers of the kernels, reused from call to call.
-    static SCRATCH: [RefCell<Vec<f32>>; 2] = const { [RefCell::new(Vec::new()), RefCell::new(Vec::new())] };
+    static SCRATCH: [RefCell<Vec<f32>>; 3] = const {
+        [RefCell::new(Vec::new()), RefCell::new(Vec::new()), RefCell::new(Vec::new())]
+    };
 }
 
 /// Runs `f` on scratch buffer `slot` of this thread, `len` long. Its contents are stale values
@@ -350,12 +340,11 @@ fn col2im(dcols: &[f32], nb: usize, h: usize, w: usize, c: usize, dx: &mut [f32]
     }
 }
 
-/// The values a block's backward pass needs.
+/// What a block's backward pass needs besides its input (whose im2col it recomputes per task,
+/// in cache, rather than keeping `9·ci + 1` floats per pixel in memory).
 pub struct ConvSaved {
-    /// Per task: im2col of its images, `[images·h·w, 9ci + 1]`.
-    pub cols: Vec<Vec<f32>>,
-    /// Per pooled output (output layout): which of the 4 window elements was the (first)
-    /// maximum, row-major within the window.
+    /// Per pooled output, in NHWC order whatever the output layout: which of the 4 window
+    /// elements was the (first) maximum, row-major within the window.
     pub arg: Vec<u8>,
 }
 
@@ -418,65 +407,60 @@ pub fn conv_block_fwd(
     assert_eq!(wm.len(), co * k);
     let tasks = s.tasks();
     let mut out = vec![0f32; s.n * opi];
-    let mut cols: Vec<Vec<f32>> = vec![Vec::new(); if save { tasks } else { 0 }];
     let mut arg = if save {
         vec![0u8; out.len()]
     } else {
         Vec::new()
     };
     {
-        let (out_s, cols_s, arg_s) = (
-            Shared::new(&mut out),
-            Shared::new(&mut cols),
-            Shared::new(&mut arg),
-        );
+        let (out_s, arg_s) = (Shared::new(&mut out), Shared::new(&mut arg));
         par_tasks(tasks, |t| {
             let (b0, b1) = s.task_images(t);
             let nb = b1 - b0;
             let rows = nb * hw;
-            let cols_t = im2col(&x[b0 * hw * s.ci..b1 * hw * s.ci], nb, s.h, s.w, s.ci);
-            with_scratch(0, rows * co, |conv| {
-                gemm(
-                    rows,
-                    co,
-                    k,
-                    conv,
-                    co,
-                    false,
-                    Mat::rows(&cols_t, k),
-                    Mat::t(wm, k),
-                );
-                // SAFETY: task t owns images b0..b1 of the outputs and its own cols slot.
-                let out_t = unsafe { out_s.range(b0 * opi, nb * opi) };
-                let mut arg_t = save.then(|| unsafe { arg_s.range(b0 * opi, nb * opi) });
-                pool_relu(conv, nb, s.h, s.w, co, |b, i, j, v, a| {
-                    let o = ((b * h2 + i) * w2 + j) * co;
-                    if nchw {
-                        for (ch, v) in v.iter().enumerate() {
-                            out_t[((b * co + ch) * h2 + i) * w2 + j] = *v;
+            with_scratch(0, rows * k, |cols| {
+                im2col(&x[b0 * hw * s.ci..b1 * hw * s.ci], nb, s.h, s.w, s.ci, cols);
+                with_scratch(1, rows * co, |conv| {
+                    gemm(
+                        rows,
+                        co,
+                        k,
+                        conv,
+                        co,
+                        false,
+                        Mat::rows(cols, k),
+                        Mat::t(wm, k),
+                    );
+                    // SAFETY: task t owns images b0..b1 of the outputs.
+                    let out_t = unsafe { out_s.range(b0 * opi, nb * opi) };
+                    let mut arg_t = save.then(|| unsafe { arg_s.range(b0 * opi, nb * opi) });
+                    pool_relu(conv, nb, s.h, s.w, co, |b, i, j, v, a| {
+                        let o = ((b * h2 + i) * w2 + j) * co;
+                        if nchw {
+                            for (ch, v) in v.iter().enumerate() {
+                                out_t[((b * co + ch) * h2 + i) * w2 + j] = *v;
+                            }
+                        } else {
+                            out_t[o..o + co].copy_from_slice(v);
                         }
-                    } else {
-                        out_t[o..o + co].copy_from_slice(v);
-                    }
-                    if let Some(at) = arg_t.as_deref_mut() {
-                        at[o..o + co].copy_from_slice(a);
-                    }
+                        if let Some(at) = arg_t.as_deref_mut() {
+                            at[o..o + co].copy_from_slice(a);
+                        }
+                    });
                 });
             });
-            if save {
-                let slot = unsafe { cols_s.range(t, 1) };
-                slot[0] = cols_t;
-            }
         });
     }
-    (out, save.then_some(ConvSaved { cols, arg }))
+    (out, save.then_some(ConvSaved { arg }))
 }
 
 /// Backward pass of [`conv_block_fwd`]: from the output gradient `g` and output `y` (same
 /// layout), the packed weight gradient `[co, 9ci + 1]` (bias gradient in the last column) and,
 /// with `need_dx`, the input gradient (NHWC).
+#[allow(clippy::too_many_arguments)]
 pub fn conv_block_bwd(
     s: &ConvShape,
+    x: &[f32],
     saved: &ConvSaved,
     wm: &[f32],
     g: &[f32],
@@ -490,7 +474,7 @@ pub fn conv_block_bwd(
     assert_eq!(g.len(), s.n * opi);
     assert_eq!(y.len(), g.len());
     let tasks = s.tasks();
-    assert_eq!(saved.cols.len(), tasks);
+    assert_eq!(x.len(), s.n * hw * ci);
     let mut partial = vec![0f32; tasks * co * k];
     let mut dx = if need_dx {
         vec![0f32; s.n * hw * ci]
@@ -503,86 +487,87 @@ pub fn conv_block_bwd(
             let (b0, b1) = s.task_images(t);
             let nb = b1 - b0;
             let rows = nb * hw;
-            let cols = &saved.cols[t];
             // SAFETY: task t owns partial t and images b0..b1 of dx.
             let part = unsafe { part_s.range(t * co * k, co * k) };
-            with_scratch(0, rows * co, |dconv| {
-                // gradient of the convolution output (every element written): the pooled
-                // gradient at each window's maximum where the ReLU passed it, else 0
-                // the output gradient where the ReLU passed it, in NHWC order (as `arg`)
-                let (o0, o1) = (b0 * opi, b1 * opi);
-                let gm: Vec<f32> = if nchw {
-                    let mut gm = vec![0f32; o1 - o0];
-                    let hw2 = h2 * w2;
-                    for (b, gb) in gm.chunks_exact_mut(opi).enumerate() {
-                        let ob = o0 + b * opi;
-                        for (p, gp) in gb.chunks_exact_mut(co).enumerate() {
-                            for (ch, d) in gp.iter_mut().enumerate() {
-                                let o = ob + ch * hw2 + p;
-                                *d = if y[o] > 0.0 { g[o] } else { 0.0 };
+            with_scratch(0, rows * k, |cols| {
+                im2col(&x[b0 * hw * ci..b1 * hw * ci], nb, s.h, s.w, ci, cols);
+                with_scratch(1, rows * co, |dconv| {
+                    // the output gradient where the ReLU passed it, in NHWC order (as `arg`)
+                    let (o0, o1) = (b0 * opi, b1 * opi);
+                    let gm: Vec<f32> = if nchw {
+                        let mut gm = vec![0f32; o1 - o0];
+                        let hw2 = h2 * w2;
+                        for (b, gb) in gm.chunks_exact_mut(opi).enumerate() {
+                            let ob = o0 + b * opi;
+                            for (p, gp) in gb.chunks_exact_mut(co).enumerate() {
+                                for (ch, d) in gp.iter_mut().enumerate() {
+                                    let o = ob + ch * hw2 + p;
+                                    *d = if y[o] > 0.0 { g[o] } else { 0.0 };
+                                }
+                            }
+                        }
+                        gm
+                    } else {
+                        g[o0..o1]
+                            .iter()
+                            .zip(&y[o0..o1])
+                            .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
+                            .collect()
+                    };
+                    let arg = &saved.arg[o0..o1];
+                    for b in 0..nb {
+                        for i in 0..h2 {
+                            for j in 0..w2 {
+                                let o = ((b * h2 + i) * w2 + j) * co;
+                                let r0 = ((b * s.h + 2 * i) * s.w + 2 * j) * co;
+                                let (top, bot) =
+                                    dconv[r0..r0 + (s.w + 2) * co].split_at_mut(s.w * co);
+                                let (p0, p1) = top[..2 * co].split_at_mut(co);
+                                let (p2, p3) = bot[..2 * co].split_at_mut(co);
+                                let (gw, aw) = (&gm[o..o + co], &arg[o..o + co]);
+                                let (p0, p1, p2, p3) =
+                                    (&mut p0[..co], &mut p1[..co], &mut p2[..co], &mut p3[..co]);
+                                for ch in 0..co {
+                                    // branch-free select through bit masks (vectorises)
+                                    let (gb, q) = (gw[ch].to_bits(), aw[ch] as u32);
+                                    let m = |k: u32| {
+                                        f32::from_bits(gb & 0u32.wrapping_sub((q == k) as u32))
+                                    };
+                                    p0[ch] = m(0);
+                                    p1[ch] = m(1);
+                                    p2[ch] = m(2);
+                                    p3[ch] = m(3);
+                                }
                             }
                         }
                     }
-                    gm
-                } else {
-                    g[o0..o1]
-                        .iter()
-                        .zip(&y[o0..o1])
-                        .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
-                        .collect()
-                };
-                let arg = &saved.arg[o0..o1];
-                for b in 0..nb {
-                    for i in 0..h2 {
-                        for j in 0..w2 {
-                            let o = ((b * h2 + i) * w2 + j) * co;
-                            let r0 = ((b * s.h + 2 * i) * s.w + 2 * j) * co;
-                            let (top, bot) = dconv[r0..r0 + (s.w + 2) * co].split_at_mut(s.w * co);
-                            let (p0, p1) = top[..2 * co].split_at_mut(co);
-                            let (p2, p3) = bot[..2 * co].split_at_mut(co);
-                            let (gw, aw) = (&gm[o..o + co], &arg[o..o + co]);
-                            let (p0, p1, p2, p3) =
-                                (&mut p0[..co], &mut p1[..co], &mut p2[..co], &mut p3[..co]);
-                            for ch in 0..co {
-                                // branch-free select through bit masks (vectorises)
-                                let (gb, q) = (gw[ch].to_bits(), aw[ch] as u32);
-                                let m = |k: u32| {
-                                    f32::from_bits(gb & 0u32.wrapping_sub((q == k) as u32))
-                                };
-                                p0[ch] = m(0);
-                                p1[ch] = m(1);
-                                p2[ch] = m(2);
-                                p3[ch] = m(3);
-                            }
-                        }
+                    gemm(
+                        co,
+                        k,
+                        rows,
+                        part,
+                        k,
+                        false,
+                        Mat::t(dconv, co),
+                        Mat::rows(cols, k),
+                    );
+                    if need_dx {
+                        with_scratch(2, rows * 9 * ci, |dcols| {
+                            gemm(
+                                rows,
+                                9 * ci,
+                                co,
+                                dcols,
+                                9 * ci,
+                                false,
+                                Mat::rows(dconv, co),
+                                Mat::rows(wm, k),
+                            );
+                            let dx_t = unsafe { dx_s.range(b0 * hw * ci, rows * ci) };
+                            col2im(dcols, nb, s.h, s.w, ci, dx_t);
+                        });
                     }
-                }
-                gemm(
-                    co,
-                    k,
-                    rows,
-                    part,
-                    k,
-                    false,
-                    Mat::t(dconv, co),
-                    Mat::rows(cols, k),
-                );
-                if need_dx {
-                    with_scratch(1, rows * 9 * ci, |dcols| {
-                        gemm(
-                            rows,
-                            9 * ci,
-                            co,
-                            dcols,
-                            9 * ci,
-                            false,
-                            Mat::rows(dconv, co),
-                            Mat::rows(wm, k),
-                        );
-                        let dx_t = unsafe { dx_s.range(b0 * hw * ci, rows * ci) };
-                        col2im(dcols, nb, s.h, s.w, ci, dx_t);
-                    });
-                }
+                });
             });
         });
     }

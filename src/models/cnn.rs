@@ -574,11 +574,13 @@ impl CustomOp3 for ConvBlockOp {
             candle_core::bail!("conv block: backward pass without a saved forward pass");
         };
         let need_dx = x.track_op();
-        let (dwm, dx) = with_data(grad, |g| {
-            with_data(res, |y| {
-                Ok(kconv::conv_block_bwd(
-                    s, saved, wm, g, y, self.nchw, need_dx,
-                ))
+        let (dwm, dx) = with_data(x, |xs| {
+            with_data(grad, |g| {
+                with_data(res, |y| {
+                    Ok(kconv::conv_block_bwd(
+                        s, xs, saved, wm, g, y, self.nchw, need_dx,
+                    ))
+                })
             })
         })?;
         let (dw, db) = kconv::unpack_weights(s, &dwm);
