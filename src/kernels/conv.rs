@@ -107,6 +107,7 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst[m, n] (row stride ld) (+)= a[m, k] · b[k, n]`, single-threaded.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
     n: usize,
