@@ -542,15 +542,17 @@ pub fn conv_block_bwd(
                             }
                         }
                     }
+                    // the transposed weight gradient colsᵀ·dY: `cols` is then a column-major
+                    // operand the GEMM reads in place, and only the narrower dY gets packed
                     gemm(
-                        co,
                         k,
+                        co,
                         rows,
                         part,
-                        k,
+                        co,
                         false,
-                        Mat::t(dconv, co),
-                        Mat::rows(cols, k),
+                        Mat::t(cols, k),
+                        Mat::rows(dconv, co),
                     );
                     if need_dx {
                         with_scratch(2, rows * 9 * ci, |dcols| {
@@ -572,10 +574,17 @@ pub fn conv_block_bwd(
             });
         });
     }
-    let mut dwm = partial[..co * k].to_vec();
+    // sum of the per-task partials in task order, transposed back to `[co, 9ci + 1]`
+    let mut sum = partial[..co * k].to_vec();
     for p in partial.chunks_exact(co * k).skip(1) {
-        for (d, v) in dwm.iter_mut().zip(p) {
+        for (d, v) in sum.iter_mut().zip(p) {
             *d += v;
+        }
+    }
+    let mut dwm = vec![0f32; co * k];
+    for (j, row) in sum.chunks_exact(co).enumerate() {
+        for (o, v) in row.iter().enumerate() {
+            dwm[o * k + j] = *v;
         }
     }
     (dwm, need_dx.then_some(dx))
