@@ -161,6 +161,25 @@ fn fused_linear_matches_candle_ops_in_values_and_gradients() {
 }
 
 #[test]
+fn fused_ops_handle_an_empty_batch() {
+    let x = Var::from_tensor(&randn(1, &[0, 6, 6, 2])).unwrap();
+    let w = Var::from_tensor(&randn(2, &[4, 2, 3, 3])).unwrap();
+    let b = Var::from_tensor(&randn(3, &[4])).unwrap();
+    let y = cnn::conv_block(x.as_tensor(), w.as_tensor(), b.as_tensor(), true).unwrap();
+    assert_eq!(y.dims(), [0, 4, 3, 3]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(max_abs(g.get(w.as_tensor()).unwrap()), 0.0);
+    let x = Var::from_tensor(&randn(4, &[0, 5])).unwrap();
+    let w = Var::from_tensor(&randn(5, &[3, 5])).unwrap();
+    let b = Var::from_tensor(&randn(6, &[3])).unwrap();
+    let y = cnn::linear(x.as_tensor(), w.as_tensor(), b.as_tensor(), true).unwrap();
+    assert_eq!(y.dims(), [0, 3]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(w.as_tensor()).unwrap().dims(), [3, 5]);
+    assert_eq!(max_abs(g.get(b.as_tensor()).unwrap()), 0.0);
+}
+
+#[test]
 fn fused_ops_reject_mismatched_shapes() {
     let x = randn(1, &[2, 6, 6, 3]);
     let e = cnn::conv_block(&x, &randn(2, &[4, 2, 3, 3]), &randn(3, &[4]), false).unwrap_err();

@@ -575,8 +575,12 @@ pub fn conv_block_bwd(
         });
     }
     // sum of the per-task partials in task order, transposed back to `[co, 9ci + 1]`
-    let mut sum = partial[..co * k].to_vec();
-    for p in partial.chunks_exact(co * k).skip(1) {
+    let mut sum = vec![0f32; co * k];
+    for (t, p) in partial.chunks_exact(co * k).enumerate() {
+        if t == 0 {
+            sum.copy_from_slice(p);
+            continue;
+        }
         for (d, v) in sum.iter_mut().zip(p) {
             *d += v;
         }
@@ -652,12 +656,14 @@ pub fn linear_bwd(
     n: usize,
     din: usize,
     w: &[f32],
+    dout: usize,
     g: &[f32],
     y: &[f32],
     relu: bool,
     need_dx: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    let dout = g.len() / n.max(1);
+    assert_eq!(w.len(), dout * din);
+    assert_eq!(g.len(), n * dout);
     let gm: Vec<f32> = if relu {
         g.iter()
             .zip(y)

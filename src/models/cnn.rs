@@ -637,7 +637,9 @@ impl CustomOp3 for LinearOp {
             with_data(w, |ws| {
                 with_data(grad, |g| {
                     with_data(res, |y| {
-                        Ok(kconv::linear_bwd(xs, n, din, ws, g, y, self.relu, need_dx))
+                        Ok(kconv::linear_bwd(
+                            xs, n, din, ws, dout, g, y, self.relu, need_dx,
+                        ))
                     })
                 })
             })
