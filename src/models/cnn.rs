@@ -194,9 +194,11 @@ impl Cnn {
             x.permute((0, 2, 3, 1))?.contiguous()?
         };
         let n = dims[0];
-        let f = if x.device().is_cpu() && x.dtype() == DType::F32 {
-            // fused CPU kernels (src/kernels/conv.rs): conv + bias + max-pool + ReLU per block,
-            // the second block writing (C, H, W) order, as fc1's columns expect
+        let fast = crate::kernels::enabled(x.device(), x.dtype());
+        let f = if fast {
+            // fused CPU kernels (src/kernels/conv.rs; EQUIRUN_FAST=0 turns them off): conv + bias
+            // + max-pool + ReLU per block, the second block writing (C, H, W) order, as fc1's
+            // columns expect
             let h = conv_block(&nhwc, &self.w[0], &self.w[1], false)?;
             let h = conv_block(&h, &self.w[2], &self.w[3], true)?;
             linear(&h.reshape((n, c.flat()))?, &self.w[4], &self.w[5], true)?
@@ -219,7 +221,7 @@ impl Cnn {
             }
             _ => f.clone(),
         };
-        let logits = if d.device().is_cpu() && d.dtype() == DType::F32 {
+        let logits = if fast {
             linear(&d, &self.w[6], &self.w[7], false)?
         } else {
             d.matmul(&self.w[6].t()?)?.broadcast_add(&self.w[7])?
