@@ -14,7 +14,7 @@
 
 use crate::equi::lambda::dropout_mask;
 use anyhow::{bail, Context, Result};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -187,31 +187,45 @@ impl Cnn {
         let c = &self.config;
         check_image_batch(x, c.in_channels, c.image_size, "CNN expects images")?;
         let dims = x.dims();
-        // NHWC inside: convolutions are im2col + one matmul each (fast backward), pooling a
-        // fused 2×2 max; parameters keep PyTorch's layouts.
+        // NHWC inside; parameters keep PyTorch's layouts
         let nhwc = if c.in_channels == 1 {
             x.reshape((dims[0], dims[2], dims[3], 1))?
         } else {
             x.permute((0, 2, 3, 1))?.contiguous()?
         };
-        // relu(max-pool(x)) = max-pool(relu(x)), on a quarter of the elements
-        let h = max_pool2(&conv3x3(&nhwc, &self.w[0], &self.w[1])?)?.relu()?;
-        let h = max_pool2(&conv3x3(&h, &self.w[2], &self.w[3])?)?.relu()?;
-        let (n, s, _, ch) = h.dims4()?;
-        let h = h.reshape((n, s * s * ch))?;
-        // fc1 is stored for a (C, H, W) flatten, as in PyTorch; reorder its columns to (H, W, C)
-        let w1 = self.w[4]
-            .reshape((c.hidden, ch, s, s))?
-            .permute((0, 2, 3, 1))?
-            .reshape((c.hidden, s * s * ch))?;
-        let f = h.matmul(&w1.t()?)?.broadcast_add(&self.w[5])?.relu()?;
+        let n = dims[0];
+        let fast = crate::kernels::enabled(x.device(), x.dtype());
+        let f = if fast {
+            // fused CPU kernels (src/kernels/conv.rs; EQUIRUN_FAST=0 turns them off): conv + bias
+            // + max-pool + ReLU per block, the second block writing (C, H, W) order, as fc1's
+            // columns expect
+            let h = conv_block(&nhwc, &self.w[0], &self.w[1], false)?;
+            let h = conv_block(&h, &self.w[2], &self.w[3], true)?;
+            linear(&h.reshape((n, c.flat()))?, &self.w[4], &self.w[5], true)?
+        } else {
+            // relu(max-pool(x)) = max-pool(relu(x)), on a quarter of the elements
+            let h = max_pool2(&conv3x3(&nhwc, &self.w[0], &self.w[1])?)?.relu()?;
+            let h = max_pool2(&conv3x3(&h, &self.w[2], &self.w[3])?)?.relu()?;
+            let (n, s, _, ch) = h.dims4()?;
+            let h = h.reshape((n, s * s * ch))?;
+            // fc1 is stored for a (C, H, W) flatten, as in PyTorch; reorder its columns
+            let w1 = self.w[4]
+                .reshape((c.hidden, ch, s, s))?
+                .permute((0, 2, 3, 1))?
+                .reshape((c.hidden, s * s * ch))?;
+            h.matmul(&w1.t()?)?.broadcast_add(&self.w[5])?.relu()?
+        };
         let d = match dropout {
             Some(rng) if c.dropout > 0.0 => {
                 f.broadcast_mul(&dropout_mask(f.dims(), c.dropout, rng, f.device())?)?
             }
             _ => f.clone(),
         };
-        let logits = d.matmul(&self.w[6].t()?)?.broadcast_add(&self.w[7])?;
+        let logits = if fast {
+            linear(&d, &self.w[6], &self.w[7], false)?
+        } else {
+            d.matmul(&self.w[6].t()?)?.broadcast_add(&self.w[7])?
+        };
         Ok((f, logits))
     }
 
@@ -441,6 +455,203 @@ impl CustomOp1 for MaxPool2Nhwc {
             k += 1;
         });
         Ok(Some(Tensor::from_vec(out, (n, h, w, c), arg.device())?))
+    }
+}
+
+/// `relu(max_pool2(conv3x3(x) + b))` on the CPU as one op with a hand-written backward pass
+/// ([`crate::kernels::conv`]): `x` NHWC `[N, H, W, Ci]`, `w` `[Co, Ci, 3, 3]`, `b` `[Co]`;
+/// output NHWC `[N, H/2, W/2, Co]`, or NCHW `[N, Co, H/2, W/2]` with `nchw`.
+pub fn conv_block(x: &Tensor, w: &Tensor, b: &Tensor, nchw: bool) -> Result<Tensor> {
+    let (_, h, wd, ci) = x.dims4()?;
+    let co = w.dim(0)?;
+    if w.dims() != [co, ci, 3, 3] || b.dims() != [co] {
+        bail!(
+            "conv block: weight {:?} / bias {:?} do not fit {ci} input channels",
+            w.dims(),
+            b.dims()
+        );
+    }
+    if h % 2 != 0 || wd % 2 != 0 {
+        bail!("2×2 max-pool needs even sides, got {h}×{wd}");
+    }
+    let save = x.track_op() || w.track_op() || b.track_op();
+    let op = ConvBlockOp {
+        nchw,
+        save,
+        state: std::sync::Mutex::new(None),
+    };
+    Ok(x.contiguous()?.apply_op3_arc(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        std::sync::Arc::new(Box::new(op)),
+    )?)
+}
+
+/// `x·Wᵀ + b` (then ReLU with `relu`) on the CPU as one op: `x` `[N, Din]`, `w` `[Dout, Din]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    let (_, din) = x.dims2()?;
+    let dout = w.dim(0)?;
+    if w.dims() != [dout, din] || b.dims() != [dout] {
+        bail!(
+            "linear: weight {:?} / bias {:?} do not fit {din} inputs",
+            w.dims(),
+            b.dims()
+        );
+    }
+    Ok(x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu })?)
+}
+
+/// Runs `f` on a CPU tensor's contiguous f32 data without copying it.
+fn with_data<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(super::fused::slice(cpu, layout)?),
+        _ => candle_core::bail!("the fused CNN ops run on the CPU only"),
+    }
+}
+
+struct ConvBlockOp {
+    nchw: bool,
+    save: bool,
+    /// The block's shape, packed weights and what the backward pass needs (set by the forward).
+    state: std::sync::Mutex<Option<(ConvShape, Vec<f32>, ConvSaved)>>,
+}
+
+use crate::kernels::conv::{self as kconv, ConvSaved, ConvShape};
+
+impl CustomOp3 for ConvBlockOp {
+    fn name(&self) -> &'static str {
+        "equirun-conv3x3-pool-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            super::fused::slice(s1, l1)?,
+            super::fused::slice(s2, l2)?,
+            super::fused::slice(s3, l3)?,
+        );
+        let (n, h, wd, ci) = l1.shape().dims4()?;
+        let co = l2.shape().dims()[0];
+        let s = ConvShape {
+            n,
+            h,
+            w: wd,
+            ci,
+            co,
+        };
+        let wm = kconv::pack_weights(&s, w, b);
+        let (y, saved) = kconv::conv_block_fwd(&s, x, &wm, self.nchw, self.save);
+        if let Some(saved) = saved {
+            *self.state.lock().unwrap() = Some((s, wm, saved));
+        }
+        let shape = if self.nchw {
+            Shape::from((n, co, h / 2, wd / 2))
+        } else {
+            Shape::from((n, h / 2, wd / 2, co))
+        };
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let state = self.state.lock().unwrap();
+        let Some((s, wm, saved)) = state.as_ref() else {
+            candle_core::bail!("conv block: backward pass without a saved forward pass");
+        };
+        let need_dx = x.track_op();
+        let (dwm, dx) = with_data(x, |xs| {
+            with_data(grad, |g| {
+                with_data(res, |y| {
+                    Ok(kconv::conv_block_bwd(
+                        s, xs, saved, wm, g, y, self.nchw, need_dx,
+                    ))
+                })
+            })
+        })?;
+        let (dw, db) = kconv::unpack_weights(s, &dwm);
+        let dev = x.device();
+        let dx = dx
+            .map(|d| Tensor::from_vec(d, (s.n, s.h, s.w, s.ci), dev))
+            .transpose()?;
+        Ok((
+            dx,
+            Some(Tensor::from_vec(dw, (s.co, s.ci, 3, 3), dev)?),
+            Some(Tensor::from_vec(db, s.co, dev)?),
+        ))
+    }
+}
+
+struct LinearOp {
+    relu: bool,
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "equirun-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            super::fused::slice(s1, l1)?,
+            super::fused::slice(s2, l2)?,
+            super::fused::slice(s3, l3)?,
+        );
+        let (n, din) = l1.shape().dims2()?;
+        let y = kconv::linear_fwd(x, n, din, w, b, self.relu);
+        Ok((CpuStorage::F32(y), Shape::from((n, b.len()))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, din) = x.dims2()?;
+        let dout = w.dim(0)?;
+        let need_dx = x.track_op();
+        let (dw, db, dx) = with_data(x, |xs| {
+            with_data(w, |ws| {
+                with_data(grad, |g| {
+                    with_data(res, |y| {
+                        Ok(kconv::linear_bwd(
+                            xs, n, din, ws, dout, g, y, self.relu, need_dx,
+                        ))
+                    })
+                })
+            })
+        })?;
+        let dev = x.device();
+        Ok((
+            dx.map(|d| Tensor::from_vec(d, (n, din), dev)).transpose()?,
+            Some(Tensor::from_vec(dw, (dout, din), dev)?),
+            Some(Tensor::from_vec(db, dout, dev)?),
+        ))
     }
 }
 
