@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod decode;
 pub mod encoder;
+pub mod resnet;
 pub mod towers;
 
 pub use encoder::enabled;
