@@ -6,10 +6,10 @@
 //! convolution weights and biases; the weights are re-laid out once at load time as `[k·k·C, O]`.
 //!
 //! Every convolution runs as one parallel pass over blocks of output rows (a few blocks per
-//! thread): each block fills its output rows with the bias (plus the residual in a bottleneck's
-//! last convolution), builds its im2col rows in a per-thread buffer, runs a single-threaded GEMM
-//! accumulating into those rows (the bottleneck's shortcut 1x1 convolution is a second GEMM into
-//! the same rows) and applies ReLU while the rows are still in cache. Average pools are a separate
+//! thread): each block builds its im2col rows in a per-thread buffer, runs a single-threaded GEMM
+//! into its output rows (a bottleneck's shortcut 1x1 convolution is a second GEMM accumulating into
+//! the same rows), then adds the bias (and the identity shortcut) and applies ReLU while the rows
+//! are still in cache. Average pools are a separate
 //! parallel pass. The attention pool only needs the pooled (mean-token) query, so its keys and
 //! values are never formed: for each head `h`, `q_h·(W_k,h t + b_k,h)` is `(W_k,hᵀ q_h)·t` plus a
 //! constant that softmax removes, and `Σ_j p_j (W_v,h t_j + b_v,h) = W_v,h (Σ_j p_j t_j) + b_v,h`
@@ -177,20 +177,7 @@ fn conv_sum(
         .for_each(|(bi, o)| {
             let r0 = bi * rows;
             let nr = o.len() / cout;
-            match residual {
-                Some(res) => {
-                    let res = &res[r0 * cout..(r0 + nr) * cout];
-                    for (orow, rrow) in o.chunks_exact_mut(cout).zip(res.chunks_exact(cout)) {
-                        for ((d, a), b) in orow.iter_mut().zip(rrow).zip(bias) {
-                            *d = a + b;
-                        }
-                    }
-                }
-                None => o
-                    .chunks_exact_mut(cout)
-                    .for_each(|orow| orow.copy_from_slice(bias)),
-            }
-            for t in terms {
+            for (ti, t) in terms.iter().enumerate() {
                 let kk = t.conv.kk();
                 let gemm = |lhs: &[f32], ld: usize, o: &mut [f32]| {
                     assert!(lhs.len() >= (nr - 1) * ld + kk && t.conv.w.len() == kk * cout);
@@ -204,7 +191,7 @@ fn conv_sum(
                             o.as_mut_ptr(),
                             1,
                             cout as isize,
-                            true,
+                            ti > 0,
                             lhs.as_ptr(),
                             1,
                             ld as isize,
@@ -233,8 +220,22 @@ fn conv_sum(
                     });
                 }
             }
-            if relu {
-                o.iter_mut().for_each(|v| *v = v.max(0.0));
+            // epilogue while the rows are in cache: bias, residual, ReLU
+            let lo = if relu { 0.0 } else { f32::NEG_INFINITY };
+            match residual {
+                Some(res) => {
+                    let res = &res[r0 * cout..(r0 + nr) * cout];
+                    for (orow, rrow) in o.chunks_exact_mut(cout).zip(res.chunks_exact(cout)) {
+                        for ((d, a), b) in orow.iter_mut().zip(rrow).zip(bias) {
+                            *d = (*d + a + b).max(lo);
+                        }
+                    }
+                }
+                None => o.chunks_exact_mut(cout).for_each(|orow| {
+                    for (d, b) in orow.iter_mut().zip(bias) {
+                        *d = (*d + b).max(lo);
+                    }
+                }),
             }
         });
 }
