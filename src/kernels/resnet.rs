@@ -122,12 +122,24 @@ fn im2col(t: &Term, ho: usize, wo: usize, r0: usize, rows: usize, cols: &mut [f3
         let base = img * t.h * t.w;
         for ky in 0..k {
             let iy = (oy * stride + ky) as isize - pad as isize;
+            let ix0 = (ox * stride) as isize - pad as isize;
+            if stride == 1 && iy >= 0 && iy < h && ix0 >= 0 && ix0 + k as isize <= w {
+                // the k taps of this kernel row are one contiguous run of the input row
+                let s = (base + iy as usize * t.w + ix0 as usize) * c;
+                dst[ky * k * c..(ky + 1) * k * c].copy_from_slice(&t.x[s..s + k * c]);
+                continue;
+            }
             for kx in 0..k {
                 let ix = (ox * stride + kx) as isize - pad as isize;
                 let d = &mut dst[(ky * k + kx) * c..(ky * k + kx + 1) * c];
                 if iy >= 0 && iy < h && ix >= 0 && ix < w {
                     let s = (base + iy as usize * t.w + ix as usize) * c;
-                    d.copy_from_slice(&t.x[s..s + c]);
+                    if c < 16 {
+                        // the stem's 3 colour channels: no memcpy call per tap
+                        d.iter_mut().zip(&t.x[s..s + c]).for_each(|(d, v)| *d = *v);
+                    } else {
+                        d.copy_from_slice(&t.x[s..s + c]);
+                    }
                 } else {
                     d.fill(0.0);
                 }
