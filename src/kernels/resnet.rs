@@ -369,7 +369,7 @@ impl AttnPool {
     ) -> Result<Self> {
         let (_, c) = pos.dims2()?;
         let (out, ci) = wc.dims2()?;
-        if heads == 0 || c % heads != 0 || ci != c {
+        if heads == 0 || !c.is_multiple_of(heads) || ci != c {
             bail!("fused ResNet: attention pool of width {c} with {heads} heads");
         }
         for w in [wq, wk, wv] {

@@ -739,7 +739,7 @@ struct ResNet {
     heads: usize,
     /// The same (folded) weights behind the fused CPU f32 path (`crate::kernels::resnet`), built
     /// when `crate::kernels::enabled` (CPU, f32, `EQUIRUN_FAST` not `0`).
-    fast: Option<crate::kernels::resnet::FastResNet>,
+    fast: Option<Box<crate::kernels::resnet::FastResNet>>,
 }
 
 impl ResNet {
@@ -792,10 +792,10 @@ impl ResNet {
             fast: None,
         };
         if crate::kernels::enabled(vb.device(), dt) {
-            r.fast = Some(
-                r.fused(image_size)
-                    .context("building the fused ResNet path")?,
-            );
+            let fast = r
+                .fused(image_size)
+                .context("building the fused ResNet path")?;
+            r.fast = Some(Box::new(fast));
         }
         Ok(r)
     }
