@@ -8,6 +8,7 @@ pub mod conv;
 pub mod cpu;
 pub mod decode;
 pub mod encoder;
+pub mod resnet;
 pub mod towers;
 
 pub use encoder::enabled;

@@ -737,6 +737,9 @@ struct ResNet {
     v: Linear,
     c: Linear,
     heads: usize,
+    /// The same (folded) weights behind the fused CPU f32 path (`crate::kernels::resnet`), built
+    /// when `crate::kernels::enabled` (CPU, f32, `EQUIRUN_FAST` not `0`).
+    fast: Option<Box<crate::kernels::resnet::FastResNet>>,
 }
 
 impl ResNet {
@@ -775,7 +778,7 @@ impl ResNet {
         let embed = width * 32;
         let grid = image_size / 32;
         let a = vb.pp("attnpool");
-        Ok(ResNet {
+        let mut r = ResNet {
             stem,
             stages,
             pos: a
@@ -786,10 +789,65 @@ impl ResNet {
             v: linear(&a.pp("v_proj"), embed, embed, dt)?,
             c: linear(&a.pp("c_proj"), embed, out, dt)?,
             heads,
-        })
+            fast: None,
+        };
+        if crate::kernels::enabled(vb.device(), dt) {
+            let fast = r
+                .fused(image_size)
+                .context("building the fused ResNet path")?;
+            r.fast = Some(Box::new(fast));
+        }
+        Ok(r)
+    }
+
+    /// The fused CPU path over this tower's folded weights.
+    fn fused(&self, image_size: usize) -> Result<crate::kernels::resnet::FastResNet> {
+        use crate::kernels::resnet::{AttnPool, Bottleneck as FBlock, Conv, FastResNet};
+        let conv = |c: &ConvBn| Conv::from_folded(&c.w, &c.b, c.padding, c.stride);
+        let stem = [
+            conv(&self.stem[0])?,
+            conv(&self.stem[1])?,
+            conv(&self.stem[2])?,
+        ];
+        let mut blocks = Vec::new();
+        for b in self.stages.iter().flatten() {
+            let ds = b.downsample.as_ref().map(conv).transpose()?;
+            blocks.push(FBlock::new(
+                conv(&b.conv1)?,
+                conv(&b.conv2)?,
+                conv(&b.conv3)?,
+                ds,
+                b.stride,
+            )?);
+        }
+        let bias = |l: &Linear| -> Result<Tensor> {
+            l.bias()
+                .cloned()
+                .ok_or_else(|| anyhow!("attention pool projection without bias"))
+        };
+        let pool = AttnPool::new(
+            &self.pos,
+            self.q.weight(),
+            &bias(&self.q)?,
+            self.k.weight(),
+            self.v.weight(),
+            &bias(&self.v)?,
+            self.c.weight(),
+            &bias(&self.c)?,
+            self.heads,
+        )?;
+        Ok(FastResNet::new(stem, blocks, pool, image_size)?)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.fast {
+            Some(f) if f.accepts(x) => Ok(f.forward(x)?),
+            _ => self.forward_ops(x),
+        }
+    }
+
+    /// candle's op-by-op forward (any device and dtype).
+    fn forward_ops(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
         for c in &self.stem {
             x = c.forward(&x)?.relu()?;
@@ -1027,6 +1085,20 @@ impl OpenClip {
             Visual::ResNet(r) => r.forward(pixels),
             Visual::Vit(v) => v.forward(pixels),
         }
+    }
+
+    /// [`Self::encode_image`] through candle's op-by-op forward even where a fused CPU path
+    /// exists (parity checks and speed comparisons).
+    pub fn encode_image_unfused(&self, pixels: &Tensor) -> Result<Tensor> {
+        match &self.visual {
+            Visual::ResNet(r) => r.forward_ops(pixels),
+            Visual::Vit(v) => v.forward(pixels),
+        }
+    }
+
+    /// Whether image features come from a fused CPU path (`crate::kernels`).
+    pub fn has_fused_vision(&self) -> bool {
+        matches!(&self.visual, Visual::ResNet(r) if r.fast.is_some())
     }
 
     /// Unnormalised text features `[B, embed_dim]` of token ids `[B, T]`.
