@@ -450,10 +450,11 @@ pub fn mean_of(ys: &[Tensor]) -> Result<Tensor> {
     if dt == DType::F32
         && ys
             .iter()
-            .all(|y| y.device().is_cpu() && y.dims() == ys[0].dims())
+            .all(|y| y.device().is_cpu() && y.dims() == ys[0].dims() && !y.track_op())
     {
         // the same f64 sum in copy order and the same scaling as below, without the stacked
-        // copies (the logits of every decoding step pass through here)
+        // copies (the logits of every decoding step pass through here); tensors that carry
+        // gradients (finetuning through the wrappers) take candle's ops below
         let mut acc = vec![0f64; ys[0].elem_count()];
         for y in ys {
             let v = y.flatten_all()?.to_vec1::<f32>()?;
@@ -474,6 +475,22 @@ pub fn mean_of(ys: &[Tensor]) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Gradients flow through `mean_of` (finetuning through equitune averages copies).
+    #[test]
+    fn mean_of_keeps_gradients() -> Result<()> {
+        let v = candle_core::Var::from_tensor(&crate::testing::randn(1, &[2, 3]))?;
+        let ys = vec![(v.as_tensor() * 2.0)?, (v.as_tensor() * 3.0)?];
+        let loss = mean_of(&ys)?.sum_all()?;
+        let g = loss.backward()?;
+        let gv = g.get(v.as_tensor()).expect("a gradient for the variable");
+        assert!(gv
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|&x| (x - 2.5).abs() < 1e-6));
+        Ok(())
+    }
 
     /// The f32 fast path of `mean_of` gives the bits of the stacked f64 sum (signed zeros too).
     #[test]

@@ -106,7 +106,10 @@ impl TokenPerm {
             return Ok(y.clone());
         }
         let n = self.output.len();
-        if y.device().is_cpu() && y.dtype() == candle_core::DType::F32 && y.dim(y.rank() - 1)? == n
+        if y.device().is_cpu()
+            && y.dtype() == candle_core::DType::F32
+            && y.dim(y.rank() - 1)? == n
+            && !y.track_op()
         {
             let mut data = y.flatten_all()?.to_vec1::<f32>()?;
             let mut vals = vec![0f32; moved.len()];
