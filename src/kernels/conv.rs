@@ -261,7 +261,7 @@ fn im2col_t<const C: usize>(x: &[f32], nb: usize, h: usize, w: usize, c: usize, 
 }
 
 /// im2col (see [`im2col_t`]) into `cols`.
-fn im2col(x: &[f32], nb: usize, h: usize, w: usize, c: usize, cols: &mut [f32]) {
+pub(crate) fn im2col(x: &[f32], nb: usize, h: usize, w: usize, c: usize, cols: &mut [f32]) {
     match c {
         1 => im2col_t::<1>(x, nb, h, w, c, cols),
         3 => im2col_t::<3>(x, nb, h, w, c, cols),
@@ -293,10 +293,11 @@ fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> 
 }
 
 /// Adds the im2col-shaped gradient `dcols` (`[nb·h·w, 9c]`) into `dx` (`[nb, h, w, c]`,
-/// zeroed by the caller), taps in a fixed order.
+/// zeroed by the caller), taps in a fixed order; the rows of `dcols` are `ld ≥ 9c` apart.
 #[inline(always)]
 fn col2im_t<const C: usize>(
     dcols: &[f32],
+    ld: usize,
     nb: usize,
     h: usize,
     w: usize,
@@ -307,7 +308,7 @@ fn col2im_t<const C: usize>(
     for b in 0..nb {
         for y in 0..h {
             for xx in 0..w {
-                let row = &dcols[((b * h + y) * w + xx) * 9 * c..][..9 * c];
+                let row = &dcols[((b * h + y) * w + xx) * ld..][..9 * c];
                 for ky in 0..3 {
                     let yy = y + ky;
                     if yy == 0 || yy > h {
@@ -329,15 +330,25 @@ fn col2im_t<const C: usize>(
     }
 }
 
-fn col2im(dcols: &[f32], nb: usize, h: usize, w: usize, c: usize, dx: &mut [f32]) {
+/// col2im (see [`col2im_t`]); `ld` is the row stride of `dcols` (9c, or 9c + 1 with the bias
+/// column of [`im2col`]).
+pub(crate) fn col2im(
+    dcols: &[f32],
+    ld: usize,
+    nb: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    dx: &mut [f32],
+) {
     match c {
-        1 => col2im_t::<1>(dcols, nb, h, w, c, dx),
-        3 => col2im_t::<3>(dcols, nb, h, w, c, dx),
-        4 => col2im_t::<4>(dcols, nb, h, w, c, dx),
-        8 => col2im_t::<8>(dcols, nb, h, w, c, dx),
-        16 => col2im_t::<16>(dcols, nb, h, w, c, dx),
-        32 => col2im_t::<32>(dcols, nb, h, w, c, dx),
-        _ => col2im_t::<0>(dcols, nb, h, w, c, dx),
+        1 => col2im_t::<1>(dcols, ld, nb, h, w, c, dx),
+        3 => col2im_t::<3>(dcols, ld, nb, h, w, c, dx),
+        4 => col2im_t::<4>(dcols, ld, nb, h, w, c, dx),
+        8 => col2im_t::<8>(dcols, ld, nb, h, w, c, dx),
+        16 => col2im_t::<16>(dcols, ld, nb, h, w, c, dx),
+        32 => col2im_t::<32>(dcols, ld, nb, h, w, c, dx),
+        _ => col2im_t::<0>(dcols, ld, nb, h, w, c, dx),
     }
 }
 
@@ -567,7 +578,7 @@ pub fn conv_block_bwd(
                                 Mat::rows(wm, k),
                             );
                             let dx_t = unsafe { dx_s.range(b0 * hw * ci, rows * ci) };
-                            col2im(dcols, nb, s.h, s.w, ci, dx_t);
+                            col2im(dcols, 9 * ci, nb, s.h, s.w, ci, dx_t);
                         });
                     }
                 });

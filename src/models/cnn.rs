@@ -326,29 +326,7 @@ impl CustomOp1 for Im2Col3x3 {
         let (n, h, w, c) = nhwc(l)?;
         let row = 9 * c + 1;
         let mut out = vec![0f32; n * h * w * row];
-        for b in 0..n {
-            for y in 0..h {
-                for xx in 0..w {
-                    let o = ((b * h + y) * w + xx) * row;
-                    out[o + 9 * c] = 1.0;
-                    for ky in 0..3 {
-                        let yy = y + ky;
-                        if yy == 0 || yy > h {
-                            continue;
-                        }
-                        for kx in 0..3 {
-                            let xs = xx + kx;
-                            if xs == 0 || xs > w {
-                                continue;
-                            }
-                            let src = ((b * h + yy - 1) * w + xs - 1) * c;
-                            let dst = o + (ky * 3 + kx) * c;
-                            out[dst..dst + c].copy_from_slice(&x[src..src + c]);
-                        }
-                    }
-                }
-            }
-        }
+        crate::kernels::conv::im2col(x, n, h, w, c, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((n * h * w, row))))
     }
     fn bwd(
@@ -359,32 +337,8 @@ impl CustomOp1 for Im2Col3x3 {
     ) -> candle_core::Result<Option<Tensor>> {
         let (n, h, w, c) = arg.dims4()?;
         let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let row = 9 * c + 1;
         let mut out = vec![0f32; n * h * w * c];
-        for b in 0..n {
-            for y in 0..h {
-                for xx in 0..w {
-                    let o = ((b * h + y) * w + xx) * row;
-                    for ky in 0..3 {
-                        let yy = y + ky;
-                        if yy == 0 || yy > h {
-                            continue;
-                        }
-                        for kx in 0..3 {
-                            let xs = xx + kx;
-                            if xs == 0 || xs > w {
-                                continue;
-                            }
-                            let dst = ((b * h + yy - 1) * w + xs - 1) * c;
-                            let src = o + (ky * 3 + kx) * c;
-                            for (d, s) in out[dst..dst + c].iter_mut().zip(&g[src..src + c]) {
-                                *d += s;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        crate::kernels::conv::col2im(&g, 9 * c + 1, n, h, w, c, &mut out);
         Ok(Some(Tensor::from_vec(out, (n, h, w, c), arg.device())?))
     }
 }
