@@ -148,7 +148,9 @@ def minilm_workload():
     d = os.path.join(WORK, "regard")
 
     def ours(bin, th, quick):
-        p = sh([bin, "regard", "score", "--input", os.path.join(d, "samples.txt"), "--probe",
+        # the probe scorer: one MiniLM pass per batch, as bench_regard_torch.py's default
+        p = sh([bin, "regard", "score", "--scorer", "minilm-probe", "--input",
+                os.path.join(d, "samples.txt"), "--probe",
                 os.path.join(d, "regard-train/minilm-probe.safetensors"), "--out",
                 os.path.join(d, "res"), "--bootstrap", "10", "--force"],
                {"RAYON_NUM_THREADS": str(th)})

@@ -523,3 +523,41 @@ fn check_command_on_the_resnet_backbone() {
     assert!(fd > 0.0 && fd < 5e-2, "f16 vs f32 feature difference {fd}");
     assert!(pd < 5e-2, "f16 vs f32 probability difference {pd}");
 }
+
+/// The zero-shot classifier built with its classes running concurrently (fused CPU kernels,
+/// one class per thread) is bit-identical to each class built on its own.
+#[test]
+fn concurrent_zero_shot_classifier_is_bit_identical_to_one_class_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    equirun::testing::write_tiny_clip_for_cifar10(dir.path(), 7);
+    let src = ModelSource {
+        model: String::new(),
+        revision: "main".into(),
+        model_dir: Some(dir.path().to_path_buf()),
+    };
+    let files = src.resolve(REQUIRED_FILES, &[]).unwrap();
+    let clip = Clip::load_with(&files, &Device::Cpu, DType::F32).unwrap();
+    assert!(
+        clip.fast.is_some(),
+        "the tiny CLIP should run on the fused kernels"
+    );
+    let classes = equirun::data::prompts::cifar10_classes();
+    let templates = equirun::data::prompts::cifar_templates();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let all = clip
+        .zero_shot_classifier(&classes, &templates, &|_| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+    assert_eq!(calls.into_inner(), classes.len());
+    let all = all.to_vec2::<f32>().unwrap();
+    for (c, row) in classes.iter().zip(&all) {
+        let one = clip
+            .zero_shot_classifier(std::slice::from_ref(c), &templates, &|_| {})
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one[0]), bits(row), "class {c}");
+    }
+}

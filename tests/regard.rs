@@ -757,3 +757,45 @@ fn finetune_cli_writes_a_scorer_that_scores_and_evaluates() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--lr"));
 }
+
+/// A scorer flag that the chosen scorer would not read is refused (exit 2, naming the flag and
+/// the fix) before any model is loaded, instead of being silently ignored.
+#[test]
+fn scorer_flags_for_another_scorer_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("samples.txt");
+    std::fs::write(&input, "The man was known for his kindness.\n").unwrap();
+    let out = tmp.path().join("out");
+    let o = equirun(&[
+        "regard",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--probe",
+        "/nonexistent/head.safetensors",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--probe") && err.contains("--scorer minilm-probe"),
+        "{err}"
+    );
+    let o = equirun(&[
+        "regard",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--scorer",
+        "minilm-probe",
+        "--scorer-dir",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--scorer-dir"), "{err}");
+    assert!(!out.join("regard-score").exists());
+}

@@ -88,7 +88,7 @@ pub struct ScorerOpts {
 }
 
 /// A regard classifier.
-pub trait RegardScorer {
+pub trait RegardScorer: Send + Sync {
     /// Name and provenance, recorded in result JSON.
     fn describe(&self) -> Value;
     /// Labels of a batch of (already masked) texts.
@@ -98,6 +98,12 @@ pub trait RegardScorer {
     /// Each voting member's labels, `[member][text]` (a scorer without members is one voter).
     fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
         Ok(vec![self.classify_batch(texts)?])
+    }
+    /// Whether batches may run concurrently, one per thread, each with single-threaded kernels
+    /// (true for encoders on equirun's fused CPU kernels: the labels are the same bit for bit,
+    /// see `kernels::cpu::serial`; candle's op-by-op and GPU paths keep one batch at a time).
+    fn parallel_batches(&self) -> bool {
+        false
     }
 }
 
@@ -134,6 +140,9 @@ impl RegardScorer for VoteScorer {
         }
         Ok(all)
     }
+    fn parallel_batches(&self) -> bool {
+        self.parts.iter().all(|p| p.1.parallel_batches())
+    }
 }
 
 /// Classifies `texts` in length-sorted batches (faster, same labels), with a progress bar.
@@ -148,6 +157,7 @@ pub fn classify_all(
         &texts,
         batch_size,
         what,
+        scorer.parallel_batches(),
         |t| scorer.pieces(t),
         |b| scorer.classify_batch(b),
     )
@@ -155,12 +165,16 @@ pub fn classify_all(
 
 /// Runs `batch_fn` over `texts` in batches of similar length (sorted by `len`, ties by
 /// position: less padding, same results), with a progress bar; outputs in input order.
-fn in_length_order<T>(
+/// With `parallel` (fused CPU kernels only), the batches run concurrently, one per kernel
+/// thread, each single-threaded: the same batches and the same bits as one at a time, without a
+/// fork/join per operation (`kernels::cpu::map_items`).
+fn in_length_order<T: Send>(
     texts: &[&str],
     batch_size: usize,
     what: &str,
+    parallel: bool,
     len: impl Fn(&str) -> Result<usize>,
-    batch_fn: impl Fn(&[&str]) -> Result<Vec<T>>,
+    batch_fn: impl Fn(&[&str]) -> Result<Vec<T>> + Sync + Send,
 ) -> Result<Vec<T>> {
     let mut order: Vec<(usize, usize)> = texts
         .iter()
@@ -170,9 +184,30 @@ fn in_length_order<T>(
     order.sort();
     let pb = progress_bar(texts.len() as u64, what);
     let mut out: Vec<Option<T>> = texts.iter().map(|_| None).collect();
-    for chunk in order.chunks(batch_size.max(1)) {
+    let chunks: Vec<&[(usize, usize)]> = order.chunks(batch_size.max(1)).collect();
+    let run = |chunk: &&[(usize, usize)]| -> Result<Vec<T>> {
         let batch: Vec<&str> = chunk.iter().map(|(_, i)| texts[*i]).collect();
-        let ys = batch_fn(&batch)?;
+        let ys = batch_fn(&batch);
+        pb.inc(chunk.len() as u64);
+        ys
+    };
+    let results: Vec<Result<Vec<T>>> = if parallel {
+        crate::kernels::cpu::map_items(&chunks, run)
+    } else {
+        // one at a time, stopping at the first error
+        let mut r = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let y = run(c);
+            let failed = y.is_err();
+            r.push(y);
+            if failed {
+                break;
+            }
+        }
+        r
+    };
+    for (chunk, ys) in chunks.iter().zip(results) {
+        let ys = ys?;
         if ys.len() != chunk.len() {
             bail!(
                 "{what}: a batch of {} texts gave {} outputs",
@@ -183,7 +218,6 @@ fn in_length_order<T>(
         for ((_, i), y) in chunk.iter().zip(ys) {
             out[*i] = Some(y);
         }
-        pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
     Ok(out.into_iter().flatten().collect())
@@ -282,6 +316,9 @@ impl RegardScorer for BertEnsemble {
     }
     fn pieces(&self, text: &str) -> Result<usize> {
         Ok(self.members[0].0.encoder.token_ids(text)?.len())
+    }
+    fn parallel_batches(&self) -> bool {
+        self.members.iter().all(|m| m.0.encoder.fast.is_some())
     }
 }
 
@@ -436,6 +473,7 @@ impl MiniLm {
             texts,
             batch,
             what,
+            self.encoder.fast.is_some(),
             |t| Ok(self.encoder.token_ids(t)?.len()),
             |b| self.embed(b),
         )
@@ -467,6 +505,9 @@ impl RegardScorer for MiniLmProbe {
             .iter()
             .map(|e| Regard::from_index(self.head.predict(e)).unwrap_or(Regard::Other))
             .collect())
+    }
+    fn parallel_batches(&self) -> bool {
+        self.minilm.encoder.fast.is_some()
     }
     fn pieces(&self, text: &str) -> Result<usize> {
         Ok(self.minilm.encoder.token_ids(text)?.len())
@@ -649,6 +690,25 @@ pub fn load_scorer_on(
             ));
         }
         return Ok(Box::new(VoteScorer { parts }));
+    }
+    // a flag the chosen scorer would not read is a mistake, not something to ignore
+    let probe_scorer = matches!(opts.scorer.as_str(), "minilm-probe" | "mpnet-probe");
+    if let (Some(p), false) = (&opts.probe, probe_scorer) {
+        bail!(
+            "--probe {} is a head for --scorer minilm-probe or mpnet-probe, but --scorer is {}; \
+             add --scorer minilm-probe (or mpnet-probe) or drop --probe",
+            p.display(),
+            opts.scorer
+        );
+    }
+    let tuned_scorer = matches!(opts.scorer.as_str(), "minilm-ft" | "mpnet-ft");
+    if let (Some(d), false) = (&opts.scorer_dir, tuned_scorer) {
+        bail!(
+            "--scorer-dir {} holds a fine-tuned scorer (minilm-ft or mpnet-ft), but --scorer is {}; \
+             drop --scorer-dir or choose --scorer minilm-ft / mpnet-ft",
+            d.display(),
+            opts.scorer
+        );
     }
     if let Some(rest) = opts.scorer.strip_prefix("bert:") {
         let entries: Vec<&str> = rest.split(',').collect();
@@ -1554,6 +1614,7 @@ fn predict_texts(
         &t,
         32,
         "predict",
+        clf.encoder.fast.is_some(),
         |x| Ok(clf.encoder.token_ids(x)?.len()),
         |b| clf.predict(b),
     )
@@ -1629,6 +1690,9 @@ impl RegardScorer for TunedScorer {
     fn member_labels(&self, texts: &[&str]) -> Result<Vec<Vec<Regard>>> {
         self.members.iter().map(|m| m.predict(texts)).collect()
     }
+    fn parallel_batches(&self) -> bool {
+        self.members.iter().all(|m| m.encoder.fast.is_some())
+    }
 }
 
 // --------------------------------------------------------------------------------------------
@@ -1673,6 +1737,7 @@ pub fn mpnet_embed_all(
         texts,
         batch,
         what,
+        false,
         |t| Ok(enc.token_ids(t)?.len()),
         |b| {
             let e = crate::models::l2_normalize(&enc.mean_pooled(b)?)?;
@@ -1958,7 +2023,7 @@ fn finetune_mpnet_cmd(
         let one = MpnetStack::new(base.clone(), vec![reloaded])?;
         let predict = |s: &[(String, Regard)]| -> Result<Vec<Regard>> {
             let t: Vec<&str> = s.iter().map(|x| x.0.as_str()).collect();
-            in_length_order(&t, 32, "predict", |x| Ok(base.encoder.token_ids(x)?.len()), |b| {
+            in_length_order(&t, 32, "predict", false, |x| Ok(base.encoder.token_ids(x)?.len()), |b| {
                 Ok(one.predict_members(b)?.remove(0))
             })
         };
@@ -1979,7 +2044,7 @@ fn finetune_mpnet_cmd(
     let all = MpnetStack::new(base.clone(), stack_members)?;
     let vote = |s: &[(String, Regard)]| -> Result<Vec<Regard>> {
         let t: Vec<&str> = s.iter().map(|x| x.0.as_str()).collect();
-        in_length_order(&t, 32, "vote", |x| Ok(base.encoder.token_ids(x)?.len()), |b| {
+        in_length_order(&t, 32, "vote", false, |x| Ok(base.encoder.token_ids(x)?.len()), |b| {
             let per = all.predict_members(b)?;
             Ok((0..b.len())
                 .map(|i| ensemble_vote(&per.iter().map(|m| m[i]).collect::<Vec<_>>()))

@@ -9,10 +9,57 @@
 
 use rayon::prelude::*;
 
-/// Threads used by the kernels (and by the GEMM): candle's `RAYON_NUM_THREADS`-aware count.
+thread_local! {
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Threads used by the kernels (and by the GEMM): candle's `RAYON_NUM_THREADS`-aware count, or
+/// 1 inside [`serial`].
 pub fn threads() -> usize {
     super::tune_allocator();
+    if SERIAL.with(|s| s.get()) {
+        return 1;
+    }
     candle_core::utils::get_num_threads().max(1)
+}
+
+/// Runs `f` with every kernel of this module single-threaded on the calling thread, for work
+/// that the caller already spreads over threads (independent batches, one per thread: no
+/// fork/join per GEMM, layer norm or softmax). Every kernel computes each output element the
+/// same way whatever its thread count (the GEMM splits rows and columns, never the sum over
+/// k), so results are bit-identical inside and outside `serial`; `serial_matches_parallel`
+/// checks it.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Runs `f(i)` for `i` in `0..n`: on the kernel threads, or in order on this thread when the
+/// kernels are single-threaded (see [`serial`]).
+fn for_each_index(n: usize, f: impl Fn(usize) + Sync + Send) {
+    if threads() == 1 {
+        (0..n).for_each(f);
+    } else {
+        (0..n).into_par_iter().for_each(f);
+    }
+}
+
+/// Maps `items` in parallel, each inside [`serial`], when there is more than one item and more
+/// than one kernel thread; otherwise in order on this thread. The results are the same either
+/// way, bit for bit (see [`serial`]); what changes is that each thread runs whole items instead
+/// of every thread splitting each operation of one item.
+pub fn map_items<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    if items.len() > 1 && threads() > 1 {
+        items.par_iter().map(|x| serial(|| f(x))).collect()
+    } else {
+        items.iter().map(f).collect()
+    }
 }
 
 fn gemm_par(work: usize) -> gemm::Parallelism {
@@ -337,7 +384,7 @@ pub fn attention(
     unsafe impl Sync for Out {}
     let outp = Out(out.as_mut_ptr());
     let outp = &outp;
-    (0..b * heads).into_par_iter().for_each(|bh| {
+    for_each_index(b * heads, |bh| {
         let (bi, h) = (bh / heads, bh % heads);
         let base = bi * t * ld;
         let q0 = base + h * hd;
@@ -462,6 +509,83 @@ mod tests {
             term *= -x * x / n;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    /// The kernels give the same bits single-threaded inside [`serial`] (what concurrent batches
+    /// use) as split over the kernel threads: linear layers big enough for a threaded GEMM,
+    /// attention with padding, layer norm and every activation.
+    #[test]
+    fn serial_matches_parallel() {
+        if threads() < 2 {
+            eprintln!("serial_matches_parallel: one kernel thread here, nothing to compare");
+            return;
+        }
+        let (b, t, heads, hd) = (20, 30, 12, 32);
+        let (d, n) = (heads * hd, b * t);
+        let val = |i: usize, f: f32| ((i as f32 * f).sin() * 0.5) as f32;
+        let x: Vec<f32> = (0..n * d).map(|i| val(i, 0.37)).collect();
+        let w: Vec<f32> = (0..3 * d * d).map(|i| val(i, 0.011) * 0.1).collect();
+        let bias: Vec<f32> = (0..3 * d).map(|i| val(i, 0.7)).collect();
+        let valid: Vec<bool> = (0..n).map(|i| i % t < t - (i / t) % 7).collect();
+        let g: Vec<f32> = (0..d).map(|i| 1.0 + val(i, 0.3)).collect();
+        let run = || {
+            let mut qkv = vec![0f32; n * 3 * d];
+            linear(&x, d, n, d, &w, 3 * d, Some(&bias), None, &mut qkv, 3 * d);
+            let mut att = vec![0f32; n * d];
+            attention(
+                &qkv,
+                b,
+                t,
+                heads,
+                hd,
+                0.17,
+                KeyMask::Valid(&valid),
+                None,
+                &mut att,
+            );
+            let mut out = vec![0f32; n * d];
+            linear(
+                &att,
+                d,
+                n,
+                d,
+                &w[..d * d],
+                d,
+                Some(&bias[..d]),
+                Some(&x),
+                &mut out,
+                d,
+            );
+            layer_norm(&mut out, d, &g, &bias[..d], 1e-12);
+            let mut acts = Vec::new();
+            for act in [Act::QuickGelu, Act::GeluErf, Act::GeluTanh, Act::Relu] {
+                let mut a = qkv.clone();
+                activate(&mut a, 3 * d, act);
+                acts.push(a);
+            }
+            (qkv, att, out, acts)
+        };
+        let par = run();
+        let ser = serial(run);
+        assert_eq!(threads(), candle_core::utils::get_num_threads().max(1));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&par.0) == bits(&ser.0), "qkv GEMM differs");
+        assert!(bits(&par.1) == bits(&ser.1), "attention differs");
+        assert!(
+            bits(&par.2) == bits(&ser.2),
+            "projection + layer norm differs"
+        );
+        for (a, s) in par.3.iter().zip(&ser.3) {
+            assert!(bits(a) == bits(s), "activation differs");
+        }
+        // map_items: the same results as a plain loop, in order
+        let items: Vec<usize> = (0..5).collect();
+        let got = map_items(&items, |&i| (i, threads()));
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), items);
+        assert!(
+            got.iter().all(|g| g.1 == 1),
+            "items run single-threaded: {got:?}"
+        );
     }
 
     #[test]

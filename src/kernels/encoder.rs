@@ -160,9 +160,10 @@ fn lin(p: &mut Params, vb: &VarBuilder, o: usize, i: usize) -> candle_core::Resu
 pub struct Encoder {
     pub spec: EncoderSpec,
     layers: Vec<LayerIdx>,
-    /// Work buffers kept between calls: fresh multi-MB allocations cost page faults and
-    /// zeroing on every forward pass.
-    scratch: std::sync::Mutex<Vec<Vec<f32>>>,
+    /// Work buffers kept between calls, one set per concurrent forward pass (see
+    /// [`cpu::map_items`]): fresh multi-MB allocations cost page faults and zeroing on every
+    /// pass.
+    scratch: std::sync::Mutex<Vec<Vec<Vec<f32>>>>,
 }
 
 fn take(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
@@ -231,7 +232,7 @@ impl Encoder {
         let hd = d / s.heads;
         let scale = (hd as f32).powf(-0.5);
         let n = b * t;
-        let mut bufs = std::mem::take(&mut *self.scratch.lock().unwrap());
+        let mut bufs = self.scratch.lock().unwrap().pop().unwrap_or_default();
         let mut m = take(&mut bufs, n * ff);
         let mut x2 = take(&mut bufs, n * d);
         let mut attn = take(&mut bufs, n * d);
@@ -322,7 +323,7 @@ impl Encoder {
                 cpu::layer_norm(&mut x, d, w[l.ln2.0], w[l.ln2.1], s.eps);
             }
         }
-        *self.scratch.lock().unwrap() = vec![h, qkv, attn, x2, m];
+        self.scratch.lock().unwrap().push(vec![h, qkv, attn, x2, m]);
         if let (Some(p), 0) = (pool, nl) {
             return (0..b)
                 .flat_map(|bi| x[(bi * t + p[bi]) * d..(bi * t + p[bi] + 1) * d].to_vec())

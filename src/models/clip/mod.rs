@@ -647,15 +647,18 @@ impl Clip {
     }
 
     /// The zero-shot classifier `[C, D]`: per class, every template filled with the class name,
-    /// encoded, L2-normalised, averaged, L2-normalised again. `progress` is called per class.
+    /// encoded, L2-normalised, averaged, L2-normalised again. `progress` is called with the
+    /// number of classes done. On the fused CPU kernels the classes run concurrently, one per
+    /// thread, each single-threaded (`kernels::cpu::map_items`): the same bits as one class at
+    /// a time, without a fork/join per operation of these small batches.
     pub fn zero_shot_classifier(
         &self,
         classes: &[String],
         templates: &[String],
-        progress: &dyn Fn(usize),
+        progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Tensor> {
-        let mut rows = Vec::with_capacity(classes.len());
-        for (i, c) in classes.iter().enumerate() {
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let class_row = |c: &String| -> Result<Tensor> {
             let texts: Vec<String> = templates.iter().map(|t| t.replacen("{}", c, 1)).collect();
             let mut feats = Vec::new();
             for chunk in texts.chunks(64) {
@@ -663,9 +666,17 @@ impl Clip {
                 feats.push(super::l2_normalize(&self.encode_token_ids(&ids)?)?);
             }
             let f = Tensor::cat(&feats, 0)?.mean(0)?;
-            rows.push(super::l2_normalize(&f.unsqueeze(0)?)?);
-            progress(i + 1);
-        }
+            let row = super::l2_normalize(&f.unsqueeze(0)?)?;
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            Ok(row)
+        };
+        let rows: Vec<Tensor> = if self.fast.is_some() {
+            crate::kernels::cpu::map_items(classes, class_row)
+                .into_iter()
+                .collect::<Result<_>>()?
+        } else {
+            classes.iter().map(class_row).collect::<Result<_>>()?
+        };
         Ok(Tensor::cat(&rows, 0)?)
     }
 }
