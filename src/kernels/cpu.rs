@@ -341,20 +341,48 @@ pub enum KeyMask<'a> {
     Valid(&'a [bool]),
 }
 
+// Softmax of one row over its visible keys (hidden ones get 0), branch-free so that it
+// vectorises: the maximum and the sum run in 16 lanes, then the lanes are combined.
 simd_dispatch! {
     fn softmax_row(s: &mut [f32], vis: &[bool]) {
+        const L: usize = 16;
+        let n = s.len().min(vis.len());
+        let (s, vis) = (&mut s[..n], &vis[..n]);
+        let full = n / L * L;
+        let mut mx = [f32::NEG_INFINITY; L];
+        for (c, v) in s[..full].chunks_exact(L).zip(vis[..full].chunks_exact(L)) {
+            for l in 0..L {
+                let x = if v[l] { c[l] } else { f32::NEG_INFINITY };
+                mx[l] = if x > mx[l] { x } else { mx[l] };
+            }
+        }
         let mut m = f32::NEG_INFINITY;
-        for (v, &ok) in s.iter().zip(vis) {
-            if ok && *v > m {
-                m = *v;
+        for (x, &ok) in s[full..].iter().zip(&vis[full..]) {
+            if ok && *x > m {
+                m = *x;
+            }
+        }
+        for x in mx {
+            if x > m {
+                m = x;
+            }
+        }
+        let mut acc = [0f32; L];
+        for (c, v) in s[..full].chunks_exact_mut(L).zip(vis[..full].chunks_exact(L)) {
+            for l in 0..L {
+                let e = exp(c[l] - m);
+                let e = if v[l] { e } else { 0.0 };
+                c[l] = e;
+                acc[l] += e;
             }
         }
         let mut sum = 0f32;
-        for (v, &ok) in s.iter_mut().zip(vis) {
-            let e = if ok { exp(*v - m) } else { 0.0 };
-            *v = e;
+        for (x, &ok) in s[full..].iter_mut().zip(&vis[full..]) {
+            let e = if ok { exp(*x - m) } else { 0.0 };
+            *x = e;
             sum += e;
         }
+        let sum = acc.iter().sum::<f32>() + sum;
         let inv = 1.0 / sum;
         s.iter_mut().for_each(|v| *v *= inv);
     }

@@ -156,6 +156,9 @@ fn lin(p: &mut Params, vb: &VarBuilder, o: usize, i: usize) -> candle_core::Resu
     })
 }
 
+/// Batches of at least this many sequences run as two halves (see [`Encoder::forward`]).
+pub const SPLIT_MIN: usize = 4;
+
 /// The layer stack.
 pub struct Encoder {
     pub spec: EncoderSpec,
@@ -218,7 +221,46 @@ impl Encoder {
 
     /// Runs the stack on `x` `[b·t, d]`. With `pool` (one row index per batch element, within
     /// its sequence) the result is those rows `[b, d]`; otherwise every row `[b·t, d]`.
+    ///
+    /// With two or more kernel threads, a batch of at least [`SPLIT_MIN`] sequences runs as two
+    /// halves (the first ⌈b/2⌉ sequences, then the rest) concurrently, each half single-threaded
+    /// through the whole stack ([`cpu::map_items`]): no fork/join per GEMM, layer norm or
+    /// softmax, and each core keeps its half's activations in its own cache. The split does not
+    /// change a bit: every kernel works row by row, keys never cross sequences, and the GEMM
+    /// computes a row the same way however many rows it is given (from 2 rows on, with more
+    /// than 64 output columns, as every layer here has: `gemm` picks its k-blocking from k and
+    /// the cache sizes alone). `towers::tests::encoder_split_is_bit_identical` checks it.
     pub(crate) fn forward(
+        &self,
+        w: &[&[f32]],
+        x: Vec<f32>,
+        b: usize,
+        t: usize,
+        mask: KeyMask,
+        pool: Option<&[usize]>,
+    ) -> Vec<f32> {
+        if b < SPLIT_MIN || cpu::threads() < 2 {
+            return self.forward_rows(w, x, b, t, mask, pool);
+        }
+        let d = self.spec.d;
+        let h = b.div_ceil(2);
+        let halves = [(0, h), (h, b)];
+        let outs = cpu::map_items(&halves, |&(s, e)| {
+            let m = match mask {
+                KeyMask::Valid(v) => KeyMask::Valid(&v[s * t..e * t]),
+                other => other,
+            };
+            let xs = x[s * t * d..e * t * d].to_vec();
+            self.forward_rows(w, xs, e - s, t, m, pool.map(|p| &p[s..e]))
+        });
+        let [a, c]: [Vec<f32>; 2] = outs.try_into().expect("two halves");
+        let mut a = a;
+        a.extend_from_slice(&c);
+        a
+    }
+
+    /// [`Self::forward`] on one run of sequences, with the kernels' own threading.
+    fn forward_rows(
         &self,
         w: &[&[f32]],
         mut x: Vec<f32>,

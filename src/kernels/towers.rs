@@ -436,6 +436,91 @@ mod tests {
         );
     }
 
+    /// A batch split into two halves over the threads (`Encoder::forward`) gives the same bits
+    /// as the whole batch run single-threaded in one piece, at MiniLM's sizes (384 wide, 12
+    /// heads, 1536-wide MLP, padded sequences), for every row and for the pooled CLS rows; and
+    /// two sequences alone give the same bits as inside the batch (a single pooled row would
+    /// take the GEMM's matrix-vector path, which sums in another order).
+    #[test]
+    fn encoder_split_is_bit_identical() {
+        use candle_transformers::models::bert::Config;
+        use rand::{Rng, SeedableRng};
+        if crate::kernels::cpu::threads() < 2 {
+            eprintln!(
+                "encoder_split_is_bit_identical: one kernel thread here, no split to compare"
+            );
+            return;
+        }
+        let dev = Device::Cpu;
+        let cfg: Config = serde_json::from_value(serde_json::json!({
+            "vocab_size": 200, "hidden_size": 384, "num_hidden_layers": 2,
+            "num_attention_heads": 12, "intermediate_size": 1536, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0
+        }))
+        .unwrap();
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        candle_transformers::models::bert::BertModel::load(vb.clone(), &cfg).unwrap();
+        {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let data = vm.data().lock().unwrap();
+            let mut names: Vec<&String> = data.keys().collect();
+            names.sort();
+            for name in names {
+                let v = &data[name];
+                let vals = crate::models::random_values(
+                    &mut rng,
+                    name,
+                    v.elem_count(),
+                    name.contains("LayerNorm"),
+                );
+                v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        let fast = FastBert::load(&vb, &cfg).unwrap();
+        let (b, t) = (9, 23);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let mut ids = vec![0u32; b * t];
+        let mut mask = vec![0u32; b * t];
+        for r in 0..b {
+            let len = t - r % 5;
+            for j in 0..len {
+                ids[r * t + j] = rng.random_range(1..200);
+                mask[r * t + j] = 1;
+            }
+        }
+        let ids = Tensor::from_vec(ids, (b, t), &dev).unwrap();
+        let mask = Tensor::from_vec(mask, (b, t), &dev).unwrap();
+        let bits = |x: &Tensor| {
+            x.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        for pool in [false, true] {
+            let split = fast.forward(&ids, &mask, pool).unwrap();
+            let whole = crate::kernels::cpu::serial(|| fast.forward(&ids, &mask, pool).unwrap());
+            assert!(bits(&split) == bits(&whole), "pool {pool}: split differs");
+            let r = 4;
+            let two = fast
+                .forward(
+                    &ids.narrow(0, r, 2).unwrap(),
+                    &mask.narrow(0, r, 2).unwrap(),
+                    pool,
+                )
+                .unwrap();
+            assert!(
+                bits(&two) == bits(&split.narrow(0, r, 2).unwrap()),
+                "pool {pool}: two sequences alone differ from the same in the batch"
+            );
+        }
+    }
+
     #[test]
     fn fast_bert_matches_candle() {
         use candle_transformers::models::bert::{BertModel, Config, HiddenAct};
