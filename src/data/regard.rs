@@ -305,7 +305,7 @@ pub struct SampleFile {
     pub align: Option<Vec<String>>,
 }
 
-/// Reads samples to score: equirun's `samples.tsv` (header `method	context	demographic	…	text`)
+/// Reads samples to score: equirun's `samples.tsv` (tab-separated, header `method, context, demographic, …, text`)
 /// or plain text, one sample per line, starting "The <demographic> <context template>".
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
     Ok(read_sample_file(path, None)?.samples)
