@@ -436,6 +436,26 @@ mod tests {
         );
     }
 
+    /// Sets every variable of `vm` to seeded random values (layer norms near 1), in name order.
+    fn randomise(vm: &VarMap, seed: u64) {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let data = vm.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let v = &data[name];
+            let vals = crate::models::random_values(
+                &mut rng,
+                name,
+                v.elem_count(),
+                name.contains("LayerNorm"),
+            );
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+
     /// A batch split into two halves over the threads (`Encoder::forward`) gives the same bits
     /// as the whole batch run single-threaded in one piece, at MiniLM's sizes (384 wide, 12
     /// heads, 1536-wide MLP, padded sequences), for every row and for the pooled CLS rows; and
@@ -462,23 +482,7 @@ mod tests {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         candle_transformers::models::bert::BertModel::load(vb.clone(), &cfg).unwrap();
-        {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-            let data = vm.data().lock().unwrap();
-            let mut names: Vec<&String> = data.keys().collect();
-            names.sort();
-            for name in names {
-                let v = &data[name];
-                let vals = crate::models::random_values(
-                    &mut rng,
-                    name,
-                    v.elem_count(),
-                    name.contains("LayerNorm"),
-                );
-                v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
-                    .unwrap();
-            }
-        }
+        randomise(&vm, 3);
         let fast = FastBert::load(&vb, &cfg).unwrap();
         let (b, t) = (9, 23);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
@@ -524,7 +528,6 @@ mod tests {
     #[test]
     fn fast_bert_matches_candle() {
         use candle_transformers::models::bert::{BertModel, Config, HiddenAct};
-        use rand::SeedableRng;
         let dev = Device::Cpu;
         for act in [HiddenAct::Gelu, HiddenAct::GeluApproximate, HiddenAct::Relu] {
             let cfg: Config = serde_json::from_value(serde_json::json!({
@@ -541,23 +544,7 @@ mod tests {
             let vm = VarMap::new();
             let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
             let model = BertModel::load(vb.clone(), &cfg).unwrap();
-            {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-                let data = vm.data().lock().unwrap();
-                let mut names: Vec<&String> = data.keys().collect();
-                names.sort();
-                for name in names {
-                    let v = &data[name];
-                    let vals = crate::models::random_values(
-                        &mut rng,
-                        name,
-                        v.elem_count(),
-                        name.contains("LayerNorm"),
-                    );
-                    v.set(&Tensor::from_vec(vals, v.shape(), &dev).unwrap())
-                        .unwrap();
-                }
-            }
+            randomise(&vm, 1);
             let fast = FastBert::load(&vb, &cfg).unwrap();
             let ids =
                 Tensor::from_vec(vec![1u32, 7, 9, 11, 2, 1, 5, 2, 0, 0], (2, 5), &dev).unwrap();
