@@ -50,6 +50,16 @@ pub trait Symmetry {
     fn invariant_output(&self) -> bool;
     /// `c₋ᵢ(x)`: invariant to every factor but `i`, compatible with factor `i` (docs/methods.md, "Canonicalisers").
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor>;
+    /// `mean_k ρ_Y(g_k) y_k` over `terms` `(g_k, y_k)`: the wrappers' averages (equitune's
+    /// un-transformed copies, the output symmetriser). By default [`mean_of`] of
+    /// [`Self::act_output`]; an override must give the same bits.
+    fn mean_of_acted(&self, terms: &[(usize, &Tensor)]) -> Result<Tensor> {
+        let ys = terms
+            .iter()
+            .map(|&(g, y)| self.act_output(g, y))
+            .collect::<Result<Vec<_>>>()?;
+        mean_of(&ys)
+    }
 }
 
 /// A model from an input batch to an output batch.
@@ -329,14 +339,18 @@ impl<'a> Evaluator<'a> {
                 y.dims()
             );
         }
-        // Un-transform each copy: u = ρ_Y(g)⁻¹ y_g.
-        let mut untransformed = Vec::with_capacity(union.len());
-        for (k, c) in union.iter().enumerate() {
-            let yk = y.narrow(0, k * b, b)?;
-            untransformed.push(sym.act_output(sym.inv(c.g), &yk)?);
-        }
-        let get = |c: &CopySpec| -> Tensor {
-            untransformed[union.iter().position(|u| u == c).unwrap()].clone()
+        // Copy k's output, and the copy un-transformed: u = ρ_Y(g)⁻¹ y_g (computed when a
+        // method needs it on its own; the averages go through `mean_of_acted`, which applies the
+        // actions while it sums).
+        let ys: Vec<Tensor> = (0..union.len())
+            .map(|k| y.narrow(0, k * b, b))
+            .collect::<candle_core::Result<_>>()?;
+        let pos = |c: &CopySpec| union.iter().position(|u| u == c).unwrap();
+        let get = |c: &CopySpec| -> Result<Tensor> { sym.act_output(sym.inv(c.g), &ys[pos(c)]) };
+        let mean_untransformed = |cs: &[CopySpec]| -> Result<Tensor> {
+            let terms: Vec<(usize, &Tensor)> =
+                cs.iter().map(|c| (sym.inv(c.g), &ys[pos(c)])).collect();
+            sym.mean_of_acted(&terms)
         };
         let mut outs = Vec::with_capacity(methods.len());
         for m in methods {
@@ -344,10 +358,10 @@ impl<'a> Evaluator<'a> {
                 Method::Vanilla => get(&CopySpec {
                     source: Source::Raw,
                     g: 0,
-                }),
-                Method::Equitune => mean_of(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?,
+                })?,
+                Method::Equitune => mean_untransformed(&m.copies(sym))?,
                 Method::Equizero => {
-                    self.select(&m.copies(sym).iter().map(get).collect::<Vec<_>>())?
+                    self.select(&m.copies(sym).iter().map(get).collect::<Result<Vec<_>>>()?)?
                 }
                 Method::MultiEquitune | Method::MultiEquizero => {
                     let mut branches = Vec::with_capacity(sym.n_factors());
@@ -355,12 +369,12 @@ impl<'a> Evaluator<'a> {
                     let mut start = 0;
                     for i in 0..sym.n_factors() {
                         let n = sym.factor_elements(i).len();
-                        let ys: Vec<Tensor> = copies[start..start + n].iter().map(get).collect();
+                        let cs = &copies[start..start + n];
                         start += n;
                         let branch = if *m == Method::MultiEquitune {
-                            mean_of(&ys)?
+                            mean_untransformed(cs)?
                         } else {
-                            self.select(&ys)?
+                            self.select(&cs.iter().map(get).collect::<Result<Vec<_>>>()?)?
                         };
                         branches.push(self.symmetrize_except(i, &branch)?);
                     }
@@ -380,13 +394,13 @@ impl<'a> Evaluator<'a> {
         if self.sym.invariant_output() || self.sym.n_factors() == 1 {
             return Ok(y.clone());
         }
-        let ys = self
+        let terms: Vec<(usize, &Tensor)> = self
             .sym
             .complement_elements(i)
             .into_iter()
-            .map(|h| self.sym.act_output(h, y))
-            .collect::<Result<Vec<_>>>()?;
-        mean_of(&ys)
+            .map(|h| (h, y))
+            .collect();
+        self.sym.mean_of_acted(&terms)
     }
 
     fn select(&self, ys: &[Tensor]) -> Result<Tensor> {

@@ -5,7 +5,7 @@ use crate::groups::image::{random_pattern, D4};
 use crate::groups::perm::{orbit_min_map, TokenPerm};
 use crate::groups::FiniteGroup;
 use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -314,6 +314,10 @@ impl Symmetry for InverseOutput<'_> {
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         self.0.canonicalize_except(i, x)
     }
+    fn mean_of_acted(&self, terms: &[(usize, &Tensor)]) -> Result<Tensor> {
+        let inner: Vec<(usize, &Tensor)> = terms.iter().map(|&(g, y)| (self.0.inv(g), y)).collect();
+        self.0.mean_of_acted(&inner)
+    }
 }
 
 /// A group of token permutations acting on input ids and on output scores (last axis).
@@ -328,6 +332,8 @@ pub struct TokenSymmetry {
     pub input_cols: Option<usize>,
     collapse_in: Vec<Vec<u32>>,
     collapse_out: Vec<Vec<u32>>,
+    /// Per element g: the output ids it moves, as (v, g·v) (see `mean_of_acted`).
+    moved_out: Vec<Vec<(usize, usize)>>,
 }
 
 impl TokenSymmetry {
@@ -353,12 +359,23 @@ impl TokenSymmetry {
             let refs: Vec<&TokenPerm> = outs.iter().collect();
             collapse_out.push(orbit_min_map(&refs, n_out));
         }
+        let moved_out = group
+            .elements()
+            .iter()
+            .map(|e| {
+                (0..n_out)
+                    .filter(|&v| e.output[v] as usize != v)
+                    .map(|v| (v, e.output[v] as usize))
+                    .collect()
+            })
+            .collect();
         Self {
             group,
             invariant,
             input_cols,
             collapse_in,
             collapse_out,
+            moved_out,
         }
     }
     /// Replaces the canonicalisers (one map per factor, applied to input ids and, for packed
@@ -411,5 +428,180 @@ impl Symmetry for TokenSymmetry {
     }
     fn canonicalize_except(&self, i: usize, x: &Tensor) -> Result<Tensor> {
         self.map_packed(x, &self.collapse_in[i], &self.collapse_out[i])
+    }
+    /// The same f64 sums as [`super::mean_of`] of the permuted copies, in the same order, but
+    /// without building the copies: every decoding step averages the 50,257-way logits of each
+    /// branch, and a token permutation moves only a few dozen of them. When every term is the
+    /// same tensor (the output symmetriser), the logits no element moves are `k·x` exactly
+    /// (small multiples of an f32 are exact in f64) and only the moved ones are summed.
+    fn mean_of_acted(&self, terms: &[(usize, &Tensor)]) -> Result<Tensor> {
+        let fast = !self.invariant
+            && terms.len() > 1
+            && terms.iter().all(|(_, y)| {
+                y.device().is_cpu()
+                    && y.dtype() == DType::F32
+                    && !y.track_op()
+                    && y.dims() == terms[0].1.dims()
+                    && y.dims().last() == Some(&self.group.element(0).output.len())
+            });
+        if !fast {
+            let ys = terms
+                .iter()
+                .map(|&(g, y)| self.act_output(g, y))
+                .collect::<Result<Vec<_>>>()?;
+            return super::mean_of(&ys);
+        }
+        let n = self.group.element(0).output.len();
+        // (source v, target g·v) of the logits each term's element moves: (ρ(g)y)[g·v] = y[v]
+        let moved: Vec<&[(usize, usize)]> = terms
+            .iter()
+            .map(|&(g, _)| self.moved_out[g].as_slice())
+            .collect();
+        let same = terms.iter().all(|(_, y)| y.id() == terms[0].1.id());
+        let len = terms[0].1.elem_count();
+        let mut acc: Vec<f64>;
+        if same {
+            let y = terms[0].1.flatten_all()?.to_vec1::<f32>()?;
+            let k = terms.len() as f64;
+            acc = y.iter().map(|&x| x as f64 * k).collect();
+            let mut union: Vec<usize> = moved
+                .iter()
+                .flat_map(|m| m.iter())
+                .map(|&(_, t)| t)
+                .collect();
+            union.sort_unstable();
+            union.dedup();
+            // source of target t under each term: t itself unless that term moves it
+            let src: Vec<Vec<usize>> = moved
+                .iter()
+                .map(|mv| {
+                    let mut s: Vec<usize> = union.clone();
+                    for &(v, t) in mv.iter() {
+                        s[union.binary_search(&t).unwrap()] = v;
+                    }
+                    s
+                })
+                .collect();
+            for (arow, yrow) in acc.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+                for (ui, &t) in union.iter().enumerate() {
+                    let mut a = 0f64;
+                    for s in &src {
+                        a += yrow[s[ui]] as f64;
+                    }
+                    arow[t] = a;
+                }
+            }
+        } else {
+            acc = vec![0f64; len];
+            let mut saved = Vec::new();
+            for ((_, y), mv) in terms.iter().zip(&moved) {
+                let y = y.flatten_all()?.to_vec1::<f32>()?;
+                for (arow, yrow) in acc.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+                    saved.clear();
+                    saved.extend(mv.iter().map(|&(_, t)| arow[t]));
+                    for (a, &x) in arow.iter_mut().zip(yrow) {
+                        *a += x as f64;
+                    }
+                    for (&(v, t), &s) in mv.iter().zip(saved.iter()) {
+                        arow[t] = s + yrow[v] as f64;
+                    }
+                }
+            }
+        }
+        let scale = 1.0 / terms.len() as f64;
+        // `+ 0.0` as in mean_of (turns −0 into +0)
+        let out: Vec<f32> = acc.into_iter().map(|a| (a * scale + 0.0) as f32).collect();
+        Ok(Tensor::from_vec(
+            out,
+            terms[0].1.dims(),
+            terms[0].1.device(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::equi::mean_of;
+    use crate::groups::perm::cyclic_factor;
+    use candle_core::Device;
+
+    /// `TokenSymmetry::mean_of_acted` gives the bits of `mean_of` over `act_output` copies: for
+    /// one tensor under many elements (the output symmetriser) and for distinct tensors
+    /// (equitune's copies), with signed zeros, ties and a 3-cycle; `InverseOutput` too.
+    #[test]
+    fn mean_of_acted_matches_the_copies() -> Result<()> {
+        let (n_in, n_out) = (12usize, 40usize);
+        let perm = |cin: Vec<Vec<u32>>, cout: Vec<Vec<u32>>| {
+            TokenPerm::from_cycles(n_in, n_out, &cin, &cout).unwrap()
+        };
+        let factors = vec![
+            cyclic_factor(
+                "a",
+                "swap",
+                perm(vec![vec![1, 2]], vec![vec![3, 7], vec![30, 31]]),
+            )?,
+            cyclic_factor(
+                "b",
+                "cycle",
+                perm(vec![vec![4, 5, 6]], vec![vec![8, 9, 10]]),
+            )?,
+            cyclic_factor("c", "swap", perm(vec![vec![7, 8]], vec![vec![11, 39]]))?,
+        ];
+        let group = FiniteGroup::product("a,b,c", factors)?;
+        assert_eq!(group.order(), 12);
+        let sym = TokenSymmetry::new(group, false, None);
+        let logits = |seed: u64| -> Result<Tensor> {
+            let mut v = crate::testing::randn(seed, &[3, n_out])
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            v[3] = -0.0;
+            v[7] = -0.0;
+            v[8] = v[9];
+            v[n_out + 5] = -0.0;
+            Ok(Tensor::from_vec(v, (3, n_out), &Device::Cpu)?)
+        };
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|x| x.to_bits())
+                .collect())
+        };
+        let reference = |s: &dyn Symmetry, terms: &[(usize, &Tensor)]| -> Result<Tensor> {
+            mean_of(
+                &terms
+                    .iter()
+                    .map(|&(g, y)| s.act_output(g, y))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
+        let y = logits(1)?;
+        let ys: Vec<Tensor> = (0..12).map(|k| logits(10 + k)).collect::<Result<_>>()?;
+        for i in 0..3 {
+            let same: Vec<(usize, &Tensor)> = sym
+                .complement_elements(i)
+                .into_iter()
+                .map(|h| (h, &y))
+                .collect();
+            assert_eq!(
+                bits(&sym.mean_of_acted(&same)?)?,
+                bits(&reference(&sym, &same)?)?,
+                "symmetriser over the complement of factor {i}"
+            );
+        }
+        let distinct: Vec<(usize, &Tensor)> = (0..12).map(|g| (sym.inv(g), &ys[g])).collect();
+        assert_eq!(
+            bits(&sym.mean_of_acted(&distinct)?)?,
+            bits(&reference(&sym, &distinct)?)?,
+            "equitune's mean of the un-transformed copies"
+        );
+        let inverse = InverseOutput(&sym);
+        assert_eq!(
+            bits(&inverse.mean_of_acted(&distinct)?)?,
+            bits(&reference(&inverse, &distinct)?)?,
+            "the official inverse direction"
+        );
+        Ok(())
     }
 }
