@@ -346,7 +346,17 @@ impl<'a> Evaluator<'a> {
             .map(|k| y.narrow(0, k * b, b))
             .collect::<candle_core::Result<_>>()?;
         let pos = |c: &CopySpec| union.iter().position(|u| u == c).unwrap();
-        let get = |c: &CopySpec| -> Result<Tensor> { sym.act_output(sym.inv(c.g), &ys[pos(c)]) };
+        // each copy un-transformed at most once, however many methods use it on its own
+        let cache = std::cell::RefCell::new(vec![None::<Tensor>; union.len()]);
+        let get = |c: &CopySpec| -> Result<Tensor> {
+            let k = pos(c);
+            if let Some(u) = &cache.borrow()[k] {
+                return Ok(u.clone());
+            }
+            let u = sym.act_output(sym.inv(c.g), &ys[k])?;
+            cache.borrow_mut()[k] = Some(u.clone());
+            Ok(u)
+        };
         let mean_untransformed = |cs: &[CopySpec]| -> Result<Tensor> {
             let terms: Vec<(usize, &Tensor)> =
                 cs.iter().map(|c| (sym.inv(c.g), &ys[pos(c)])).collect();
