@@ -191,33 +191,20 @@ fn conv_sum(
             let nr = o.len() / cout;
             for (ti, t) in terms.iter().enumerate() {
                 let kk = t.conv.kk();
+                // lhs rows of `kk` floats at stride `ld`, weights `[kk, cout]` row-major,
+                // `o` `[nr, cout]` row-major (the views are bounds-checked by conv::gemm)
+                assert_eq!(t.conv.w.len(), kk * cout, "weights [kk, cout]");
                 let gemm = |lhs: &[f32], ld: usize, o: &mut [f32]| {
-                    assert!(lhs.len() >= (nr - 1) * ld + kk && t.conv.w.len() == kk * cout);
-                    // SAFETY: bounds checked above; lhs rows of `kk` floats at stride `ld`,
-                    // weights `[kk, cout]` row-major, `o` `[nr, cout]` row-major.
-                    unsafe {
-                        gemm::gemm(
-                            nr,
-                            cout,
-                            kk,
-                            o.as_mut_ptr(),
-                            1,
-                            cout as isize,
-                            ti > 0,
-                            lhs.as_ptr(),
-                            1,
-                            ld as isize,
-                            t.conv.w.as_ptr(),
-                            1,
-                            cout as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        )
-                    }
+                    super::conv::gemm(
+                        nr,
+                        cout,
+                        kk,
+                        o,
+                        cout,
+                        ti > 0,
+                        super::conv::Mat::rows(lhs, ld),
+                        super::conv::Mat::rows(&t.conv.w, cout),
+                    )
                 };
                 if t.conv.direct() {
                     gemm(&t.x[r0 * kk..(r0 + nr) * kk], kk, o);
