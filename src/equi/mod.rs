@@ -54,12 +54,17 @@ pub trait Symmetry {
     /// un-transformed copies, the output symmetriser). By default [`mean_of`] of
     /// [`Self::act_output`]; an override must give the same bits.
     fn mean_of_acted(&self, terms: &[(usize, &Tensor)]) -> Result<Tensor> {
-        let ys = terms
-            .iter()
-            .map(|&(g, y)| self.act_output(g, y))
-            .collect::<Result<Vec<_>>>()?;
-        mean_of(&ys)
+        mean_of_copies(self, terms)
     }
+}
+
+/// [`Symmetry::mean_of_acted`] the plain way: [`mean_of`] the copies `ρ_Y(g_k) y_k`.
+pub fn mean_of_copies<S: Symmetry + ?Sized>(sym: &S, terms: &[(usize, &Tensor)]) -> Result<Tensor> {
+    let ys = terms
+        .iter()
+        .map(|&(g, y)| sym.act_output(g, y))
+        .collect::<Result<Vec<_>>>()?;
+    mean_of(&ys)
 }
 
 /// A model from an input batch to an output batch.

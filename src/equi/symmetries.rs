@@ -445,11 +445,7 @@ impl Symmetry for TokenSymmetry {
                     && y.dims().last() == Some(&self.group.element(0).output.len())
             });
         if !fast {
-            let ys = terms
-                .iter()
-                .map(|&(g, y)| self.act_output(g, y))
-                .collect::<Result<Vec<_>>>()?;
-            return super::mean_of(&ys);
+            return super::mean_of_copies(self, terms);
         }
         let n = self.group.element(0).output.len();
         // (source v, target g·v) of the logits each term's element moves: (ρ(g)y)[g·v] = y[v]
@@ -522,7 +518,6 @@ impl Symmetry for TokenSymmetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::equi::mean_of;
     use crate::groups::perm::cyclic_factor;
     use candle_core::Device;
 
@@ -568,14 +563,8 @@ mod tests {
                 .map(|x| x.to_bits())
                 .collect())
         };
-        let reference = |s: &dyn Symmetry, terms: &[(usize, &Tensor)]| -> Result<Tensor> {
-            mean_of(
-                &terms
-                    .iter()
-                    .map(|&(g, y)| s.act_output(g, y))
-                    .collect::<Result<Vec<_>>>()?,
-            )
-        };
+        let reference =
+            |s: &dyn Symmetry, terms: &[(usize, &Tensor)]| crate::equi::mean_of_copies(s, terms);
         let y = logits(1)?;
         let ys: Vec<Tensor> = (0..12).map(|k| logits(10 + k)).collect::<Result<_>>()?;
         for i in 0..3 {
